@@ -1,0 +1,5 @@
+"""``python -m vhdtool``."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,86 @@
+"""The ``vhdtool`` command line: the one place where errors become messages and exit codes.
+
+Exit codes: 0 success; 1 an error (bad image, failed transfer, ``check`` found errors);
+2 usage problems; 130 interrupted (Ctrl-C). Commands live one per module in this package.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import UsageError, VhdtoolError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    """Print one line on stderr and exit with ``code``."""
+    click.echo(f"vhdtool: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vhdtool")
+def main() -> None:
+    """Make Hyper-V and raw disk images ready for Azure: read, check, convert, upload."""
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs :func:`main` and maps every failure to a message and exit code."""
+    try:
+        main.main(args=argv, prog_name="vhdtool", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("vhdtool: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("vhdtool: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except VhdtoolError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # output piped into head & co.
+            sys.exit(EXIT_ERROR)
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
+    sys.exit(0)
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON on stdout."""
+    import json
+
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as a short binary-unit string, keeping the exact count."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            text = f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+            return f"{text} ({n:,} bytes)" if unit != "B" else text
+        value /= 1024
+    return str(n)
+
+
+parent_option = click.option("--parent", "parent", type=click.Path(dir_okay=False),
+                             help="Use this file as the (first) parent of a differencing disk.")
+absolute_parent_option = click.option("--allow-absolute-parent", is_flag=True,
+                                      help="Follow absolute parent locators outside the image's folder.")
+
+# Commands register themselves on ``main`` when imported.
+from . import info as _info  # noqa: E402,F401

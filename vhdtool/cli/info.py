@@ -1,0 +1,61 @@
+"""``vhdtool info``: what an image is, from its metadata alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..open import open_image
+from . import absolute_parent_option, emit_json, human_size, main, parent_option
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema in docs/info.md).")
+@parent_option
+@absolute_parent_option
+def info(image: str, as_json: bool, parent: str | None, allow_absolute_parent: bool) -> None:
+    """Describe IMAGE: format, type, sizes, allocation, parent chain, log state, footer."""
+    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+        facts = disk.info()
+    if as_json:
+        emit_json(facts)
+    else:
+        _print_human(facts)
+
+
+def _print_human(facts: dict[str, Any]) -> None:
+    rows: list[tuple[str, str]] = [
+        ("image", facts["path"]),
+        ("format", f"{facts['format']} ({facts['type']})"),
+        ("virtual size", human_size(facts["virtual_size"])),
+        ("allocated", human_size(facts["allocated_bytes"])),
+        ("sector size", f"{facts['logical_sector_size']} logical, {facts['physical_sector_size']} physical"),
+    ]
+    if facts.get("block_size"):
+        rows.append(("block size", human_size(facts["block_size"])))
+    if facts.get("log"):
+        rows.append(("log", facts["log"]))
+    parent = facts.get("parent")
+    while parent:
+        rows.append(("parent", f"{parent.get('path')} (id {parent.get('id')})"))
+        parent = parent.get("parent")
+    footer = facts.get("footer")
+    if footer:
+        geo = footer["geometry"]
+        rows += [
+            ("creator", f"{footer['creator_application']!r} {footer['creator_version']} on "
+                        f"{footer['creator_host_os']}"),
+            ("current size", human_size(footer["current_size"])),
+            ("original size", human_size(footer["original_size"])),
+            ("geometry", f"C/H/S {geo['cylinders']}/{geo['heads']}/{geo['sectors_per_track']} "
+                         f"({geo['size']:,} bytes)"),
+            ("disk id", footer["unique_id"]),
+            ("footer checksum", "valid" if footer["checksum_valid"] else "INVALID"),
+        ]
+    for warning in facts.get("warnings", []):
+        rows.append(("warning", warning))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")

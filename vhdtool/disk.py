@@ -1,0 +1,208 @@
+"""The virtual disk every format reader produces, positional file access, and a file-like view.
+
+Reads are positional (``os.pread``) so many threads can share one open image; nothing here keeps
+a seek cursor except :class:`DiskReader`, which each thread creates for itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .errors import ImageError
+from .extents import Extent, allocated_bytes
+
+
+class ImageFile:
+    """An image file opened read-only, read with complete positional reads.
+
+    Short reads are errors naming the structure being read, never silent zeros.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        # O_RDONLY always: vhdtool never changes an input image.
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+                raise ImageError(self.path, "file", None, "not a regular file or block device")
+            self.size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(self.fd, 0, os.SEEK_END)
+            self.identity = (st.st_dev, st.st_ino)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def pread(self, offset: int, length: int, structure: str) -> bytes:
+        """Read exactly ``length`` bytes at ``offset``; a short read raises :class:`ImageError`."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ImageError(self.path, structure, offset,
+                             f"needs {length} bytes but the file ends at byte {self.size} (truncated?)")
+        data = os.pread(self.fd, length, offset)
+        while len(data) < length:  # pread may return less on some platforms; loop until done
+            more = os.pread(self.fd, length - len(data), offset + len(data))
+            if not more:
+                raise ImageError(self.path, structure, offset + len(data), "unexpected end of file")
+            data += more
+        return data
+
+    def preadinto(self, offset: int, view: memoryview, structure: str) -> None:
+        """Fill ``view`` from ``offset``; a short read raises :class:`ImageError`."""
+        length = len(view)
+        if offset < 0 or offset + length > self.size:
+            raise ImageError(self.path, structure, offset,
+                             f"needs {length} bytes but the file ends at byte {self.size} (truncated?)")
+        done = 0
+        while done < length:
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise ImageError(self.path, structure, offset + done, "unexpected end of file")
+            done += n
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self.fd)
+
+
+class VirtualDisk(ABC):
+    """A disk image seen as its logical bytes: a size, extents from metadata, positional reads.
+
+    Subclasses set the attributes in ``__init__`` and implement :meth:`extents`,
+    :meth:`readinto` and :meth:`details`.
+    """
+
+    path: str
+    format: str  # "vhd" | "vhdx" | "raw"
+    disk_type: str  # "fixed" | "dynamic" | "differencing"
+    virtual_size: int
+    logical_sector_size: int = 512
+    physical_sector_size: int = 512
+    block_size: int | None = None
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    @abstractmethod
+    def extents(self) -> list[Extent]:
+        """Ordered extents covering ``[0, virtual_size)``, from metadata only (no data read)."""
+
+    @abstractmethod
+    def readinto(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the disk's bytes from ``offset``; thread-safe, no shared cursor."""
+
+    @abstractmethod
+    def details(self) -> dict[str, Any]:
+        """Format-specific facts for ``vhdtool info`` (JSON-serialisable)."""
+
+    @property
+    def parent(self) -> VirtualDisk | None:
+        """The parent disk of a differencing disk, else ``None``."""
+        return None
+
+    @property
+    def log_state(self) -> str | None:
+        """``"clean"`` or ``"dirty"`` for VHDX, ``None`` for formats without a log."""
+        return None
+
+    @property
+    def identity(self) -> str:
+        """A stable identity of the image contents' container, for resume keys (path, size, mtime)."""
+        st = os.stat(self.path)
+        return f"{self.format}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` (clipped to the disk size)."""
+        length = max(0, min(length, self.virtual_size - offset))
+        buf = bytearray(length)
+        if length:
+            self.readinto(offset, memoryview(buf))
+        return bytes(buf)
+
+    def check_range(self, offset: int, length: int) -> None:
+        """Raise ``ValueError`` for a read outside the disk (a caller bug, not bad input)."""
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise ValueError(f"read [{offset}, {offset + length}) outside disk of {self.virtual_size} bytes")
+
+    def info(self) -> dict[str, Any]:
+        """The ``vhdtool info --json`` object: common fields first, then :meth:`details`."""
+        parent = self.parent
+        result: dict[str, Any] = {
+            "path": self.path,
+            "format": self.format,
+            "type": self.disk_type,
+            "virtual_size": self.virtual_size,
+            "allocated_bytes": allocated_bytes(self.extents()),
+            "logical_sector_size": self.logical_sector_size,
+            "physical_sector_size": self.physical_sector_size,
+            "block_size": self.block_size,
+            "parent": None if parent is None else self.parent_info(),
+            "log": self.log_state,
+            "warnings": list(self.warnings),
+        }
+        result.update(self.details())
+        return result
+
+    def parent_info(self) -> dict[str, Any] | None:
+        """``{"path", "id"}`` of the resolved parent; differencing formats override."""
+        return None
+
+    def close(self) -> None:
+        """Release the files this disk holds (and its parents')."""
+
+    def __enter__(self) -> VirtualDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DiskReader(io.RawIOBase):
+    """A read-only, seekable file object over a :class:`VirtualDisk` (for filesystem readers).
+
+    Each instance has its own position; create one per thread.
+    """
+
+    def __init__(self, disk: VirtualDisk, start: int = 0, length: int | None = None) -> None:
+        super().__init__()
+        self.disk = disk
+        self.start = start
+        self.length = disk.virtual_size - start if length is None else length
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self.position = offset
+        elif whence == io.SEEK_CUR:
+            self.position += offset
+        elif whence == io.SEEK_END:
+            self.position = self.length + offset
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if self.position < 0:
+            raise ValueError("negative seek position")
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.length - self.position))
+        if n:
+            self.disk.readinto(self.start + self.position, view[:n])
+            self.position += n
+        return n

@@ -1,0 +1,106 @@
+"""Extents: the ranges of a virtual disk that may hold data, known from metadata alone.
+
+Every reader describes its disk as an ordered list of extents covering ``[0, virtual_size)``;
+an unallocated extent is guaranteed to read as zeros, an allocated one may hold anything.
+Every consumer (converter, uploader, hasher) walks this list, so empty space costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A byte range of the virtual disk; ``allocated=False`` means it reads as zeros."""
+
+    offset: int
+    length: int
+    allocated: bool
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def align_up(value: int, alignment: int) -> int:
+    """Round ``value`` up to a multiple of ``alignment``."""
+    return -(-value // alignment) * alignment
+
+
+def align_down(value: int, alignment: int) -> int:
+    """Round ``value`` down to a multiple of ``alignment``."""
+    return value - value % alignment
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort half-open ``(start, end)`` ranges and merge the ones that overlap or touch; drop empty ones."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def extents_from_ranges(allocated: Iterable[tuple[int, int]], size: int) -> list[Extent]:
+    """Turn allocated ``(start, end)`` ranges into extents covering ``[0, size)`` exactly.
+
+    Ranges are clipped to the disk; gaps become unallocated extents.
+    """
+    result: list[Extent] = []
+    position = 0
+    for start, end in merge_ranges((max(0, s), min(size, e)) for s, e in allocated):
+        if start > position:
+            result.append(Extent(position, start - position, False))
+        result.append(Extent(start, end - start, True))
+        position = end
+    if position < size:
+        result.append(Extent(position, size - position, False))
+    return result
+
+
+def allocated_ranges(extents: Iterable[Extent]) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges of the allocated extents, merged."""
+    return merge_ranges((e.offset, e.end) for e in extents if e.allocated)
+
+
+def allocated_bytes(extents: Iterable[Extent]) -> int:
+    """Total length of the allocated extents."""
+    return sum(e.length for e in extents if e.allocated)
+
+
+def clip(extents: Iterable[Extent], start: int, end: int) -> Iterator[Extent]:
+    """The parts of ``extents`` that fall inside ``[start, end)``."""
+    for e in extents:
+        lo, hi = max(e.offset, start), min(e.end, end)
+        if lo < hi:
+            yield Extent(lo, hi - lo, e.allocated)
+
+
+def split(extents: Iterable[Extent], max_length: int) -> Iterator[Extent]:
+    """Cut extents into pieces of at most ``max_length`` bytes, keeping order and flags."""
+    if max_length <= 0:
+        raise ValueError("max_length must be positive")
+    for e in extents:
+        position = e.offset
+        while position < e.end:
+            length = min(max_length, e.end - position)
+            yield Extent(position, length, e.allocated)
+            position += length
+
+
+def check_cover(extents: list[Extent], size: int) -> None:
+    """Raise ``ValueError`` unless ``extents`` cover ``[0, size)`` in order with no gap or overlap."""
+    position = 0
+    for e in extents:
+        if e.offset != position or e.length <= 0:
+            raise ValueError(f"extent {e} does not start at {position}")
+        position = e.end
+    if position != size:
+        raise ValueError(f"extents end at {position}, disk size is {size}")

@@ -1,0 +1,59 @@
+"""Tell what an image file is from its magic numbers, naming the formats we refuse.
+
+Order matters: VHDX has its identifier at offset 0; a VHD has its footer at the end (and a
+dynamic or differencing VHD a copy at offset 0); anything unrecognised is a raw image.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..disk import ImageFile
+from ..errors import UnsupportedImageError
+
+VHDX_SIGNATURE = b"vhdxfile"
+VHD_COOKIE = b"conectix"
+
+# (magic, offset, name, advice) for files we recognise and refuse.
+_REFUSED: list[tuple[bytes, int, str, str]] = [
+    (b"QFI\xfb", 0, "a QEMU qcow2 image",
+     "convert it first: qemu-img convert -O vpc -o subformat=fixed,force_size IN OUT.vhd"),
+    (b"KDMV", 0, "a VMware VMDK (sparse extent)",
+     "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw"),
+    (b"COWD", 0, "a VMware VMDK (ESX sparse extent)",
+     "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw"),
+    (b"# Disk DescriptorFile", 0, "a VMware VMDK descriptor",
+     "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw"),
+    (b"\x7f\x10\xda\xbe", 0x40, "a VirtualBox VDI image",
+     "convert it first: VBoxManage clonemedium IN OUT.vhd --format VHD --variant Fixed"),
+    (b"\xfd7zXZ\x00", 0, "an xz-compressed file", "decompress it first: xz -dk FILE"),
+    (b"\x1f\x8b", 0, "a gzip-compressed file", "decompress it first: gzip -dk FILE"),
+    (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file", "decompress it first: zstd -d FILE"),
+    (b"BZh", 0, "a bzip2-compressed file", "decompress it first: bzip2 -dk FILE"),
+    (b"PK\x03\x04", 0, "a zip archive", "extract the disk image from it first: unzip FILE"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive", "extract the disk image from it first: 7z x FILE"),
+]
+
+
+def sniff(image: ImageFile) -> str:
+    """Return ``"vhdx"``, ``"vhd"`` or ``"raw"``; raise :class:`UnsupportedImageError` for refused formats."""
+    head = image.pread(0, min(image.size, 512), "file header")
+    if head.startswith(VHDX_SIGNATURE):
+        return "vhdx"
+    if image.size >= 512 and image.pread(image.size - 512, 8, "VHD footer") == VHD_COOKIE:
+        return "vhd"
+    # A few old tools wrote a 511-byte footer on fixed VHDs.
+    if image.size >= 511 and image.pread(image.size - 511, 8, "VHD footer") == VHD_COOKIE:
+        return "vhd"
+    # A dynamic VHD whose footer at the end is damaged still has its copy at offset 0.
+    if head.startswith(VHD_COOKIE):
+        return "vhd"
+    name = os.path.basename(image.path)
+    for magic, offset, what, advice in _REFUSED:
+        if head[offset:offset + len(magic)] == magic:
+            raise UnsupportedImageError(f"{image.path}: {name} is {what}, which vhdtool does not read; {advice}")
+    if head.startswith(b"<<< ") and b"VirtualBox Disk Image" in head[:64]:
+        raise UnsupportedImageError(
+            f"{image.path}: {name} is a VirtualBox VDI image, which vhdtool does not read; "
+            "convert it first: VBoxManage clonemedium IN OUT.vhd --format VHD --variant Fixed")
+    return "raw"

@@ -1,0 +1,1 @@
+"""Offline inspection of what a disk holds: partitions, filesystems, the OS and its state."""

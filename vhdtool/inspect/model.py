@@ -1,0 +1,80 @@
+"""The shapes inspection results take, and the read-only file tree OS detectors work on.
+
+OS detectors (``linux.py``, ``windows.py``) see a filesystem only through :class:`FileTree`,
+so they never touch the host's files and can be tested on any tree implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# OS states, as reported and as accepted by ``check --expect``.
+GENERALIZED = "generalized"
+SPECIALIZED = "specialized"
+IN_BETWEEN = "in-between"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One observation behind a verdict: where it was read, what it said, what it means."""
+
+    source: str  # a path inside the image or a registry key/value
+    value: str | None  # what was found (None: absent)
+    meaning: str  # one line for a person
+    points_to: str  # GENERALIZED | SPECIALIZED | IN_BETWEEN | "neutral"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "value": self.value, "meaning": self.meaning,
+                "points_to": self.points_to}
+
+
+@dataclass
+class OsReport:
+    """The operating system found on a volume and whether it is generalized."""
+
+    family: str  # "windows" | "linux"
+    name: str | None
+    version: str | None
+    hostname: str | None
+    state: str  # GENERALIZED | SPECIALIZED | IN_BETWEEN | UNKNOWN
+    evidence: list[Evidence] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)  # extras: build, edition, agent config, drivers
+
+    def to_json(self) -> dict[str, Any]:
+        return {"family": self.family, "name": self.name, "version": self.version,
+                "hostname": self.hostname, "state": self.state,
+                "evidence": [e.to_json() for e in self.evidence], "facts": self.facts}
+
+
+class FileTree(Protocol):
+    """A read-only view of one filesystem inside the image.
+
+    Paths are absolute and ``/``-separated; symlinks inside the image are followed within the image
+    (bounded, loops end); NTFS lookups are case-insensitive. Absent paths give ``None`` / ``False``.
+    """
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists (after following symlinks)."""
+        ...
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory (after following symlinks)."""
+        ...
+
+    def listdir(self, path: str) -> list[str] | None:
+        """Entry names of a directory, or ``None`` if it is not one."""
+        ...
+
+    def read_file(self, path: str, limit: int = 16 * 1024 * 1024) -> bytes | None:
+        """At most ``limit`` bytes of a regular file, or ``None`` if it is not one."""
+        ...
+
+    def file_size(self, path: str) -> int | None:
+        """Size of a regular file, or ``None``."""
+        ...
+
+    def readlink(self, path: str) -> str | None:
+        """The target of a symlink (not followed), or ``None`` if ``path`` is not a symlink."""
+        ...

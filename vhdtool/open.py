@@ -1,0 +1,43 @@
+"""``open_image``: the one entry point from a path to a :class:`VirtualDisk`."""
+
+from __future__ import annotations
+
+import os
+
+from .disk import ImageFile, VirtualDisk
+from .errors import ImageError
+from .formats.detect import sniff
+from .formats.parent import OpenOptions
+
+
+def open_image(path: str | os.PathLike[str], *, parent: str | None = None,
+               allow_absolute_parent: bool = False) -> VirtualDisk:
+    """Open a VHD, VHDX or raw image read-only, resolving differencing parents.
+
+    ``parent`` overrides where the (first) parent is looked for; ``allow_absolute_parent`` lets
+    the image's absolute parent locators be followed outside its folder.
+    """
+    options = OpenOptions(parent=os.fspath(parent) if parent is not None else None,
+                          allow_absolute_parent=allow_absolute_parent)
+    return open_with_options(os.fspath(path), options)
+
+
+def open_with_options(path: str, options: OpenOptions) -> VirtualDisk:
+    """Open ``path`` with explicit options (used for parents up a chain)."""
+    try:
+        image = ImageFile(path)
+    except OSError as err:
+        raise ImageError(path, "file", None, err.strerror or str(err)) from err
+    try:
+        kind = sniff(image)
+        if kind == "vhdx":
+            from .formats.vhdx import open_vhdx
+            return open_vhdx(image, options)
+        if kind == "vhd":
+            from .formats.vhd import open_vhd
+            return open_vhd(image, options)
+        from .formats.raw import RawDisk
+        return RawDisk(image)
+    except BaseException:
+        image.close()
+        raise

@@ -31,3 +31,35 @@ Footer = Struct(
     "reserved" / Bytes(427),
 )
 assert Footer.sizeof() == FOOTER_SIZE
+
+DYNAMIC_HEADER_SIZE = 1024
+PARENT_LOCATOR_COUNT = 8
+
+# One parent locator entry (spec: "Dynamic Disk Header Format", Parent Locator Entries).
+# ``data_space`` is documented in sectors, but Windows writes a byte count: treat it as a hint only.
+ParentLocatorEntry = Struct(
+    "platform_code" / Bytes(4),
+    "data_space" / Int32ub,
+    "data_length" / Int32ub,
+    "reserved" / Int32ub,
+    "data_offset" / Int64ub,
+)
+assert ParentLocatorEntry.sizeof() == 24
+
+# Dynamic disk header, found at the footer's data offset (spec: "Dynamic Disk Header Format").
+DynamicHeader = Struct(
+    "cookie" / Bytes(8),
+    "data_offset" / Int64ub,
+    "table_offset" / Int64ub,
+    "header_version" / Int32ub,
+    "max_table_entries" / Int32ub,
+    "block_size" / Int32ub,
+    "checksum" / Int32ub,
+    "parent_unique_id" / Bytes(16),
+    "parent_timestamp" / Int32ub,
+    "reserved1" / Int32ub,
+    "parent_unicode_name" / Bytes(512),
+    "parent_locators" / ParentLocatorEntry[PARENT_LOCATOR_COUNT],
+    "reserved2" / Bytes(256),
+)
+assert DynamicHeader.sizeof() == DYNAMIC_HEADER_SIZE

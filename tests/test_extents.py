@@ -30,7 +30,7 @@ def covered(rs: list[tuple[int, int]]) -> set[int]:
 def test_merge_ranges_keeps_the_covered_set_and_is_disjoint(rs: list[tuple[int, int]]) -> None:
     merged = merge_ranges(rs)
     assert covered(merged) == covered(rs)
-    for (s1, e1), (s2, e2) in zip(merged, merged[1:]):
+    for (s1, e1), (s2, e2) in zip(merged, merged[1:], strict=False):
         assert e1 < s2, "merged ranges must be separated by a gap"
         assert s1 < e1 and s2 < e2
 
@@ -42,7 +42,7 @@ def test_extents_cover_the_disk_and_mark_exactly_the_ranges(rs: list[tuple[int, 
     inside = {i for i in covered(rs) if i < size}
     assert covered(allocated_ranges(extents)) == inside
     assert allocated_bytes(extents) == len(inside)
-    for a, b in zip(extents, extents[1:]):
+    for a, b in zip(extents, extents[1:], strict=False):
         assert a.allocated != b.allocated, "neighbours with the same flag must be merged"
 
 

@@ -102,7 +102,7 @@ def test_nonzero_runs_match_a_byte_model(writes: list[tuple[int, int]], granular
             assert marked[i], f"non-zero byte {i} outside every run"
     for a, b in runs:
         assert any(buf[a:b])
-    for (a1, b1), (a2, _) in zip(runs, runs[1:]):
+    for (_a1, b1), (a2, _) in zip(runs, runs[1:], strict=False):
         assert b1 < a2
 
 

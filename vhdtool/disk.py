@@ -154,7 +154,7 @@ class VirtualDisk(ABC):
         """``{"path", "id"}`` of the resolved parent; differencing formats override."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for disks that hold no file
         """Release the files this disk holds (and its parents')."""
 
     def __enter__(self) -> VirtualDisk:

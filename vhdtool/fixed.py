@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .disk import VirtualDisk
 from .errors import UsageError
-from .extents import MiB, Extent, align_up, check_cover
+from .extents import Extent, MiB, align_up, check_cover
 from .formats.vhd_footer import VhdFooter, build_footer, fixed_footer
 from .formats.vhd_layout import FOOTER_SIZE
 

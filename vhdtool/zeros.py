@@ -34,7 +34,7 @@ def nonzero_runs(view: memoryview, granularity: int) -> list[tuple[int, int]]:
         # Run boundaries are where the flag changes; pad with False on both sides.
         padded = np.concatenate(([False], flags, [False]))
         edges = np.flatnonzero(padded[1:] != padded[:-1])
-        runs = [(int(a) * granularity, int(b) * granularity) for a, b in zip(edges[::2], edges[1::2])]
+        runs = [(int(a) * granularity, int(b) * granularity) for a, b in zip(edges[::2], edges[1::2], strict=False)]
     if full < n and not is_zero(view[full:]):
         if runs and runs[-1][1] == full:
             runs[-1] = (runs[-1][0], n)

@@ -108,7 +108,7 @@ def resolve_parent(child_path: str, locators: list[Locator], options: OpenOption
     else:
         candidates = candidate_paths(child_path, locators, options.allow_absolute_parent)
     tried: list[str] = []
-    for desc, path in candidates:
+    for _desc, path in candidates:
         if options.parent is None and not os.path.lexists(path):
             tried.append(path)
             continue

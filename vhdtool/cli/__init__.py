@@ -83,4 +83,6 @@ absolute_parent_option = click.option("--allow-absolute-parent", is_flag=True,
                                       help="Follow absolute parent locators outside the image's folder.")
 
 # Commands register themselves on ``main`` when imported.
+from . import check as _check  # noqa: E402,F401
 from . import info as _info  # noqa: E402,F401
+from . import inspect as _inspect  # noqa: E402,F401

@@ -1,0 +1,58 @@
+"""Hyper-V generation from the partition table and boot files: every branch of the pure decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from vhdtool.inspect.generation import hyperv_generation
+from vhdtool.inspect.partitions import (
+    BIOS_BOOT_GUID,
+    ESP_GUID,
+    LINUX_FS_GUID,
+    MS_BASIC_DATA_GUID,
+    Partition,
+    PartitionTable,
+)
+
+MiB = 1 << 20
+
+
+def gpt(*types: str, boot_code: bool = False, hybrid: bool = False) -> PartitionTable:
+    parts = tuple(Partition(i + 1, (i + 1) * MiB, MiB, t, "x") for i, t in enumerate(types))
+    return PartitionTable("gpt", parts, "guid", hybrid, boot_code)
+
+
+def mbr(*types: int, active: int | None = 1, boot_code: bool = True) -> PartitionTable:
+    parts = tuple(
+        Partition(i + 1, (i + 1) * MiB, MiB, f"0x{t:02x}", "x", bootable=i + 1 == active)
+        for i, t in enumerate(types)
+    )
+    return PartitionTable("mbr", parts, None, False, boot_code)
+
+
+LOADER = ["/EFI/BOOT/BOOTX64.EFI"]
+
+
+@pytest.mark.parametrize(
+    ("table", "loaders", "family", "value"),
+    [
+        (gpt(ESP_GUID, LINUX_FS_GUID), LOADER, "linux", "V2"),
+        (gpt(ESP_GUID, LINUX_FS_GUID), [], "linux", "none"),  # an ESP with nothing to boot
+        (gpt(ESP_GUID, LINUX_FS_GUID), None, "linux", "V2"),  # ESP present, files unreadable
+        (gpt(BIOS_BOOT_GUID, ESP_GUID, LINUX_FS_GUID, boot_code=True), LOADER, "linux", "both"),
+        (gpt(BIOS_BOOT_GUID, LINUX_FS_GUID, boot_code=True), None, "linux", "V1"),
+        (gpt(BIOS_BOOT_GUID, LINUX_FS_GUID, boot_code=False), None, "linux", "none"),
+        (gpt(BIOS_BOOT_GUID, ESP_GUID, MS_BASIC_DATA_GUID, boot_code=True), LOADER, "windows", "V2"),
+        (gpt(ESP_GUID, LINUX_FS_GUID, boot_code=True, hybrid=True), LOADER, "linux", "both"),
+        (mbr(0x83), None, "linux", "V1"),
+        (mbr(0x83, active=None), None, "linux", "V1"),  # GRUB boots without an active flag
+        (mbr(0x83, boot_code=False), None, "linux", "none"),
+        (mbr(0xEF, 0x83), LOADER, "linux", "both"),
+        (mbr(0xEF, 0x07), LOADER, "windows", "V1"),  # Windows boots MBR by BIOS only
+        (PartitionTable("none", (Partition(0, 0, MiB, "", "whole disk"),)), None, "linux", "none"),
+    ],
+)
+def test_generation(table: PartitionTable, loaders: list[str] | None, family: str, value: str) -> None:
+    result = hyperv_generation(table, loaders, family)
+    assert result.value == value, result.evidence
+    assert result.evidence  # always says why

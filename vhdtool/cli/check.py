@@ -1,0 +1,70 @@
+"""``vhdtool check``: will Azure take this disk? Findings with ids; exit 1 on any error."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..checks import ERROR, GENERATIONS, ROLES, STATES, evaluate, facts_from_disk, junit_xml
+from ..errors import OutputError
+from ..inspect.report import inspect_disk
+from ..open import open_image
+from . import EXIT_ERROR, absolute_parent_option, emit_json, main, parent_option
+
+
+@main.command("check")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema in docs/inspect.md).")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="os",
+    show_default=True,
+    help="What the disk will be in Azure.",
+)
+@click.option("--expect", type=click.Choice(STATES), help="The OS state the image definition will declare.")
+@click.option("--generation", type=click.Choice(GENERATIONS), help="The Hyper-V generation you will use.")
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), help="Also write a JUnit XML report here.")
+@parent_option
+@absolute_parent_option
+def check_command(
+    image: str,
+    as_json: bool,
+    role: str,
+    expect: str | None,
+    generation: str | None,
+    junit: str | None,
+    parent: str | None,
+    allow_absolute_parent: bool,
+) -> None:
+    """Check IMAGE against Azure's rules; exit 1 on any error (rule ids: docs/check-rules.md)."""
+    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+        report = inspect_disk(disk)
+        facts = facts_from_disk(disk, report, role, expect, generation)
+    results = evaluate(facts)
+    findings = [f for r in results for f in r.findings]
+    ready = not any(f.severity == ERROR for f in findings)
+    if junit:
+        try:
+            Path(junit).write_text(junit_xml(results, image), encoding="utf-8")
+        except OSError as err:
+            raise OutputError(f"{junit}: {err.strerror or err}") from err
+    if as_json:
+        emit_json(
+            {
+                "ready": ready,
+                "findings": [f.to_json() for f in findings],
+                "os": None if report.os is None else report.os.to_json(),
+                "generation": report.generation.value,
+                "unclean": report.unclean,
+                "warnings": report.warnings,
+            }
+        )
+    else:
+        for f in sorted(findings, key=lambda x: ("error", "warning", "info").index(x.severity)):
+            click.echo(f"{f.severity.upper():<7} {f.rule}: {f.message}")
+        click.echo("ready for Azure" if ready else "NOT ready for Azure")
+    if not ready:
+        sys.exit(EXIT_ERROR)

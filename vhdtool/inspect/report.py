@@ -1,0 +1,277 @@
+"""``inspect_disk``: partitions, filesystems, the OS and its state, generation, unclean-capture signals.
+
+Reads only metadata: partition tables, superblocks and the handful of files the OS detectors ask for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..disk import VirtualDisk
+from .filesystems import (
+    FAT,
+    LINUX_FILESYSTEMS,
+    LVM2,
+    NTFS,
+    DissectMissing,
+    NodeTree,
+    VolumeInfo,
+    ntfs_dirty,
+    open_tree,
+    probe_volume,
+)
+from .generation import EFI_BOOT_FILES, EFI_VENDOR_LOADERS, GenerationReport, hyperv_generation
+from .linux import fstab_mounts, inspect_linux, looks_like_linux
+from .lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
+from .model import FileTree, OsReport
+from .partitions import Partition, PartitionTable, read_partition_table
+
+SKIPPED_TYPES = frozenset(
+    {"0x05", "0x0f", "0x85", "e3c9e316-0b5c-4db8-817d-f92df00215ae", "21686148-6449-6e6f-744e-656564454649"}
+)
+LVM_LV_TYPE = "lvm-lv"  # the pseudo partition type of a logical volume
+HIBERNATION_SIGNATURES = (b"hibr", b"HIBR", b"wake", b"WAKE")  # header of an in-use hiberfil.sys
+
+
+@dataclass(frozen=True)
+class VolumeReport:
+    """One partition and what it holds."""
+
+    partition: Partition
+    info: VolumeInfo
+    holds_os: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.partition.to_json(), "filesystem": self.info.to_json(), "holds_os": self.holds_os}
+
+
+@dataclass
+class DiskReport:
+    """Everything ``vhdtool inspect`` tells about one disk."""
+
+    path: str
+    format: str
+    disk_type: str
+    virtual_size: int
+    table: PartitionTable
+    volumes: list[VolumeReport]
+    os: OsReport | None
+    os_volume: VolumeReport | None
+    generation: GenerationReport
+    unclean: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def encrypted_volumes(self) -> list[VolumeReport]:
+        return [v for v in self.volumes if v.info.encrypted]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "type": self.disk_type,
+            "virtual_size": self.virtual_size,
+            "partition_table": {k: v for k, v in self.table.to_json().items() if k != "partitions"},
+            "volumes": [v.to_json() for v in self.volumes],
+            "os": None if self.os is None else self.os.to_json(),
+            "os_partition": None if self.os_volume is None else self.os_volume.partition.number,
+            "generation": self.generation.to_json(),
+            "unclean": list(self.unclean),
+            "warnings": list(self.warnings),
+        }
+
+
+class MountTree:
+    """A root filesystem with others mounted on it as its ``/etc/fstab`` says (``/var``, ``/boot``...).
+
+    Paths are routed by their longest mount-point prefix; symlinks are followed inside each filesystem.
+    """
+
+    def __init__(self, root: NodeTree, mounts: dict[str, NodeTree]) -> None:
+        self.root = root
+        self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
+
+    def _route(self, path: str) -> tuple[NodeTree, str]:
+        norm = "/" + "/".join(p for p in path.split("/") if p)
+        for point, tree in self.mounts:
+            if norm == point or norm.startswith(point + "/"):
+                return tree, norm[len(point) :] or "/"
+        return self.root, norm
+
+    def exists(self, path: str) -> bool:
+        tree, rest = self._route(path)
+        return tree.exists(rest)
+
+    def is_dir(self, path: str) -> bool:
+        tree, rest = self._route(path)
+        return tree.is_dir(rest)
+
+    def listdir(self, path: str) -> list[str] | None:
+        tree, rest = self._route(path)
+        return tree.listdir(rest)
+
+    def read_file(self, path: str, limit: int = 16 * 1024 * 1024) -> bytes | None:
+        tree, rest = self._route(path)
+        return tree.read_file(rest, limit)
+
+    def file_size(self, path: str) -> int | None:
+        tree, rest = self._route(path)
+        return tree.file_size(rest)
+
+    def readlink(self, path: str) -> str | None:
+        tree, rest = self._route(path)
+        return tree.readlink(rest)
+
+
+def _windows_inspector() -> Any:
+    """``inspect_windows`` if the Windows detector is installed, else ``None``."""
+    try:
+        from . import windows
+    except ImportError:
+        return None
+    return getattr(windows, "inspect_windows", None)
+
+
+def inspect_disk(disk: VirtualDisk) -> DiskReport:
+    """Inspect ``disk`` read-only: partition table, filesystems, OS, generation, unclean-capture signals."""
+    table = read_partition_table(disk)
+    warnings = [f"partition table: {p}" for p in table.problems]
+    unclean: list[str] = []
+    if disk.log_state == "dirty":
+        unclean.append("VHDX log is not empty (the image was not closed cleanly)")
+    volumes: list[VolumeReport] = []
+    trees: dict[int, NodeTree] = {}
+    physical_volumes: list[PhysicalVolume] = []
+
+    def add(backing: VirtualDisk, offset: int, part: Partition) -> None:
+        info = probe_volume(backing, offset, part.length)
+        volumes.append(VolumeReport(part, info))
+        if info.unclean:
+            unclean.append(f"partition {part.number} ({info.kind}): {info.unclean}")
+        if info.kind == LVM2:
+            pv = read_pv(backing, offset, part.length)
+            if pv is not None:
+                physical_volumes.append(pv)
+                warnings.extend(pv.problems)
+        if info.kind in LINUX_FILESYSTEMS or info.kind in (NTFS, FAT):
+            try:
+                tree = open_tree(backing, offset, part.length, info.kind)
+            except DissectMissing as err:
+                if str(err) not in warnings:
+                    warnings.append(str(err))
+                return
+            if tree is None:
+                warnings.append(f"partition {part.number}: {info.kind} filesystem could not be read")
+                return
+            trees[part.number] = tree
+
+    for part in table.partitions:
+        if part.type_id not in SKIPPED_TYPES and part.length >= 4096:
+            add(disk, part.offset, part)
+    if physical_volumes:
+        lvs, problems = logical_volumes(physical_volumes)
+        warnings.extend(problems)
+        # Logical volumes are numbered after the partitions: 101, 102... on a disk with partitions 1-9.
+        number = max((p.number for p in table.partitions), default=1) * 100
+        for lv in lvs:
+            number += 1
+            part = Partition(
+                number,
+                lv.segments[0][2],
+                lv.size,
+                LVM_LV_TYPE,
+                "LVM logical volume",
+                name=f"{lv.vg}/{lv.name}",
+            )
+            add(LogicalVolumeDisk(disk, lv), 0, part)
+    os_report, os_index = _find_os(volumes, trees, warnings)
+    for i, vol in enumerate(volumes):
+        if vol.info.kind == NTFS and vol.partition.number in trees:
+            tree = trees[vol.partition.number]
+            if ntfs_dirty(tree):
+                unclean.append(f"partition {vol.partition.number} (ntfs): volume dirty flag is set")
+            if i == os_index:
+                header = tree.read_file("/hiberfil.sys", 4)
+                if header is not None and header[:4] in HIBERNATION_SIGNATURES:
+                    unclean.append(
+                        f"partition {vol.partition.number} (ntfs): hiberfil.sys holds a "
+                        "hibernated or Fast Startup session"
+                    )
+    if os_index is not None:
+        volumes[os_index] = VolumeReport(volumes[os_index].partition, volumes[os_index].info, True)
+    esp_loaders = _esp_loaders(volumes, trees)
+    generation = hyperv_generation(table, esp_loaders, os_report.family if os_report else None)
+    return DiskReport(
+        disk.path,
+        disk.format,
+        disk.disk_type,
+        disk.virtual_size,
+        table,
+        volumes,
+        os_report,
+        volumes[os_index] if os_index is not None else None,
+        generation,
+        unclean,
+        warnings,
+    )
+
+
+def _find_os(
+    volumes: list[VolumeReport], trees: dict[int, NodeTree], warnings: list[str]
+) -> tuple[OsReport | None, int | None]:
+    inspect_windows = _windows_inspector()
+    for i, vol in enumerate(volumes):
+        tree = trees.get(vol.partition.number)
+        if tree is None:
+            continue
+        if vol.info.kind == NTFS and inspect_windows is not None:
+            found = inspect_windows(tree)
+            if found is not None:
+                return found, i
+        if vol.info.kind in LINUX_FILESYSTEMS and looks_like_linux(tree):
+            full: FileTree = _with_mounts(tree, volumes, trees)
+            found = inspect_linux(full)
+            if found is not None:
+                return found, i
+    return None, None
+
+
+def _with_mounts(root: NodeTree, volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> FileTree:
+    """The root tree with the other filesystems of this disk mounted where its fstab says."""
+    by_source: dict[str, NodeTree] = {}
+    for vol in volumes:
+        tree = trees.get(vol.partition.number)
+        if tree is None or tree is root:
+            continue
+        if vol.info.uuid:
+            by_source[f"UUID={vol.info.uuid}".lower()] = tree
+        if vol.info.label:
+            by_source[f"LABEL={vol.info.label}".lower()] = tree
+        if vol.partition.guid:
+            by_source[f"PARTUUID={vol.partition.guid}".lower()] = tree
+        if vol.partition.type_id == LVM_LV_TYPE and vol.partition.name:
+            vg, _, lv = vol.partition.name.partition("/")
+            by_source[f"/dev/{vg}/{lv}".lower()] = tree
+            by_source[f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}".lower()] = tree
+    mounts = {
+        point: by_source[source.lower()]
+        for source, point in fstab_mounts(root)
+        if point != "/" and source.lower() in by_source
+    }
+    return MountTree(root, mounts) if mounts else root
+
+
+def _esp_loaders(volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> list[str] | None:
+    """Boot loaders on the (first readable) EFI System Partition, ``None`` if none could be read."""
+    for vol in volumes:
+        if not vol.partition.is_esp or vol.partition.number not in trees:
+            continue
+        tree = trees[vol.partition.number]
+        found = [p for p in EFI_BOOT_FILES if tree.exists(p)]
+        for vendor in tree.listdir("/EFI") or []:
+            for name in tree.listdir(f"/EFI/{vendor}") or []:
+                if name.lower() in EFI_VENDOR_LOADERS:
+                    found.append(f"/EFI/{vendor}/{name}")
+        return found
+    return None

@@ -84,5 +84,7 @@ absolute_parent_option = click.option("--allow-absolute-parent", is_flag=True,
 
 # Commands register themselves on ``main`` when imported.
 from . import check as _check  # noqa: E402,F401
+from . import convert as _convert  # noqa: E402,F401
+from . import fix as _fix  # noqa: E402,F401
 from . import info as _info  # noqa: E402,F401
 from . import inspect as _inspect  # noqa: E402,F401

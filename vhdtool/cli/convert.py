@@ -1,0 +1,107 @@
+"""``vhdtool convert``: any readable image to an Azure-ready fixed VHD (or a raw image)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from ..convert import OutputFormat, convert, output_size
+from ..errors import UsageError
+from ..open import open_image
+from ..pump import Progress
+from ..sinks.hasher import parse_algorithms
+from . import absolute_parent_option, emit_json, human_size, main, parent_option
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str) -> int:
+    """``"30G"``, ``"30GiB"``, ``"1024M"`` or a byte count -> bytes (binary units, like qemu-img)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtpb]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise UsageError(f"cannot read size {text!r}; write e.g. 30G, 30GiB, 1024M or a byte count")
+    number, unit = match.groups()
+    value = float(number) * _UNITS[unit.lower()]
+    if value != int(value):
+        raise UsageError(f"size {text!r} is not a whole number of bytes")
+    return int(value)
+
+
+@contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Progress | None]:
+    """A tqdm bar on stderr when ``enabled`` and stderr is a terminal; otherwise no callback."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              dynamic_ncols=True, leave=False) as bar:
+        def advance(n: int, _was_data: bool) -> None:
+            bar.update(n)
+
+        yield advance
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while converting, so the temporary file is removed either way."""
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@main.command("convert")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@click.option("--format", "output_format", type=click.Choice(["vhd", "raw"]), default="vhd",
+              show_default=True, help="vhd: fixed VHD for Azure; raw: the plain disk bytes.")
+@click.option("--size", "size_text", metavar="SIZE",
+              help="Grow the disk to SIZE (e.g. 30G; rounded up to a MiB). Shrinking is refused.")
+@click.option("--keep-id", is_flag=True, help="Reuse the source's VHD unique id / VHDX data write GUID.")
+@click.option("--hash", "hash_text", metavar="ALGS", help="Digests of the output, e.g. md5,sha256.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (schema in docs/convert.md).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (digests still print).")
+@parent_option
+@absolute_parent_option
+def convert_command(image: str, output: str, output_format: OutputFormat, size_text: str | None,
+                    keep_id: bool, hash_text: str | None, force: bool, as_json: bool, quiet: bool,
+                    parent: str | None, allow_absolute_parent: bool) -> None:
+    """Write IMAGE (VHDX, VHD of any type, or raw) as a fixed VHD Azure accepts.
+
+    The output holds the disk's bytes, zero padding to the next MiB and a Hyper-V style
+    footer; it is written sparsely beside OUTPUT and renamed into place only on success.
+    """
+    size = parse_size(size_text) if size_text is not None else None
+    hashes = parse_algorithms(hash_text) if hash_text else ()
+    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+        total = output_size(disk, output_format, size)
+        with progress_bar(total, enabled=not quiet and not as_json) as progress, terminate_as_interrupt():
+            result = convert(disk, output, output_format=output_format, size=size, keep_id=keep_id,
+                             hashes=hashes, force=force, progress=progress)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    if not quiet:
+        kind = "fixed VHD" if result.format == "vhd" else "raw image"
+        click.echo(f"wrote {result.output}: {kind}, virtual size {human_size(result.virtual_size)}")
+        click.echo(f"{human_size(result.bytes_written)} written in {result.seconds:.1f} s "
+                   f"(file size {result.file_size:,} bytes)")
+    for name, digest in result.digests.items():
+        click.echo(f"{name}  {digest}")

@@ -1,0 +1,266 @@
+"""Writing the output image: a sparse temporary file beside the target, renamed only on success.
+
+The file is created at its full size first, so every byte never written reads as zeros and stays a
+hole: zero extents cost nothing and all-zero granules inside data chunks are skipped. A failure or
+Ctrl-C removes the temporary file; an existing target is replaced only when asked (``force``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import sys
+
+import numpy as np
+
+from ..errors import OutputError
+
+DEFAULT_GRANULARITY = 4096  # a filesystem block: the unit in which a hole can be left
+# Start writeback of what was written every this many bytes, so the final fsync has little left
+# to wait for and the output does not fill the page cache (see FixedFileSink._start_writeback).
+WRITEBACK_EVERY = 64 * 1024 * 1024
+TEMP_SUFFIX = ".vhdtool-partial"
+
+_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+_APPEARED = "appeared while converting; use --force to replace it"
+_NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+def describe_os_error(path: str, err: OSError, action: str) -> OutputError:
+    """An :class:`OutputError` with a message that says what the user can do about ``err``."""
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "no space left on the output's filesystem (or quota exceeded); free space or write elsewhere"
+    elif err.errno in _PERMISSION:
+        hint = f"permission denied ({reason}); choose a folder you can write to"
+    elif err.errno == errno.EFBIG:
+        hint = "file too large for this filesystem or limit (FAT32 stops at 4 GiB)"
+    else:
+        hint = reason
+    return OutputError(f"{path}: cannot {action}: {hint}")
+
+
+def nonzero_granules(view: memoryview, granularity: int) -> list[tuple[int, int]]:
+    """Half-open byte runs of ``view`` made of ``granularity``-sized granules holding a non-zero byte.
+
+    Same contract as :func:`vhdtool.zeros.nonzero_runs`, but never compares a memoryview with
+    ``==`` (CPython compares memoryviews item by item, about 1 GB/s; numpy's max over 64-bit words
+    runs at memory speed). Measured on this project's benchmark: zero detection went from 60% of
+    the run time to a few percent.
+    """
+    n = len(view)
+    full = n - n % granularity
+    runs: list[tuple[int, int]] = []
+    if full:
+        words = np.frombuffer(view[:full], dtype=np.uint64).reshape(-1, granularity // 8)
+        flags = words.max(axis=1) != 0
+        if flags.any():
+            # Run boundaries are where the flag changes; pad with False on both sides.
+            padded = np.concatenate(([False], flags, [False]))
+            edges = np.flatnonzero(padded[1:] != padded[:-1])
+            pairs = zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+            runs = [(a * granularity, b * granularity) for a, b in pairs]
+    if full < n and bytes(view[full:]).strip(b"\0"):
+        if runs and runs[-1][1] == full:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((full, n))
+    return runs
+
+
+def check_target(target: str, force: bool) -> None:
+    """Refuse a target that exists (unless ``force``), is not a regular file, or has no folder."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        folder = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(folder):
+            raise OutputError(f"{target}: folder {folder} does not exist") from None
+        return
+    except OSError as err:
+        raise describe_os_error(target, err, "check the output") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{target}: exists and is not a regular file; refusing to replace it")
+    if not force:
+        raise OutputError(f"{target}: exists; use --force to replace it")
+
+
+def _make_sparse(fd: int) -> None:
+    """Mark the file sparse on Windows (NTFS files are not sparse unless asked; POSIX ones are)."""
+    if sys.platform != "win32":
+        return
+    import ctypes
+    import msvcrt
+
+    fsctl_set_sparse = 0x000900C4  # winioctl.h FSCTL_SET_SPARSE
+    returned = ctypes.c_ulong(0)
+    handle = msvcrt.get_osfhandle(fd)
+    # Best effort: on FAT or ReFS without sparse support the file is simply written in full.
+    ctypes.windll.kernel32.DeviceIoControl(ctypes.c_void_p(handle), fsctl_set_sparse, None, 0, None, 0,
+                                           ctypes.byref(returned), None)
+
+
+class FixedFileSink:
+    """A :class:`~vhdtool.pump.Sink` writing the stream to ``target`` of exactly ``size`` bytes.
+
+    Call :meth:`abort` if the pump fails; :meth:`finish` syncs and renames into place.
+    ``bytes_written`` counts the bytes actually written (the rest are holes).
+    """
+
+    def __init__(self, target: str | os.PathLike[str], size: int, *, force: bool = False,
+                 granularity: int = DEFAULT_GRANULARITY, sync: bool = True,
+                 writeback_every: int = WRITEBACK_EVERY) -> None:
+        self.target = os.fspath(target)
+        self.size = size
+        self.force = force
+        if granularity <= 0 or granularity % 8:
+            raise ValueError("granularity must be a positive multiple of 8")
+        self.granularity = granularity
+        self.sync = sync
+        self.bytes_written = 0
+        self.writeback_every = writeback_every
+        self._pending_from = 0  # start of the written range whose writeback has not been started
+        self._pending_bytes = 0
+        check_target(self.target, force)
+        folder = os.path.dirname(os.path.abspath(self.target))
+        base = os.path.basename(self.target)
+        self.fd = -1
+        self.temp_path = ""
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                 | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+        for _ in range(16):
+            candidate = os.path.join(folder, f".{base}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+            try:
+                # 0o666 minus the umask: the output gets the permissions of any new file.
+                self.fd = os.open(candidate, flags, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise describe_os_error(self.target, err, "create a temporary file beside it") from err
+            self.temp_path = candidate
+            break
+        else:
+            raise OutputError(f"{self.target}: cannot find a free temporary name beside it")
+        try:
+            _make_sparse(self.fd)
+            os.ftruncate(self.fd, size)
+        except OSError as err:
+            self.abort()
+            raise describe_os_error(self.target, err, f"size the output to {size} bytes") from err
+        except BaseException:
+            self.abort()
+            raise
+
+    def _pwrite(self, offset: int, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            if hasattr(os, "pwrite"):
+                n = os.pwrite(self.fd, view[done:], offset + done)
+            else:  # Windows has no pwrite; this sink is used from one thread only
+                os.lseek(self.fd, offset + done, os.SEEK_SET)
+                n = os.write(self.fd, view[done:])
+            if n <= 0:
+                raise OSError(errno.EIO, "write returned no progress")
+            done += n
+        self.bytes_written += done
+
+    def data(self, offset: int, view: memoryview) -> None:
+        """Write the non-zero granules of ``view``; all-zero granules stay holes."""
+        if offset < 0 or offset + len(view) > self.size:
+            raise ValueError(f"write [{offset}, {offset + len(view)}) outside output of {self.size} bytes")
+        try:
+            for start, end in nonzero_granules(view, self.granularity):
+                self._pwrite(offset + start, view[start:end])
+        except OSError as err:
+            raise describe_os_error(self.target, err, f"write at byte {offset}") from err
+        self._pending_bytes += len(view)
+        if self.writeback_every and self._pending_bytes >= self.writeback_every:
+            self._start_writeback(offset + len(view))
+
+    def _start_writeback(self, end: int) -> None:
+        """Start (not wait for) writeback of ``[_pending_from, end)``.
+
+        On Linux ``POSIX_FADV_DONTNEED`` first starts asynchronous writeback of the range's dirty
+        pages and then drops its clean ones: the disk works while we keep reading, and a large
+        conversion does not evict the rest of the page cache. Python has no ``sync_file_range``;
+        this is the portable-enough equivalent. Elsewhere it is skipped.
+        """
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is not None and end > self._pending_from:
+            with contextlib.suppress(OSError):
+                advise(self.fd, self._pending_from, end - self._pending_from, os.POSIX_FADV_DONTNEED)
+        self._pending_from = end
+        self._pending_bytes = 0
+
+    def zeros(self, offset: int, length: int) -> None:
+        """Nothing to do: the file was created at full size, so the range is already a hole."""
+
+    def finish(self) -> None:
+        """Sync the data, then move the temporary file onto the target (atomically)."""
+        try:
+            try:
+                if self.sync:
+                    os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+            self._install()
+        except OSError as err:
+            self.abort()
+            raise describe_os_error(self.target, err, "finish the output") from err
+        except BaseException:
+            self.abort()
+            raise
+        self.temp_path = ""
+        if self.sync:
+            _sync_folder(os.path.dirname(os.path.abspath(self.target)))
+
+    def _install(self) -> None:
+        if self.force:
+            os.replace(self.temp_path, self.target)
+            return
+        # No clobbering, even if the target appeared while we were writing: a hard link fails
+        # with EEXIST atomically. Where links are unsupported, rename (which on Windows refuses
+        # an existing target anyway) after one more check.
+        try:
+            os.link(self.temp_path, self.target)
+        except FileExistsError:
+            raise OutputError(f"{self.target}: {_APPEARED}") from None
+        except OSError as err:
+            if err.errno not in _NO_HARDLINK:
+                raise
+            if os.path.lexists(self.target):
+                raise OutputError(f"{self.target}: {_APPEARED}") from None
+            os.rename(self.temp_path, self.target)
+            return
+        os.unlink(self.temp_path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; safe to call more than once."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        if self.temp_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp_path)
+            self.temp_path = ""
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the rename durable (POSIX); a folder cannot be opened this way on Windows."""
+    if sys.platform == "win32":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from vhdtool.errors import OutputError, UsageError
 from vhdtool.formats.raw import data_ranges
-from vhdtool.sinks.fixed_file import FixedFileSink, nonzero_granules
+from vhdtool.sinks.fixed_file import FixedFileSink
 from vhdtool.sinks.hasher import HashSink, parse_algorithms
 
 
@@ -90,15 +90,6 @@ def test_file_sink_does_not_clobber_a_target_that_appeared_meanwhile(tmp_path: P
 def test_file_sink_reports_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="does not exist"):
         FixedFileSink(tmp_path / "nowhere" / "out.img", 4096)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(min_size=0, max_size=20000).map(lambda b: bytes(x if x % 3 == 0 else 0 for x in b)),
-       st.sampled_from([8, 512, 4096]))
-def test_nonzero_granules_agrees_with_the_reference(data: bytes, granularity: int) -> None:
-    from vhdtool.zeros import nonzero_runs
-
-    assert nonzero_granules(memoryview(data), granularity) == nonzero_runs(memoryview(data), granularity)
 
 
 def test_early_writeback_keeps_the_bytes_right(tmp_path: Path) -> None:

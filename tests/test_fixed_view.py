@@ -114,3 +114,21 @@ def test_raw_extents_follow_the_files_holes(tmp_path: Path) -> None:
         data = allocated_bytes(disk.extents())
     # Filesystems may allocate a little around writes, but a 64 MiB file with ~1 MiB of data is sparse.
     assert MiB <= data <= 4 * MiB
+
+
+def test_qemu_img_reads_our_footer_size_without_hints(tmp_path: Path) -> None:
+    """Our footer names Hyper-V as creator, so tools that trust current size only for it agree on the size."""
+    import json
+    import subprocess
+
+    img = tmp_path / "odd.raw"
+    make_raw(img, 101 * MiB - 4096, [(0, b"\x01" * 512)])
+    out = tmp_path / "out.vhd"
+    with open_image(img) as disk:
+        view = FixedVhdView(disk)
+        buf = bytearray(view.size)
+        view.readinto(0, memoryview(buf))
+    out.write_bytes(buf)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "vpc", str(out)],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert info["virtual-size"] == 101 * MiB

@@ -187,8 +187,11 @@ def build_footer(footer: VhdFooter) -> bytes:
     return bytes(raw)
 
 
-CREATOR_APPLICATION = b"vhdt"
-CREATOR_VERSION = 0x00010000
+# Written as Hyper-V writes it ("win ", 10.0, "Wi2k"): readers such as qemu trust the footer's
+# current size only for creators they know (win, qem2, d2v, ...) and fall back to the smaller CHS
+# size for unknown ones, so a creator of our own would make those tools see a truncated disk.
+CREATOR_APPLICATION = b"win "
+CREATOR_VERSION = 0x000A0000
 
 
 def fixed_footer(size: int, unique_id: bytes | None = None, timestamp: int | None = None) -> VhdFooter:

@@ -37,6 +37,19 @@ def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges of a file that are holes (read as zeros, no storage)."""
+    holes: list[tuple[int, int]] = []
+    position = 0
+    for start, end in data_ranges(fd, size):
+        if start > position:
+            holes.append((position, start))
+        position = end
+    if position < size:
+        holes.append((position, size))
+    return holes
+
+
 class RawDisk(VirtualDisk):
     """A raw image file (or block device), read as it is."""
 

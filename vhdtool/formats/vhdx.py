@@ -23,6 +23,7 @@ from ..disk import ImageFile, VirtualDisk
 from ..errors import ImageError, ParentError, UnsupportedImageError
 from ..extents import Extent, extents_from_ranges, merge_ranges
 from .parent import Locator, OpenOptions, resolve_parent
+from .raw import file_holes
 from .vhdx_layout import (
     BAT_ENTRY_SIZE,
     BAT_REGION_GUID,
@@ -673,7 +674,7 @@ class VhdxDisk(VirtualDisk):
             if self._extents is not None:
                 return self._extents
         bs = self.meta.block_size
-        ranges = self.bat.block_ranges(PAYLOAD_BLOCK_FULLY_PRESENT, bs)
+        ranges = subtract_ranges(self.bat.block_ranges(PAYLOAD_BLOCK_FULLY_PRESENT, bs), self._payload_holes())
         if self.meta.has_parent:
             for block in self.bat.blocks_in(PAYLOAD_BLOCK_PARTIALLY_PRESENT):
                 base = int(block) * bs
@@ -688,6 +689,36 @@ class VhdxDisk(VirtualDisk):
         with self._lock:
             self._extents = result
         return result
+
+    def _payload_holes(self) -> list[tuple[int, int]]:
+        """Disk byte ranges of FULLY_PRESENT blocks that are holes in the image file.
+
+        A block's data that was never written is often a hole in a sparse VHDX (qemu, copies made
+        with ``cp --sparse``); it reads as zeros, so it need not be read, written or uploaded.
+        Holes come from ``SEEK_HOLE`` (file metadata). Skipped when the log replay overlays writes.
+        """
+        if self.view.replayed:
+            return []
+        holes = file_holes(self.image.fd, self.image.size)
+        if not holes:
+            return []
+        bs = self.meta.block_size
+        full = self.bat.present_states == PAYLOAD_BLOCK_FULLY_PRESENT
+        blocks = self.bat.present_blocks[full]
+        offsets = self.bat.present_offsets[full]
+        order = np.argsort(offsets, kind="stable")
+        blocks, offsets = blocks[order], offsets[order]
+        result: list[tuple[int, int]] = []
+        for hole_start, hole_end in holes:
+            i = max(0, int(np.searchsorted(offsets, hole_start, side="right")) - 1)
+            while i < len(offsets) and int(offsets[i]) < hole_end:
+                block_file = int(offsets[i])
+                lo, hi = max(hole_start, block_file), min(hole_end, block_file + bs)
+                if lo < hi:
+                    base = int(blocks[i]) * bs - block_file
+                    result.append((base + lo, base + hi))
+                i += 1
+        return merge_ranges(result)
 
     def readinto(self, offset: int, view: memoryview) -> None:
         self.check_range(offset, len(view))

@@ -73,3 +73,12 @@ def test_alignment(value: int, alignment: int) -> None:
 
 def test_extent_end() -> None:
     assert Extent(10, 5, True).end == 15
+
+
+@given(ranges, ranges)
+def test_subtract_ranges_is_set_difference(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
+    from vhdtool.extents import subtract_ranges
+
+    result = subtract_ranges(merge_ranges(a), merge_ranges(b))
+    assert covered(result) == covered(a) - covered(b)
+    assert result == merge_ranges(result)

@@ -65,6 +65,25 @@ def extents_from_ranges(allocated: Iterable[tuple[int, int]], size: int) -> list
     return result
 
 
+def subtract_ranges(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` minus ``holes``; both sorted and merged, so is the result."""
+    result: list[tuple[int, int]] = []
+    j = 0
+    for start, end in ranges:
+        while j < len(holes) and holes[j][1] <= start:
+            j += 1
+        k = j
+        position = start
+        while k < len(holes) and holes[k][0] < end:
+            if holes[k][0] > position:
+                result.append((position, holes[k][0]))
+            position = max(position, holes[k][1])
+            k += 1
+        if position < end:
+            result.append((position, end))
+    return result
+
+
 def allocated_ranges(extents: Iterable[Extent]) -> list[tuple[int, int]]:
     """The ``(start, end)`` ranges of the allocated extents, merged."""
     return merge_ranges((e.offset, e.end) for e in extents if e.allocated)

@@ -6,8 +6,11 @@ import errno
 import os
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ..disk import ImageFile, VirtualDisk
-from ..extents import Extent, extents_from_ranges
+from ..extents import Extent, extents_from_ranges, merge_ranges
 
 
 def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
@@ -48,6 +51,32 @@ def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
     if position < size:
         holes.append((position, size))
     return holes
+
+
+def holes_in_blocks(fd: int, file_size: int, blocks: npt.NDArray[Any], file_offsets: npt.NDArray[Any],
+                    block_size: int) -> list[tuple[int, int]]:
+    """Disk byte ranges of stored blocks whose bytes are holes in the image file.
+
+    ``blocks[i]`` (a block number) is stored at ``file_offsets[i]``. A block's never-written bytes are
+    often a hole in a sparse VHD/VHDX (qemu, ``cp --sparse``): they read as zeros, so convert and
+    upload need not touch them. Uses ``SEEK_HOLE`` only: file metadata, no data read.
+    """
+    holes = file_holes(fd, file_size)
+    if not holes or not len(blocks):
+        return []
+    order = np.argsort(file_offsets, kind="stable")
+    blocks, offsets = blocks[order], file_offsets[order]
+    result: list[tuple[int, int]] = []
+    for hole_start, hole_end in holes:
+        i = max(0, int(np.searchsorted(offsets, hole_start, side="right")) - 1)
+        while i < len(offsets) and int(offsets[i]) < hole_end:
+            block_file = int(offsets[i])
+            lo, hi = max(hole_start, block_file), min(hole_end, block_file + block_size)
+            if lo < hi:
+                base = int(blocks[i]) * block_size - block_file
+                result.append((base + lo, base + hi))
+            i += 1
+    return merge_ranges(result)
 
 
 class RawDisk(VirtualDisk):

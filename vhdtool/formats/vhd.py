@@ -24,9 +24,9 @@ from construct import ConstructError
 
 from ..disk import ImageFile, VirtualDisk
 from ..errors import ImageError, ParentError
-from ..extents import Extent, align_up, allocated_ranges, extents_from_ranges
+from ..extents import Extent, align_up, allocated_ranges, extents_from_ranges, merge_ranges, subtract_ranges
 from .parent import Locator, OpenOptions, resolve_parent
-from .raw import data_ranges
+from .raw import data_ranges, holes_in_blocks
 from .vhd_footer import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -542,6 +542,12 @@ class SparseVhd(VhdDisk):
 
     # -- extents ------------------------------------------------------------------------------------
 
+    def _data_holes(self) -> list[tuple[int, int]]:
+        """Disk ranges inside allocated blocks whose data is a hole in the (sparse) image file."""
+        used = np.flatnonzero(self._bat != BAT_ENTRY_UNUSED)
+        data_offsets = self._bat[used].astype(np.int64) * SECTOR_SIZE + self._bitmap_size
+        return holes_in_blocks(self.image.fd, self.image.size, used, data_offsets, self._block_size)
+
     def extents(self) -> list[Extent]:
         if self._extents is not None:
             return self._extents
@@ -557,6 +563,7 @@ class SparseVhd(VhdDisk):
                 edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
                 for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
                     ranges.append((start + a * SECTOR_SIZE, start + b * SECTOR_SIZE))
+        ranges = subtract_ranges(merge_ranges(ranges), self._data_holes())
         if self._parent is not None:
             ranges.extend(allocated_ranges(self._parent.extents()))
         self._extents = extents_from_ranges(ranges, self.virtual_size)

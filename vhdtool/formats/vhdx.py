@@ -21,9 +21,9 @@ from construct import Construct, ConstructError
 
 from ..disk import ImageFile, VirtualDisk
 from ..errors import ImageError, ParentError, UnsupportedImageError
-from ..extents import Extent, extents_from_ranges, merge_ranges
+from ..extents import Extent, extents_from_ranges, merge_ranges, subtract_ranges
 from .parent import Locator, OpenOptions, resolve_parent
-from .raw import file_holes
+from .raw import holes_in_blocks
 from .vhdx_layout import (
     BAT_ENTRY_SIZE,
     BAT_REGION_GUID,
@@ -572,25 +572,6 @@ def _runs(blocks: np.ndarray[Any, np.dtype[np.int64]], block_size: int) -> list[
     return [(int(s) * block_size, int(e) * block_size) for s, e in zip(starts, ends, strict=True)]
 
 
-def subtract_ranges(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``ranges`` minus ``holes``; both sorted and merged, so is the result."""
-    result: list[tuple[int, int]] = []
-    j = 0
-    for start, end in ranges:
-        while j < len(holes) and holes[j][1] <= start:
-            j += 1
-        k = j
-        position = start
-        while k < len(holes) and holes[k][0] < end:
-            if holes[k][0] > position:
-                result.append((position, holes[k][0]))
-            position = max(position, holes[k][1])
-            k += 1
-        if position < end:
-            result.append((position, end))
-    return result
-
-
 # ---------------------------------------------------------------------------------------------
 # The disk
 
@@ -691,34 +672,15 @@ class VhdxDisk(VirtualDisk):
         return result
 
     def _payload_holes(self) -> list[tuple[int, int]]:
-        """Disk byte ranges of FULLY_PRESENT blocks that are holes in the image file.
+        """Disk ranges of FULLY_PRESENT blocks that are holes in the (sparse) image file.
 
-        A block's data that was never written is often a hole in a sparse VHDX (qemu, copies made
-        with ``cp --sparse``); it reads as zeros, so it need not be read, written or uploaded.
-        Holes come from ``SEEK_HOLE`` (file metadata). Skipped when the log replay overlays writes.
+        Skipped when the log replay overlays writes, which may land in such holes.
         """
         if self.view.replayed:
             return []
-        holes = file_holes(self.image.fd, self.image.size)
-        if not holes:
-            return []
-        bs = self.meta.block_size
         full = self.bat.present_states == PAYLOAD_BLOCK_FULLY_PRESENT
-        blocks = self.bat.present_blocks[full]
-        offsets = self.bat.present_offsets[full]
-        order = np.argsort(offsets, kind="stable")
-        blocks, offsets = blocks[order], offsets[order]
-        result: list[tuple[int, int]] = []
-        for hole_start, hole_end in holes:
-            i = max(0, int(np.searchsorted(offsets, hole_start, side="right")) - 1)
-            while i < len(offsets) and int(offsets[i]) < hole_end:
-                block_file = int(offsets[i])
-                lo, hi = max(hole_start, block_file), min(hole_end, block_file + bs)
-                if lo < hi:
-                    base = int(blocks[i]) * bs - block_file
-                    result.append((base + lo, base + hi))
-                i += 1
-        return merge_ranges(result)
+        return holes_in_blocks(self.image.fd, self.image.size, self.bat.present_blocks[full],
+                               self.bat.present_offsets[full], self.meta.block_size)
 
     def readinto(self, offset: int, view: memoryview) -> None:
         self.check_range(offset, len(view))

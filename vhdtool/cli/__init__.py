@@ -26,7 +26,35 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Command name -> module in this package. Modules are imported only when their command runs (or help
+# lists it), so `vhdtool info` does not pay for numpy-heavy converters or the Azure SDK.
+COMMANDS = {
+    "info": "info",
+    "inspect": "inspect",
+    "check": "check",
+    "convert": "convert",
+    "fix": "fix",
+    "upload": "upload",
+    "prepare": "prepare",
+    "verify": "verify",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands live in modules imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            importlib.import_module(f"{__name__}.{COMMANDS[cmd_name]}")  # registers itself on ``main``
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vhdtool")
 def main() -> None:
     """Make Hyper-V and raw disk images ready for Azure: read, check, convert, upload."""
@@ -81,10 +109,3 @@ parent_option = click.option("--parent", "parent", type=click.Path(dir_okay=Fals
                              help="Use this file as the (first) parent of a differencing disk.")
 absolute_parent_option = click.option("--allow-absolute-parent", is_flag=True,
                                       help="Follow absolute parent locators outside the image's folder.")
-
-# Commands register themselves on ``main`` when imported.
-from . import check as _check  # noqa: E402,F401
-from . import convert as _convert  # noqa: E402,F401
-from . import fix as _fix  # noqa: E402,F401
-from . import info as _info  # noqa: E402,F401
-from . import inspect as _inspect  # noqa: E402,F401

@@ -19,6 +19,10 @@ from ..upload_plan import MAX_PUT_PAGE, PAGE_SIZE, RangeSet, RunList, page_runs
 
 Put = Callable[[int, bytes], None]
 SinkProgress = Callable[[int, int], None]  # (bytes sent, bytes skipped), increments
+# Sees every byte of the stream in order: ``bytes`` (a run of data; shared, never modified) or an
+# ``int`` (that many zero bytes). Lets a hasher reuse the copies made for the requests.
+Tap = Callable[[int, "bytes | int"], None]
+MANY_RUNS = 16  # above this many runs in one piece, the tap gets one copy of the whole piece
 
 
 class PageBlobSink:
@@ -30,7 +34,7 @@ class PageBlobSink:
 
     def __init__(self, put: Put, *, threads: int, window: int, present: RangeSet | None = None,
                  max_put: int = MAX_PUT_PAGE, progress: SinkProgress | None = None,
-                 abort: threading.Event | None = None) -> None:
+                 abort: threading.Event | None = None, tap: Tap | None = None) -> None:
         if threads < 1 or window < threads:
             raise ValueError("need threads >= 1 and window >= threads")
         if max_put % PAGE_SIZE:
@@ -39,6 +43,7 @@ class PageBlobSink:
         self._present = present or RangeSet()
         self._max_put = max_put
         self._progress = progress
+        self._tap = tap
         self._abort = abort or threading.Event()
         self._slots = threading.BoundedSemaphore(window)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vhdtool-put")
@@ -57,20 +62,37 @@ class PageBlobSink:
     def data(self, offset: int, view: memoryview) -> None:
         self._raise_if_failed()
         end = offset + len(view)
-        position = offset
-        for start, stop in page_runs(offset, view):
+        runs = page_runs(offset, view)
+        tap = self._tap
+        per_run = tap is not None and len(runs) <= MANY_RUNS
+        if tap is not None and not per_run:
+            tap(offset, bytes(view))
+        position = offset  # everything before it is sent, queued or skipped
+        tapped = offset  # everything before it went to the tap
+        for start, stop in runs:
             self.data_runs.add(start, stop)
+            run: bytes | memoryview = view[start - offset:stop - offset]
+            if per_run and tap is not None:
+                if start > tapped:
+                    tap(tapped, start - tapped)
+                run = bytes(run)  # one copy, shared by the tap and the request body
+                tap(start, run)
+                tapped = stop
             for a, b in self._present.missing(start, stop):
                 self._skip(a - position)
-                self._append(a, view[a - offset:b - offset])
+                self._append(a, run[a - start:b - start])
                 position = b
             self._skip(stop - position)  # the tail of the run the blob already holds
             position = stop
+        if per_run and tap is not None and end > tapped:
+            tap(tapped, end - tapped)
         self._skip(end - position)
 
     def zeros(self, offset: int, length: int) -> None:
         self._raise_if_failed()
         self._flush()
+        if self._tap is not None:
+            self._tap(offset, length)
         self._skip(length)
 
     def finish(self) -> None:
@@ -103,7 +125,7 @@ class PageBlobSink:
             if self._progress:
                 self._progress(0, n)
 
-    def _append(self, offset: int, piece: memoryview) -> None:
+    def _append(self, offset: int, piece: bytes | memoryview) -> None:
         """Add ``piece`` (at ``offset``) to the body being built, sending full or non-touching bodies."""
         if self._pending and offset != self._pending_offset + self._pending_length:
             self._flush()
@@ -111,7 +133,8 @@ class PageBlobSink:
             if not self._pending:
                 self._pending_offset = offset
             room = self._max_put - self._pending_length
-            part = bytes(piece[:room])  # the pump's buffer is borrowed: copy
+            # The pump's buffer is borrowed: copy views; a whole ``bytes`` piece is kept as it is.
+            part = piece if isinstance(piece, bytes) and len(piece) <= room else bytes(piece[:room])
             self._pending.append(part)
             self._pending_length += len(part)
             offset += len(part)

@@ -1,0 +1,446 @@
+"""``vhdtool upload`` against a real Azurite, every request recorded by a loopback proxy.
+
+The blob service is Azurite (no mock); the proxy in ``tests/azurite.py`` checks every Put Page
+(≤ 4 MiB, 512-byte aligned, Content-MD5 right) and injects faults. After each upload the blob is
+downloaded straight from Azurite and compared with the fixed VHD that ``vhdtool convert`` writes;
+the MD5 is recomputed with hashlib. A "managed disk" is emulated by a page blob created beforehand
+in Azurite (the real thing needs Azure): only the pre-sized, cannot-create behaviour is exercised.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
+from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, running_azurite
+from conftest import qemu_img
+
+import vhdtool.azure
+from vhdtool import open_image
+from vhdtool.azure import Destination
+from vhdtool.convert import convert
+from vhdtool.errors import TransferError
+from vhdtool.extents import MiB
+from vhdtool.formats.vhd_footer import parse_footer
+from vhdtool.upload import RetryPolicy, UploadResult, upload
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Azurite]:
+    with running_azurite() as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
+    p = RecordingProxy(azurite.port)
+    yield p
+    p.close()
+
+
+class Place:
+    """A fresh container and blob name; a destination through the proxy, a direct client for checks."""
+
+    def __init__(self, azurite: Azurite, proxy: RecordingProxy) -> None:
+        self.container = "c" + uuid.uuid4().hex[:12]
+        self.blob = "disk.vhd"
+        self.azurite = azurite
+        self.proxy_connection_string = azurite.connection_string(proxy.endpoint)
+        BlobServiceClient.from_connection_string(azurite.connection_string()).create_container(self.container)
+        self.direct: BlobClient = BlobClient.from_connection_string(azurite.connection_string(),
+                                                                    self.container, self.blob)
+
+    @property
+    def dest(self) -> Destination:
+        return Destination(connection_string=self.proxy_connection_string, container=self.container,
+                           blob=self.blob)
+
+    def download(self) -> bytes:
+        return self.direct.download_blob().readall()
+
+    def page_ranges(self) -> list[tuple[int, int]]:
+        return [(r.start, r.end + 1) for r in self.direct.list_page_ranges()]
+
+
+@pytest.fixture
+def place(azurite: Azurite, proxy: RecordingProxy) -> Place:
+    proxy.clear()
+    return Place(azurite, proxy)
+
+
+def make_raw(path: Path, size: int, seed: int = 1) -> Path:
+    """A sparse raw image (at least 16 MiB): unaligned writes, a 4.5 MiB run, scattered pages."""
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        writes = [(0, 512), (3 * MiB + 100, 3000), (6 * MiB - 700, 1400), (8 * MiB, 5 * MiB + 4096)]
+        starts = rng.integers(30000, size // 512 - 64, 40)
+        writes += [(int(o) * 512, 512 * int(n)) for o, n in zip(starts, rng.integers(1, 9, 40), strict=True)]
+        for offset, length in writes:
+            f.seek(offset)
+            f.write(rng.integers(1, 256, length, dtype=np.uint8).tobytes())
+        # Pages of explicit zeros inside data: written, allocated, but never sent.
+        f.seek(8 * MiB + 4 * MiB + 512 * 1024)
+        f.write(bytes(4096))
+    return path
+
+
+def fixed_vhd(image: Path, tmp: Path) -> bytes:
+    """The oracle: what ``vhdtool convert`` writes for ``image``."""
+    out = tmp / (image.name + ".fixed.vhd")
+    with open_image(image) as disk:
+        convert(disk, out)
+    return out.read_bytes()
+
+
+def nonzero_pages(data: bytes) -> set[int]:
+    pages = np.frombuffer(data, dtype=np.uint64).reshape(-1, 64).any(axis=1)
+    return {int(i) for i in np.flatnonzero(pages)}
+
+
+def pages_of(puts: list[Recorded]) -> list[int]:
+    return [p for r in puts if r.offset is not None and r.length is not None
+            for p in range(r.offset // 512, (r.offset + r.length) // 512)]
+
+
+def assert_same_fixed_vhd(blob: bytes, expected: bytes) -> None:
+    """Byte for byte, except the footer's unique id, timestamp and checksum (fresh per run)."""
+    assert len(blob) == len(expected)
+    assert blob[:-512] == expected[:-512]
+    ours = parse_footer(blob[-512:], "blob", len(blob) - 512)
+    theirs = parse_footer(expected[-512:], "convert", len(expected) - 512)
+    assert ours.checksum_valid
+    same = ("cookie", "features", "file_format_version", "data_offset", "original_size", "current_size",
+            "geometry", "disk_type", "saved_state")
+    for name in same:
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def assert_puts_valid(proxy: RecordingProxy) -> list[Recorded]:
+    puts = [r for r in proxy.requests if r.is_put_page]
+    assert puts
+    for r in puts:
+        assert r.offset is not None and r.length is not None
+        assert r.offset % 512 == 0 and r.length % 512 == 0 and 0 < r.length <= 4 * MiB
+        assert r.body_length == r.length
+        assert r.md5_ok, f"Content-MD5 missing or wrong on the put at {r.offset}"
+    return puts
+
+
+def assert_uploaded(place: Place, result: UploadResult, expected: bytes) -> bytes:
+    blob = place.download()
+    assert_same_fixed_vhd(blob, expected)
+    digest = hashlib.md5(blob).digest()
+    assert result.md5 == digest.hex()
+    stored = place.direct.get_blob_properties().content_settings.content_md5
+    assert stored is not None and bytes(stored) == digest
+    assert result.blob_size == len(blob) and result.virtual_size == len(blob) - 512
+    assert result.bytes_sent + result.bytes_skipped == len(blob)
+    return blob
+
+
+def test_raw_upload_sends_only_non_zero_pages_in_valid_requests(tmp_path: Path, place: Place,
+                                                                proxy: RecordingProxy) -> None:
+    image = make_raw(tmp_path / "disk.raw", 40 * MiB + 3000)
+    expected = fixed_vhd(image, tmp_path)
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=4, verify="full")
+    blob = assert_uploaded(place, result, expected)
+    puts = assert_puts_valid(proxy)
+    sent_pages = pages_of(puts)
+    assert len(sent_pages) == len(set(sent_pages))  # no page sent twice
+    assert set(sent_pages) == nonzero_pages(blob)  # exactly the non-zero pages: zeros never sent
+    assert result.bytes_sent == 512 * len(sent_pages)
+    assert any(r.length == 4 * MiB for r in puts)  # the 5 MiB run was cut at the limit
+    assert result.requests == len(proxy.requests)  # every request counted, and nothing retried
+    assert result.retries == 0 and result.verified == "full" and not result.resumed
+    assert proxy.max_in_flight_puts <= 4
+    assert place.direct.get_blob_properties().metadata["vhdtool_state"] == "complete"
+
+
+@pytest.mark.parametrize("fmt, options", [("vhdx", []), ("vpc", ["-o", "subformat=dynamic,force_size=on"])])
+def test_vhdx_and_dynamic_vhd_upload_as_the_fixed_vhd_convert_writes(tmp_path: Path, place: Place,
+                                                                    proxy: RecordingProxy, fmt: str,
+                                                                    options: list[str]) -> None:
+    raw = make_raw(tmp_path / "disk.raw", 24 * MiB, seed=7)
+    image = tmp_path / f"disk.{fmt}"
+    qemu_img("convert", "-f", "raw", "-O", fmt, *options, str(raw), str(image))
+    expected = fixed_vhd(image, tmp_path)
+    assert expected[:24 * MiB] == raw.read_bytes()  # the oracle agrees with qemu-img's input
+    with open_image(image) as disk:
+        assert disk.format == ("vhdx" if fmt == "vhdx" else "vhd")
+        result = upload(disk, place.dest, threads=3, verify="pages")
+    blob = assert_uploaded(place, result, expected)
+    assert set(pages_of(assert_puts_valid(proxy))) == nonzero_pages(blob)
+
+
+@pytest.fixture(params=["direct", "sdk"])
+def put_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test over both Put Page paths: vhdtool's direct HTTP one and the SDK's (used with
+    token credentials and HTTP proxies), so both classify errors the same way."""
+    if request.param == "sdk":
+        monkeypatch.setattr(vhdtool.azure._FastPutPage, "for_client", lambda *args, **kwargs: None)
+    return str(request.param)
+
+
+def test_503_with_retry_after_is_retried_after_the_wait(tmp_path: Path, place: Place,
+                                                        proxy: RecordingProxy, put_path: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "503", times=2, retry_after=1))
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY)
+    assert_uploaded(place, result, fixed_vhd(image, tmp_path))
+    assert result.retries == 2
+    refused = [r for r in proxy.requests if r.fault == "503"]
+    assert len(refused) == 2
+    for r in refused:
+        again = [x for x in proxy.requests if x.is_put_page and x.offset == r.offset and x.time > r.time]
+        assert again and again[0].time - r.time >= 0.95  # Retry-After: 1 honoured, not the 0.05 s backoff
+    assert result.requests == len(proxy.requests)
+
+
+def test_dropped_connections_are_retried_and_the_blob_is_right(tmp_path: Path, place: Place,
+                                                               proxy: RecordingProxy, put_path: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "drop", times=2))
+    proxy.add_rule(Rule(lambda r: r.is_put_page and (r.offset or 0) > 0, "drop-after", times=1))
+    proxy.add_rule(Rule(lambda r: r.method == "GET" and r.query.get("comp") == "pagelist", "drop", times=1))
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY, verify="pages")
+    assert_uploaded(place, result, fixed_vhd(image, tmp_path))
+    assert result.retries == 4
+    assert len([r for r in proxy.requests if r.fault]) == 4
+
+
+def test_permanent_failure_stops_at_once_and_resume_sends_only_what_is_missing(
+        tmp_path: Path, place: Place, proxy: RecordingProxy, put_path: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 40 * MiB)
+    expected = fixed_vhd(image, tmp_path)
+    seen: list[int] = []
+
+    def fourth_put(r: Recorded) -> bool:
+        if r.is_put_page:
+            seen.append(1)
+        return r.is_put_page and len(seen) >= 4
+
+    proxy.add_rule(Rule(fourth_put, "403", times=1))
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest, threads=1, window=1, retry=FAST_RETRY)
+    assert "403" in str(info.value)
+    denied = [r for r in proxy.requests if r.fault == "403"]
+    assert len(denied) == 1
+    assert not [r for r in proxy.requests
+                if r.is_put_page and r.offset == denied[0].offset and r is not denied[0]]
+    before = place.page_ranges()
+    assert before
+
+    proxy.clear()
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=4, resume=True, verify="full")
+    assert result.resumed
+    blob = assert_uploaded(place, result, expected)
+    resent = set(pages_of(assert_puts_valid(proxy)))
+    already = {p for a, b in before for p in range(a // 512, b // 512)}
+    assert not resent & already  # nothing sent twice
+    assert resent | already == nonzero_pages(blob)  # and nothing left out
+    assert result.bytes_sent == 512 * len(resent)
+
+
+def test_sigkill_halfway_then_resume_sends_only_what_is_missing(tmp_path: Path, place: Place,
+                                                                proxy: RecordingProxy) -> None:
+    image = make_raw(tmp_path / "disk.raw", 48 * MiB, seed=3)
+    with open(image, "r+b") as f:  # more requests: 24 MiB of data in 4 MiB puts
+        f.seek(16 * MiB)
+        f.write(np.random.default_rng(5).integers(1, 256, 24 * MiB, dtype=np.uint8).tobytes())
+    expected = fixed_vhd(image, tmp_path)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=10_000, seconds=0.15))
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
+    proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
+                             f"{place.container}/{place.blob}", "--threads", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(proxy.put_pages()) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # Let requests the proxy still holds reach Azurite before looking at the blob.
+    while any(r.status is None and r.fault is None for r in proxy.requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = place.page_ranges()
+    already = {p for a, b in before for p in range(a // 512, b // 512)}
+    assert already
+
+    proxy.clear()
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=4, resume=True)
+    blob = assert_uploaded(place, result, expected)
+    resent = set(pages_of(assert_puts_valid(proxy)))
+    assert resent and not resent & already
+    assert resent | already == nonzero_pages(blob)
+
+
+def test_resume_refuses_a_changed_image(tmp_path: Path, place: Place, proxy: RecordingProxy) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "403", times=1))
+    with open_image(image) as disk, pytest.raises(TransferError):
+        upload(disk, place.dest, threads=1, window=1)
+    with open(image, "r+b") as f:
+        f.write(b"changed")
+    os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest, resume=True)
+    assert "--overwrite" in str(info.value)
+
+
+def test_existing_blob_is_refused_then_overwrite_clears_stale_data(tmp_path: Path, place: Place,
+                                                                   proxy: RecordingProxy) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    expected = fixed_vhd(image, tmp_path)
+    place.direct.create_page_blob(len(expected), metadata={"owner": "someone"})
+    stale = b"\xee" * (64 * 1024)
+    for offset in (1 * MiB, 12 * MiB, 8 * MiB):  # zeros in the image at 1 and 12 MiB, data at 8 MiB
+        place.direct.upload_page(stale, offset, len(stale))
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest)
+    assert "already exists" in str(info.value) and "--overwrite" in str(info.value)
+    assert not [r for r in proxy.requests if r.is_put_page]  # refused before writing anything
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, overwrite=True, verify="full")
+    assert result.bytes_cleared >= 3 * len(stale)
+    assert [r for r in proxy.requests if r.page_write == "clear"]
+    assert_uploaded(place, result, expected)
+
+    # A blob of another type is replaced by a new page blob.
+    place.direct.upload_blob(b"block blob", overwrite=True)
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, overwrite=True)
+    assert_uploaded(place, result, expected)
+
+
+def test_managed_disk_of_the_wrong_size_is_refused_with_the_size_to_pass(tmp_path: Path, place: Place,
+                                                                         proxy: RecordingProxy) -> None:
+    # Emulated managed disk: a pre-created page blob (Azure's `az disk create --for-upload` makes one).
+    image = make_raw(tmp_path / "disk.raw", 20 * MiB + 100)
+    expected = fixed_vhd(image, tmp_path)
+    place.direct.create_page_blob(20 * MiB + 512)
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest, managed_disk=True)
+    assert f"--upload-size-bytes {len(expected)}" in str(info.value)
+    assert str(20 * MiB + 512) in str(info.value)
+    assert not [r for r in proxy.requests if r.method == "PUT"]  # nothing created, resized or written
+
+    place.direct.create_page_blob(len(expected))  # the right size: written into, never re-created
+    proxy.clear()
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, managed_disk=True, verify="pages")
+    assert_uploaded(place, result, expected)
+    assert not [r for r in proxy.requests if r.method == "PUT" and r.headers.get("x-ms-blob-type")]
+
+    proxy.clear()
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest, managed_disk=True)
+    assert "already holds data" in str(info.value)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "vhdtool", "upload", *args], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def test_cli_json_summary_and_secrets_never_printed(tmp_path: Path, place: Place, azurite: Azurite) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    good_sas = generate_blob_sas(ACCOUNT, place.container, place.blob, account_key=ACCOUNT_KEY,
+                                 permission=BlobSasPermissions(read=True, create=True, write=True),
+                                 expiry=when)
+    read_sas = generate_blob_sas(ACCOUNT, place.container, "other.vhd", account_key=ACCOUNT_KEY,
+                                 permission=BlobSasPermissions(read=True), expiry=when)
+    secrets = [dict(p.split("=", 1) for p in s.split("&"))["sig"] for s in (good_sas, read_sas)]
+    secrets.append(ACCOUNT_KEY)
+
+    def clean(proc: subprocess.CompletedProcess[str]) -> None:
+        for secret in secrets:
+            for form in (secret, secret.replace("%2B", "+").replace("%3D", "=").replace("%2F", "/")):
+                assert form not in proc.stdout and form not in proc.stderr
+
+    url = f"{azurite.endpoint}/{place.container}/{place.blob}?{good_sas}"
+    proc = run_cli(str(image), url, "--json", "--verify=full")
+    assert proc.returncode == 0, proc.stderr
+    clean(proc)
+    facts = json.loads(proc.stdout)
+    keys = ("virtual_size", "blob_size", "bytes_sent", "bytes_skipped", "requests", "retries", "md5",
+            "seconds")
+    assert all(key in facts for key in keys)
+    assert facts["virtual_size"] == 16 * MiB and facts["blob_size"] == 16 * MiB + 512
+    blob = place.download()
+    assert facts["md5"] == hashlib.md5(blob).hexdigest()
+    assert base64.b64decode(facts["content_md5"]) == hashlib.md5(blob).digest()
+
+    proc = run_cli(str(image), url)  # exists: refused, exit 1, one line
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    clean(proc)
+
+    denied = f"{azurite.endpoint}/{place.container}/other.vhd?{read_sas}"
+    proc = run_cli(str(image), denied)  # a read-only SAS: the service says 403
+    assert proc.returncode == 1 and "403" in proc.stderr and "Traceback" not in proc.stderr
+    clean(proc)
+
+    proc = run_cli(str(image), "nosuchcontainer/x.vhd",
+                   env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string()})
+    assert proc.returncode == 1 and "404" in proc.stderr and "Traceback" not in proc.stderr
+    clean(proc)
+
+    proc = run_cli(str(image), "only-a-name")
+    assert proc.returncode == 2 and "CONTAINER/BLOB" in proc.stderr
+
+
+def test_ctrl_c_exits_130_in_one_line_and_resume_finishes(tmp_path: Path, place: Place,
+                                                          proxy: RecordingProxy) -> None:
+    image = make_raw(tmp_path / "disk.raw", 32 * MiB, seed=11)
+    expected = fixed_vhd(image, tmp_path)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=10_000, seconds=0.2))
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
+    proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
+                             f"{place.container}/{place.blob}", "--threads", "2", "--progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(proxy.put_pages()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "vhdtool: interrupted"
+    while any(r.status is None and r.fault is None for r in proxy.requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proxy.clear()
+    proc2 = run_cli(str(image), f"{place.container}/{place.blob}", "--resume", "--json", "--verify",
+                    env={"AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
+    assert proc2.returncode == 0, proc2.stderr
+    facts = json.loads(proc2.stdout)
+    assert facts["resumed"] and facts["verified"] == "pages"
+    blob = place.download()
+    assert_same_fixed_vhd(blob, expected)
+    assert facts["bytes_sent"] < len(nonzero_pages(blob)) * 512  # what the first run wrote was kept

@@ -1,0 +1,115 @@
+"""``vhdtool upload``: any image to an Azure page blob as a fixed VHD, converted on the fly."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import click
+
+from ..fixed import azure_virtual_size
+from ..open import open_image
+from . import absolute_parent_option, emit_json, human_size, main, parent_option
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("dest", required=False)
+@click.option("--connection-string", envvar="AZURE_STORAGE_CONNECTION_STRING", show_envvar=True,
+              help="Storage connection string (account key or SAS); DEST is then CONTAINER/BLOB.")
+@click.option("--account-url",
+              help="https://ACCOUNT.blob.core.windows.net, signed in with DefaultAzureCredential.")
+@click.option("--container", help="Container name (instead of CONTAINER/BLOB).")
+@click.option("--blob", "blob_name", help="Blob name (instead of CONTAINER/BLOB).")
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Put Page requests in flight at once.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing blob; its written ranges are cleared first.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted upload of the same image, sending only what is missing.")
+@click.option("--verify", type=click.Choice(["pages", "full"]), is_flag=False, flag_value="pages",
+              default=None,
+              help="Afterwards compare the blob's page ranges (--verify) and bytes (--verify=full).")
+@click.option("--managed-disk/--no-managed-disk", default=None,
+              help="Treat DEST as a managed disk opened for upload (default: detected from the URL).")
+@click.option("--size", type=click.IntRange(1), default=None,
+              help="Grow the virtual size to this many bytes (rounded up to a MiB).")
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="Seconds one request may take before it is retried.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Show a progress bar on stderr (default: when stderr is a terminal).")
+@parent_option
+@absolute_parent_option
+def upload(image: str, dest: str | None, connection_string: str | None, account_url: str | None,
+           container: str | None, blob_name: str | None, threads: int, overwrite: bool, resume: bool,
+           verify: str | None, managed_disk: bool | None, size: int | None, timeout: float, as_json: bool,
+           show_progress: bool | None, parent: str | None, allow_absolute_parent: bool) -> None:
+    """Upload IMAGE (VHDX, VHD or raw) to the page blob DEST as the fixed VHD Azure needs.
+
+    DEST is a blob URL with a SAS token (also a managed disk's `az disk grant-access` URL), a blob
+    URL without one (signed in with DefaultAzureCredential), or CONTAINER/BLOB with
+    --connection-string / AZURE_STORAGE_CONNECTION_STRING or --account-url. Only non-zero pages
+    are sent; no temporary file is written.
+    """
+    from ..azure import make_destination, scrub
+    from ..upload import upload as run_upload
+
+    destination = make_destination(dest, connection_string=connection_string, account_url=account_url,
+                                   container=container, blob=blob_name)
+    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+        bar = _Bar(azure_virtual_size(disk.virtual_size, size) + 512, show_progress)
+        try:
+            result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
+                                verify=verify, progress=bar.update, managed_disk=managed_disk,
+                                timeout=timeout, size=size)
+        finally:
+            bar.close()
+    facts = result.to_json()
+    facts["blob"] = scrub(str(facts["blob"]), destination.secrets())
+    if as_json:
+        emit_json(facts)
+        return
+    for warning in result.warnings:
+        click.echo(f"vhdtool: warning: {warning}", err=True)
+    rate = result.bytes_sent / result.seconds if result.seconds > 0 else 0.0
+    rows = [
+        ("blob", facts["blob"]),
+        ("blob size", human_size(result.blob_size)),
+        ("sent", f"{human_size(result.bytes_sent)} in {result.requests} requests, {result.retries} retries"),
+        ("skipped", human_size(result.bytes_skipped) + (" (resumed)" if result.resumed else "")),
+        ("cleared", human_size(result.bytes_cleared)),
+        ("md5", f"{result.md5} (Content-MD5 {result.content_md5}"
+                f"{'' if result.md5_stored else ', not stored'})"),
+        ("verified", result.verified or "no"),
+        ("time", f"{result.seconds:.1f} s, {human_size(int(rate))}/s sent"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+class _Bar:
+    """A tqdm bar over the fixed VHD's bytes; updated from worker threads, so updates take a lock."""
+
+    def __init__(self, total: int, show: bool | None) -> None:
+        from tqdm import tqdm
+
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._skipped = 0
+        # disable=None: tqdm shows the bar only when stderr is a terminal.
+        self._bar: Any = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload",
+                              disable=None if show is None else not show, leave=False, dynamic_ncols=True)
+
+    def update(self, sent: int, skipped: int) -> None:
+        with self._lock:
+            self._sent += sent
+            self._skipped += skipped
+            self._bar.set_postfix_str(f"sent {self._sent >> 20} MiB, empty {self._skipped >> 20} MiB",
+                                      refresh=False)
+            self._bar.update(sent + skipped)
+
+    def close(self) -> None:
+        with self._lock:
+            self._bar.close()

@@ -25,12 +25,16 @@ class ImageFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        # O_RDONLY always: vhdtool never changes an input image.
-        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+        # O_RDONLY always: vhdtool never changes an input image. O_NONBLOCK so that opening a FIFO
+        # (or a device that waits for a carrier) returns at once and is refused below instead of hanging.
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+                          | getattr(os, "O_NONBLOCK", 0))
         try:
             st = os.fstat(self.fd)
             if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
                 raise ImageError(self.path, "file", None, "not a regular file or block device")
+            if hasattr(os, "O_NONBLOCK"):
+                os.set_blocking(self.fd, True)
             self.size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(self.fd, 0, os.SEEK_END)
             self.identity = (st.st_dev, st.st_ino)
         except BaseException:
@@ -198,6 +202,23 @@ class DiskReader(io.RawIOBase):
         if self.position < 0:
             raise ValueError("negative seek position")
         return self.position
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read at most ``size`` bytes, never allocating past the end of the volume.
+
+        ``RawIOBase.read`` allocates ``size`` bytes before reading; filesystem readers pass sizes
+        taken from on-disk fields (an NTFS MFT record size of 2**57), so clip to what is left first.
+        """
+        remaining = max(0, self.length - self.position)
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        del buf[n:]
+        return bytes(buf)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

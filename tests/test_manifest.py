@@ -1,0 +1,171 @@
+"""The manifest schema: round trips, refusals of malformed files, tiers, token stripping, re-hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vhdtool.errors import OutputError, UsageError
+from vhdtool.manifest import (
+    SCHEMA,
+    DiskRecord,
+    Finding,
+    FixedVhdRecord,
+    GalleryDefinition,
+    Manifest,
+    OsRecord,
+    SourceRecord,
+    billing_tier,
+    gallery_definition,
+    hash_file,
+    manifest_from_json,
+    read_manifest,
+    strip_token,
+    verify_files,
+    write_manifest,
+)
+
+GiB = 1024 ** 3
+text = st.text(min_size=1, max_size=20)
+opt_text = st.one_of(st.none(), text)
+sizes = st.integers(0, 1 << 50)
+hexes = st.text("0123456789abcdef", min_size=32, max_size=64)
+
+
+@st.composite
+def disks(draw: st.DrawFn) -> DiskRecord:
+    lun = draw(st.one_of(st.none(), st.integers(0, 63)))
+    os_record = None if lun is not None else OsRecord(draw(opt_text), draw(opt_text), draw(opt_text),
+                                                      draw(text))
+    virtual = draw(sizes)
+    return DiskRecord(
+        role="os" if lun is None else "data", lun=lun, name=draw(text),
+        source=SourceRecord(draw(text), draw(text), draw(text), draw(sizes), draw(sizes)),
+        fixed_vhd=FixedVhdRecord(draw(opt_text), virtual, virtual + 512, draw(hexes), draw(hexes)),
+        os=os_record, hyper_v_generation=draw(st.sampled_from([None, "V1", "V2"])),
+        architecture=draw(st.sampled_from([None, "x64", "Arm64"])), billing_tier=billing_tier(virtual),
+        findings=tuple(Finding(draw(text), draw(st.sampled_from(["error", "warning", "info"])), draw(text))
+                       for _ in range(draw(st.integers(0, 3)))),
+        blob_url=draw(opt_text))
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> Manifest:
+    records = tuple(draw(st.lists(disks(), min_size=1, max_size=4)))
+    expect = draw(st.sampled_from([None, "generalized", "specialized"]))
+    return Manifest(draw(text), draw(text), draw(text), expect, draw(st.booleans()),
+                    gallery_definition(records[0]), records, draw(opt_text))
+
+
+@given(manifests())
+def test_json_round_trip(manifest: Manifest) -> None:
+    data = json.loads(json.dumps(manifest.to_json()))
+    assert manifest_from_json(data, "m.json") == manifest
+
+
+def test_write_and_read_back_never_replacing(tmp_path: Path) -> None:
+    record = DiskRecord("os", None, "a-os-2026-01-01", SourceRecord("/x", "raw", "fixed", 1, 1),
+                        FixedVhdRecord("a.vhd", 1 << 20, (1 << 20) + 512, "0" * 32, "0" * 64),
+                        OsRecord("windows", "Windows Server 2022", "10.0", "generalized"), "V2", "x64",
+                        billing_tier(1 << 20), ())
+    manifest = Manifest("a", "2026-01-01T00:00:00Z", "0.1.0", None, False, gallery_definition(record),
+                        (record,))
+    path = tmp_path / "a.manifest.json"
+    write_manifest(manifest, path)
+    assert read_manifest(path) == manifest
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert manifest.gallery_image_definition == GalleryDefinition("Windows", "Generalized", "V2", "x64")
+    with pytest.raises(OutputError, match="manifest"):
+        write_manifest(manifest, path)
+    assert os.listdir(tmp_path) == ["a.manifest.json"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not JSON"),
+    ("[]", "not a manifest"),
+    ('{"schema": "other/1"}', "schema"),
+    (json.dumps({"schema": SCHEMA, "disks": "x"}), "disks"),
+    (json.dumps({"schema": SCHEMA, "disks": [{"role": "os"}]}), "source"),
+    (json.dumps({"schema": SCHEMA, "disks": [], "gallery_image_definition": {}, "name": "n",
+                 "created": "c", "vhdtool_version": 1}), "vhdtool_version"),
+])
+def test_malformed_manifests_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        read_manifest(path)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot read"):
+        read_manifest(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("size, premium, hdd", [
+    (1, "P1", "S4"), (4 * GiB, "P1", "S4"), (4 * GiB + 1, "P2", "S4"), (30 * GiB, "P4", "S4"),
+    (33 * GiB, "P6", "S6"), (127 * GiB, "P10", "S10"), (32767 * GiB, "P80", "S80"), (32768 * GiB, None, None),
+])
+def test_billing_tier(size: int, premium: str | None, hdd: str | None) -> None:
+    tier = billing_tier(size)
+    assert (tier["premium_ssd"], tier["standard_hdd"]) == (premium, hdd)
+    if premium:
+        assert tier["standard_ssd"] == "E" + premium[1:]
+        assert tier["tier_size_gib"] * GiB >= size
+
+
+@given(st.integers(1, 32767 * GiB), st.integers(1, 32767 * GiB))
+def test_billing_tier_is_monotonic(a: int, b: int) -> None:
+    small, large = sorted((a, b))
+    assert billing_tier(small)["tier_size_gib"] <= billing_tier(large)["tier_size_gib"]
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://acct.blob.core.windows.net/c/b.vhd?sv=2022&sig=SECRET", "https://acct.blob.core.windows.net/c/b.vhd"),
+    ("http://u:pw@127.0.0.1:10000/devstoreaccount1/c/x.vhd#frag", "http://127.0.0.1:10000/devstoreaccount1/c/x.vhd"),
+    ("https://acct.blob.core.windows.net/c", "https://acct.blob.core.windows.net/c"),
+])
+def test_strip_token(url: str, expected: str) -> None:
+    assert strip_token(url) == expected
+
+
+def test_hash_file_reads_sparse_files_like_hashlib(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.vhd"
+    with open(path, "wb") as f:
+        f.truncate(9 * 1024 * 1024 + 512)
+        f.seek(4 * 1024 * 1024 - 3)
+        f.write(b"\x01\x02\x03\x04\x05\x06")
+        f.seek(9 * 1024 * 1024)
+        f.write(b"conectix" + bytes(504))
+    observed = hash_file(str(path))
+    content = path.read_bytes()
+    assert observed.size == len(content)
+    assert observed.md5 == hashlib.md5(content).hexdigest()
+    assert observed.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_verify_files_reports_each_kind_of_drift(tmp_path: Path) -> None:
+    good = tmp_path / "good.vhd"
+    good.write_bytes(b"a" * 1024)
+    md5, sha = hashlib.md5(good.read_bytes()).hexdigest(), hashlib.sha256(good.read_bytes()).hexdigest()
+
+    def record(name: str, path: str | None, size: int = 1024) -> DiskRecord:
+        return DiskRecord("data", 0, name, SourceRecord("/s", "raw", "fixed", 512, 512),
+                          FixedVhdRecord(path, size - 512, size, md5, sha), None, None, None, {}, ())
+
+    manifest = Manifest("m", "t", "v", None, False, GalleryDefinition(None, None, None, None), (
+        record("ok", "good.vhd"), record("sized", "good.vhd", 2048), record("gone", "gone.vhd"),
+        record("remote", None)))
+    result = verify_files(manifest, str(tmp_path / "m.manifest.json"))
+    assert [(v.name, v.status) for v in result.verdicts] == [
+        ("ok", "ok"), ("sized", "drift"), ("gone", "missing"), ("remote", "skipped")]
+    assert "size 1024 bytes, manifest says 2048" in result.verdicts[1].problems
+    assert not result.ok
+    only_good = Manifest("m", "t", "v", None, False, manifest.gallery_image_definition,
+                         (record("ok", "good.vhd"),))
+    assert verify_files(only_good, str(tmp_path / "m.json")).ok

@@ -1,0 +1,183 @@
+"""``vhdtool prepare``: check, convert, name, record and (optionally) upload an image set."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..manifest import DiskRecord, Manifest
+from ..prepare import (
+    CheckOutcome,
+    ChecksFailedError,
+    DiskInput,
+    PrepareRequest,
+    ProgressEvent,
+    parse_destination,
+    prepare,
+)
+from . import emit_json, human_size, main
+
+
+def parse_data_option(values: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """``("0=data.vhdx", "1=logs.vhd")`` -> ``((0, "data.vhdx"), (1, "logs.vhd"))``."""
+    result: list[tuple[int, str]] = []
+    for text in values:
+        lun_text, sep, path = text.partition("=")
+        if not sep or not lun_text.strip().isdigit() or not path:
+            raise UsageError(f"--data {text!r}: write LUN=IMAGE, e.g. --data 0=data.vhdx")
+        result.append((int(lun_text), path))
+    return tuple(result)
+
+
+@contextmanager
+def set_progress(enabled: bool) -> Iterator[Any]:
+    """A progress callback over the whole set: a tqdm bar on a terminal, stage lines otherwise."""
+    if not enabled:
+        yield None
+        return
+    bar: Any = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                   dynamic_ncols=True, leave=False)
+    last: list[tuple[str, str]] = []
+
+    def update(event: ProgressEvent) -> None:
+        key = (event.disk, event.stage)
+        if not last or last[-1] != key:
+            last.append(key)
+            if event.stage != "done":
+                line = f"{event.stage:<8} {event.disk}"
+                if bar is not None:
+                    bar.total = event.total
+                    bar.set_description(line)
+                else:
+                    pct = 100 * event.done // event.total if event.total else 100
+                    click.echo(f"[{pct:3d}%] {line}", err=True)
+        if bar is not None:
+            bar.update(event.done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _print_findings(items: list[tuple[DiskInput, CheckOutcome]]) -> None:
+    """Errors and warnings on stderr (notes such as the billing tier go to the manifest only)."""
+    for item, outcome in items:
+        for f in outcome.findings:
+            if f.severity not in ("error", "warning"):
+                continue
+            click.echo(f"{f.severity:<7} {item.label}: [{f.id}] {f.message}", err=True)
+
+
+def summary_rows(manifest: Manifest) -> list[list[str]]:
+    """The summary table: one row per disk."""
+    rows = [["DISK", "NAME", "SOURCE", "SIZE", "TIER", "OS", "GEN", "CHECKS", "MD5"]]
+    for d in manifest.disks:
+        rows.append([
+            "os" if d.lun is None else f"data {d.lun}",
+            d.name,
+            f"{d.source.format}/{d.source.disk_type}",
+            human_size(d.fixed_vhd.virtual_size).split(" (")[0],
+            f"{d.billing_tier.get('premium_ssd') or '-'}/{d.billing_tier.get('standard_ssd') or '-'}",
+            _os_text(d),
+            d.hyper_v_generation or "-",
+            _checks_text(d),
+            d.fixed_vhd.md5,
+        ])
+    return rows
+
+
+def _os_text(d: DiskRecord) -> str:
+    if d.os is None:
+        return "-"
+    return f"{d.os.family or '?'} {d.os.state}"
+
+
+def _checks_text(d: DiskRecord) -> str:
+    errors = sum(1 for f in d.findings if f.severity == "error")
+    warnings = sum(1 for f in d.findings if f.severity == "warning")
+    if not errors and not warnings:
+        return "ok"
+    return ", ".join(p for p in (f"{errors} error(s)" if errors else "",
+                                 f"{warnings} warning(s)" if warnings else "") if p)
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command("prepare")
+@click.option("--name", required=True, help="The image name: the stem of every disk name.")
+@click.option("--os", "os_image", required=True, type=click.Path(dir_okay=False), metavar="IMAGE",
+              help="The OS disk (VHDX, VHD or raw).")
+@click.option("--data", "data", multiple=True, metavar="LUN=IMAGE",
+              help="A data disk at LUN (0-63); repeat for each data disk.")
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the fixed VHDs and NAME.manifest.json go (created if missing).")
+@click.option("--expect", type=click.Choice(["generalized", "specialized"]),
+              help="Fail the checks unless the OS is in this state.")
+@click.option("--upload", "destination", metavar="DEST",
+              help="Upload each disk as the page blob DISKNAME.vhd to DEST: a container URL (with a SAS "
+                   "token, or signed in with Azure AD), or a container name with --connection-string "
+                   "or --account-url.")
+@click.option("--connection-string", envvar="AZURE_STORAGE_CONNECTION_STRING", metavar="TEXT",
+              help="Storage connection string, for --upload CONTAINER "
+                   "(default: $AZURE_STORAGE_CONNECTION_STRING).")
+@click.option("--account-url", metavar="URL",
+              help="https://ACCOUNT.blob.core.windows.net, for --upload CONTAINER with an Azure AD login.")
+@click.option("--no-local-copy", is_flag=True,
+              help="With --upload: upload straight from the sources, writing no VHD files.")
+@click.option("--force", is_flag=True, help="Go on even if a check reports errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir: str, expect: str | None,
+                    destination: str | None, connection_string: str | None, account_url: str | None,
+                    no_local_copy: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    """Check, convert, name and record an image set: one OS disk and its data disks.
+
+    Each disk is checked (errors stop the run unless --force), converted to a fixed VHD named
+    NAME-os-YYYY-MM-DD / NAME-datadisk-LUN-YYYY-MM-DD (with -NN on a name collision), hashed
+    (MD5, SHA-256) in the same pass, optionally uploaded, and the set is described in
+    NAME.manifest.json (schema in docs/prepare.md).
+    """
+    dest = None if destination is None else parse_destination(
+        destination, connection_string=connection_string, account_url=account_url)
+    request = PrepareRequest(name=name, os_image=os_image, data_images=parse_data_option(data),
+                             output_dir=output_dir, expect=expect, destination=dest,
+                             no_local_copy=no_local_copy, force=force)
+    try:
+        with set_progress(not quiet and not as_json) as progress:
+            result = prepare(request, progress=progress)
+    except ChecksFailedError as err:
+        _print_findings(err.failed)
+        raise
+    findings = [(DiskInput(d.source.path, d.lun), CheckOutcome(d.findings, d.os, None, None))
+                for d in result.manifest.disks]
+    if not quiet and not as_json:
+        _print_findings(findings)
+    if as_json:
+        emit_json(result.manifest.to_json())
+        return
+    print_table(summary_rows(result.manifest))
+    g = result.manifest.gallery_image_definition
+    click.echo("")
+    click.echo(f"gallery image definition: OS type {g.os_type or '?'}, OS state {g.os_state or '?'}, "
+               f"Hyper-V generation {g.hyper_v_generation or '?'}, architecture {g.architecture or '?'}")
+    for d in result.manifest.disks:
+        if d.blob_url:
+            click.echo(f"uploaded: {d.blob_url}")
+    shown = os.path.relpath(result.manifest_path)
+    click.echo(f"manifest: {result.manifest_path if shown.startswith('..') else shown}")

@@ -1,0 +1,51 @@
+"""``vhdtool verify``: re-hash a prepared image set (files or uploaded blobs) against its manifest."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..manifest import read_manifest, verify_blobs, verify_files
+from . import EXIT_ERROR, emit_json, main
+
+
+@main.command("verify")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--dest", "destination", metavar="DEST",
+              help="Compare with the blobs at DEST (as given to prepare --upload) instead of the files.")
+@click.option("--connection-string", envvar="AZURE_STORAGE_CONNECTION_STRING", metavar="TEXT",
+              help="Storage connection string, for --dest CONTAINER "
+                   "(default: $AZURE_STORAGE_CONNECTION_STRING).")
+@click.option("--account-url", metavar="URL", help="For --dest CONTAINER with an Azure AD login.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
+def verify_command(manifest_path: str, destination: str | None, connection_string: str | None,
+                   account_url: str | None, as_json: bool) -> None:
+    """Re-hash the fixed VHDs of MANIFEST and report any drift (exit 1 if any).
+
+    Without --dest the files next to the manifest are read; with --dest the blobs are read back
+    from the storage account and hashed.
+    """
+    manifest = read_manifest(manifest_path)
+    if destination is None:
+        result = verify_files(manifest, manifest_path)
+    else:
+        from ..prepare import blob_hasher
+
+        hasher = blob_hasher(destination, connection_string=connection_string, account_url=account_url)
+        result = verify_blobs(manifest, manifest_path, hasher)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for v in result.verdicts:
+            click.echo(f"{v.status.upper():<8} {v.name}  {v.target}")
+            for problem in v.problems:
+                click.echo(f"         {problem}")
+        if result.ok:
+            click.echo("no drift")
+        elif all(v.status == "skipped" for v in result.verdicts):
+            click.echo("nothing verified: the set has no local files; compare with the blobs using --dest")
+        else:
+            click.echo("DRIFT: the set does not match its manifest")
+    if not result.ok:
+        sys.exit(EXIT_ERROR)

@@ -6,6 +6,9 @@ bash scripts/setup.sh --test
 export PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
 ruff check vhdtool tests benchmarks
 mypy vhdtool
+site=$(mktemp -d)
+mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 set +e
 python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

@@ -5,7 +5,7 @@ inspect and check it; if any check reports an error the run stops before anythin
 (unless ``force``). Then each disk is converted to a fixed VHD in the output folder with its MD5
 and SHA-256 computed in the same pass, optionally uploaded, and the set is recorded in a manifest
 (:mod:`vhdtool.manifest`). With ``no_local_copy`` each disk is uploaded straight from its source
-(the MD5 from the upload walk, the SHA-256 from a second read of the source) and no file is written
+(both digests from the upload's own walk of the source) and no file is written
 but the manifest.
 
 All or nothing locally: if a disk fails, the files this run wrote are removed and no manifest is
@@ -305,23 +305,13 @@ def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
     """Upload ``disk`` as a fixed VHD page blob straight from the source (no local file).
 
     Returns the blob URL without token, the MD5 and SHA-256 of the fixed VHD, and the blob size.
-    The upload walk computes the MD5; the SHA-256 takes a second read of the source over the same
-    fixed-VHD view (same footer id and timestamp), and its MD5 must match the upload's.
+    Both digests come from the upload's own walk of the source: nothing is read twice.
     """
-    from .pump import pump
-    from .sinks.hasher import HashSink
     from .upload import upload
 
-    view = FixedVhdView(disk)
-    result = upload(disk, destination.for_blob(blob_name), unique_id=view.footer.unique_id,
-                    timestamp=view.footer.timestamp, progress=lambda sent, skipped: progress(sent + skipped))
-    hasher = HashSink(HASHES)
-    pump(view, [hasher])
-    digests = hasher.digests()
-    if digests["md5"] != result.md5:
-        raise TransferError(f"{strip_token(result.blob)}: the uploaded bytes (MD5 {result.md5}) differ from "
-                            f"the fixed VHD read again (MD5 {digests['md5']}); was {disk.path} changed?")
-    return strip_token(result.blob), digests, result.blob_size
+    result = upload(disk, destination.for_blob(blob_name), hashes=HASHES,
+                    progress=lambda sent, skipped: progress(sent + skipped))
+    return strip_token(result.blob), {name: result.digests[name] for name in HASHES}, result.blob_size
 
 
 READ_CHUNK = 4 * 1024 * 1024

@@ -29,7 +29,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -130,6 +130,8 @@ class UploadResult:
     verified: str | None
     seconds: float
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # Every digest computed in the pass, ``md5`` included (hex), e.g. ``{"md5": ..., "sha256": ...}``.
+    digests: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         result = asdict(self)
@@ -281,7 +283,7 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
            progress: Progress | None = None, managed_disk: bool | None = None,
            retry: RetryPolicy | None = None, timeout: float = 120.0, size: int | None = None,
            unique_id: bytes | None = None, timestamp: int | None = None,
-           max_put: int = MAX_PUT_PAGE) -> UploadResult:
+           max_put: int = MAX_PUT_PAGE, hashes: Sequence[str] = ("md5",)) -> UploadResult:
     """Upload ``disk`` to the page blob ``dest`` as a fixed VHD (virtual size rounded up to a MiB + footer).
 
     ``threads`` requests run at once and at most ``window`` (default ``2 × threads``) request
@@ -290,7 +292,8 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
     image). A managed disk opened for upload (``managed_disk``, detected from the URL when ``None``)
     must already have exactly the fixed VHD's size. ``verify`` is ``None``, ``"pages"`` (page ranges
     compared) or ``"full"`` (bytes read back too). ``unique_id``/``timestamp`` fix the footer's
-    fields (a resumed upload reuses the ones recorded on the blob).
+    fields (a resumed upload reuses the ones recorded on the blob). ``hashes`` names more digests of
+    the fixed VHD to compute in the same pass (MD5 always is), returned in ``UploadResult.digests``.
     """
     if threads < 1:
         raise UsageError("--threads must be at least 1")
@@ -317,7 +320,7 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
         view = FixedVhdView(disk, size=size, unique_id=plan.unique_id, timestamp=plan.timestamp)
         present = RangeSet(retrier.call(target.page_ranges)) if plan.resumed else RangeSet()
 
-        hasher = HashSink(["md5"])
+        hasher = HashSink(["md5", *(name for name in hashes if name != "md5")])
         background = _HashInBackground(hasher)
         sink = PageBlobSink(lambda offset, body: retrier.call(lambda: target.put_pages(offset, body)),
                             threads=threads, window=window, present=present, max_put=max_put,
@@ -330,7 +333,8 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
             raise
         finally:
             background.close()
-        md5 = bytes.fromhex(hasher.digests()["md5"])
+        digests = hasher.digests()
+        md5 = bytes.fromhex(digests["md5"])
         md5_stored = _finish(target, retrier, plan, identity, md5, warnings)
         verified = None
         if verify:
@@ -341,7 +345,7 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
             bytes_skipped=sink.bytes_skipped, bytes_cleared=plan.bytes_cleared, requests=target.requests,
             retries=retrier.retries, md5=md5.hex(), content_md5=md5_base64(md5), md5_stored=md5_stored,
             resumed=plan.resumed, verified=verified, seconds=time.monotonic() - started,
-            warnings=tuple(warnings))
+            warnings=tuple(warnings), digests=digests)
     finally:
         abort.set()
         target.close()

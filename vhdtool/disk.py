@@ -1,7 +1,8 @@
 """The virtual disk every format reader produces, positional file access, and a file-like view.
 
-Reads are positional (``os.pread``) so many threads can share one open image; nothing here keeps
-a seek cursor except :class:`DiskReader`, which each thread creates for itself.
+Reads are positional (:mod:`vhdtool.fileio`: ``pread`` where the OS has it) so many threads can
+share one open image; nothing here keeps a seek cursor except :class:`DiskReader`, which each thread
+creates for itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+from . import fileio
 from .errors import ImageError
 from .extents import Extent, allocated_bytes
 
@@ -48,9 +50,9 @@ class ImageFile:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ImageError(self.path, structure, offset,
                              f"needs {length} bytes but the file ends at byte {self.size} (truncated?)")
-        data = os.pread(self.fd, length, offset)
+        data = fileio.pread(self.fd, length, offset)
         while len(data) < length:  # pread may return less on some platforms; loop until done
-            more = os.pread(self.fd, length - len(data), offset + len(data))
+            more = fileio.pread(self.fd, length - len(data), offset + len(data))
             if not more:
                 raise ImageError(self.path, structure, offset + len(data), "unexpected end of file")
             data += more
@@ -64,7 +66,7 @@ class ImageFile:
                              f"needs {length} bytes but the file ends at byte {self.size} (truncated?)")
         done = 0
         while done < length:
-            n = os.preadv(self.fd, [view[done:]], offset + done)
+            n = fileio.preadinto(self.fd, view[done:], offset + done)
             if n <= 0:
                 raise ImageError(self.path, structure, offset + done, "unexpected end of file")
             done += n
@@ -73,6 +75,7 @@ class ImageFile:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                fileio.forget(self.fd)
                 os.close(self.fd)
 
 

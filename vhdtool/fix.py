@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from . import fileio
 from .disk import ImageFile
 from .errors import ImageError, OutputError, UnsupportedImageError
 from .extents import MiB, align_up
@@ -211,7 +212,7 @@ def apply_fix(plan: FixPlan) -> None:
         raise describe_os_error(plan.path, err, "open the image for writing") from err
     try:
         size = os.fstat(fd).st_size
-        current = os.pread(fd, len(plan.old_footer_raw), plan.old_footer_offset)
+        current = fileio.pread(fd, len(plan.old_footer_raw), plan.old_footer_offset)
         if size != plan.file_size or current != plan.old_footer_raw:
             raise OutputError(f"{plan.path}: changed since the fix was planned; run vhdtool fix again")
         for write in plan.writes:
@@ -229,5 +230,5 @@ def apply_fix(plan: FixPlan) -> None:
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = fileio.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n

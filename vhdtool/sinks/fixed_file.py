@@ -14,6 +14,7 @@ import secrets
 import stat
 import sys
 
+from .. import fileio
 from ..errors import OutputError
 from ..zeros import nonzero_runs
 
@@ -128,11 +129,7 @@ class FixedFileSink:
     def _pwrite(self, offset: int, view: memoryview) -> None:
         done = 0
         while done < len(view):
-            if hasattr(os, "pwrite"):
-                n = os.pwrite(self.fd, view[done:], offset + done)
-            else:  # Windows has no pwrite; this sink is used from one thread only
-                os.lseek(self.fd, offset + done, os.SEEK_SET)
-                n = os.write(self.fd, view[done:])
+            n = fileio.pwrite(self.fd, view[done:], offset + done)
             if n <= 0:
                 raise OSError(errno.EIO, "write returned no progress")
             done += n

@@ -1,0 +1,62 @@
+"""Positional file I/O that works on every platform vhdtool runs on.
+
+POSIX has ``pread``/``preadv``/``pwrite``: no shared seek cursor, so threads can share one file
+descriptor. Windows Python has none of them; there each descriptor gets a lock and the calls fall
+back to ``lseek`` + ``read``/``write`` under it, which keeps them correct (one cursor move and
+transfer at a time per descriptor), if less concurrent.
+
+Every function returns what one system call did (a short count is possible); the callers loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+HAVE_PREAD = hasattr(os, "pread")
+HAVE_PREADV = hasattr(os, "preadv")
+HAVE_PWRITE = hasattr(os, "pwrite")
+
+_locks: dict[int, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(fd: int) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(fd)
+        if lock is None:
+            lock = _locks[fd] = threading.Lock()
+        return lock
+
+
+def forget(fd: int) -> None:
+    """Drop the fallback lock of ``fd`` when closing it (optional: a reused number just reuses the lock)."""
+    with _locks_guard:
+        _locks.pop(fd, None)
+
+
+def pread(fd: int, length: int, offset: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    if HAVE_PREAD:
+        return os.pread(fd, length, offset)
+    with _lock_for(fd):
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, length)
+
+
+def preadinto(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from ``offset``; the number of bytes read (0 at the end of the file)."""
+    if HAVE_PREADV:
+        return os.preadv(fd, [view], offset)
+    data = pread(fd, len(view), offset)
+    view[:len(data)] = data
+    return len(data)
+
+
+def pwrite(fd: int, view: memoryview | bytes, offset: int) -> int:
+    """Write ``view`` at ``offset``; the number of bytes written."""
+    if HAVE_PWRITE:
+        return os.pwrite(fd, view, offset)
+    with _lock_for(fd):
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, view)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_huge_sparse_disk_is_cheap(tmp_path: Path) -> None:
 def test_cli_rejects_garbage_vhdx_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.vhdx"
     path.write_bytes(b"vhdxfile" + bytes(2 * MiB))
-    proc = subprocess.run(["python", "-m", "vhdtool", "info", str(path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "vhdtool", "info", str(path)], capture_output=True, text=True)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "VHDX header 1 at byte 65536" in lines[0], proc.stderr

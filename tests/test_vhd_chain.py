@@ -24,7 +24,7 @@ from vhd_builder import (
 )
 
 from vhdtool.cli import main
-from vhdtool.extents import allocated_ranges, check_cover
+from vhdtool.extents import allocated_ranges, check_cover, merge_ranges
 from vhdtool.formats.vhd import SparseVhd
 from vhdtool.open import open_image
 
@@ -284,3 +284,25 @@ def test_extents_read_metadata_only(tmp_path: Path) -> None:
         assert allocated_ranges(disk.extents()) == [(0, 512), (3 * 512, 4 * 512), (17 * 512, 18 * 512),
                                                     (50 * 512, 51 * 512)]
         assert reads and all(length == SECTOR for length in reads)  # bitmaps only
+
+
+def test_table_read_in_several_chunks_keeps_every_block(tmp_path: Path) -> None:
+    """A BAT of 600,000 entries (512-byte blocks) spans several of the reader's table chunks; blocks
+    on both sides of every chunk boundary, and in the disk's last sector, read right."""
+    from vhdtool.formats.vhd import _BAT_CHUNK_ENTRIES
+
+    blocks = 600_000
+    size = blocks * SECTOR
+    picks = [0, 1, _BAT_CHUNK_ENTRIES - 1, _BAT_CHUNK_ENTRIES, 2 * _BAT_CHUNK_ENTRIES - 1,
+             2 * _BAT_CHUNK_ENTRIES, 2 * _BAT_CHUNK_ENTRIES + 1, blocks - 1]
+    assert blocks > 2 * _BAT_CHUNK_ENTRIES + 1
+    sectors = {s: bytes([s % 251 + 1]) * SECTOR for s in picks}
+    # Laid out in the file in reverse, so sector order and block order disagree.
+    build_vhd(tmp_path / "d.vhd", size, sectors, block_size=SECTOR, block_order=sorted(picks, reverse=True))
+    with open_image(tmp_path / "d.vhd") as disk:
+        assert allocated_ranges(disk.extents()) == merge_ranges((s * SECTOR, (s + 1) * SECTOR) for s in picks)
+        expected = model_bytes(size, sectors)
+        for s in picks:
+            lo = max(0, s - 1) * SECTOR
+            assert disk.read(lo, 3 * SECTOR) == expected[lo:lo + 3 * SECTOR]
+        assert disk.details()["allocated_blocks"] == len(picks)

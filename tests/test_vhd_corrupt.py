@@ -371,3 +371,58 @@ def test_run_prints_one_line_and_exits_1(tmp_path: Path, damage: str,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vhdtool: error: ") and "Traceback" not in err
     assert str(path) in err
+
+
+def sparse_vhd_with_hole_table(path: Path, size: int, block_size: int, entries: int) -> None:
+    """A dynamic VHD whose BAT of ``entries`` entries is a hole of a sparse file: all entries read 0."""
+    from vhd_builder import footer_bytes
+
+    bat_offset = 1536
+    data_end = bat_offset + 4 * entries + 4096
+    footer = footer_bytes(size=size, disk_type=3, data_offset=512, unique_id=os.urandom(16))
+    header = bytearray(struct.pack(">8sQQIIII16sII512s", b"cxsparse", 0xFFFFFFFFFFFFFFFF, bat_offset,
+                                   0x00010000, entries, block_size, 0, bytes(16), 0, 0, bytes(512)))
+    header += bytes(1024 - len(header))
+    header[36:40] = ones_complement_checksum(header, 36).to_bytes(4, "big")
+    with open(path, "wb") as f:
+        f.write(footer)
+        f.write(header)
+        f.truncate(data_end)
+        f.seek(data_end)
+        f.write(footer)
+
+
+def test_huge_table_in_a_sparse_file_allocates_nothing(tmp_path: Path) -> None:
+    """2**31 entries of a 1 TiB disk (8 GiB of table, all a hole): refused at the first entry,
+    without reading or allocating the table (it was read whole: an 8 GiB allocation)."""
+    path = tmp_path / "hole.vhd"
+    sparse_vhd_with_hole_table(path, 1 << 40, SECTOR, 1 << 31)
+    assert path.stat().st_blocks * 512 < 1024 * 1024  # really sparse
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match="block 0 .* overlaps the footer copy") as err:
+            open_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, f"peak Python allocation {peak} bytes"
+    assert err.value.offset == 1536
+
+
+def test_many_entries_naming_one_block_are_refused_early(tmp_path: Path) -> None:
+    """Every entry of a long table points at the same block: more blocks than the file can hold."""
+    path, layout = dynamic(tmp_path, max_table_entries=1 << 20)
+    first = layout.block_offsets[0] // SECTOR
+    patch_header(path, layout.header_offset, 28, struct.pack(">I", 1 << 20))
+    patch_footer_field(path, 0, 48, struct.pack(">Q", (1 << 20) * 4096))
+    patch_footer_field(path, layout.footer_offset, 48, struct.pack(">Q", (1 << 20) * 4096))
+    patch(path, layout.bat_offset, struct.pack(">I", first) * (1 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match="without overlapping") as err:
+            open_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.structure == "VHD block allocation table"
+    assert peak < 48 * 1024 * 1024, f"peak Python allocation {peak} bytes"  # was 120 MiB: the whole table at once

@@ -299,12 +299,37 @@ def read_dynamic_header(image: ImageFile, footer: VhdFooter, data_end: int) -> V
     )
 
 
+@dataclass(frozen=True)
+class VhdBlockTable:
+    """The allocated entries of a BAT, by ascending block number; unused entries are not stored.
+
+    A BAT costs memory for the blocks the file holds, not for the blocks the disk could have: a
+    2 TiB disk of 512-byte blocks has 2**32 entries, almost all of them unused.
+    """
+
+    blocks: int  # entries the disk uses (the rest of the table is ignored)
+    used: npt.NDArray[np.uint32]  # block numbers of the allocated entries, ascending
+    sectors: npt.NDArray[np.uint32]  # the file sector each of those blocks starts at
+
+    def __len__(self) -> int:
+        return len(self.used)
+
+    def find(self, block: int) -> int:
+        """The position of ``block`` in :attr:`used`, or -1 when the block is not allocated."""
+        i = int(np.searchsorted(self.used, block))
+        return i if i < len(self.used) and int(self.used[i]) == block else -1
+
+
+_BAT_CHUNK_ENTRIES = 1 << 18  # BAT entries read at a time: 1 MiB of table, a few MiB of temporaries
+
+
 def read_block_table(image: ImageFile, footer: VhdFooter, header: VhdDynamicHeader,
-                     data_end: int) -> npt.NDArray[np.uint32]:
+                     data_end: int) -> VhdBlockTable:
     """Read the BAT entries the disk needs and check that every block lies alone inside the file.
 
-    The BAT is checked against the file size before it is read, so an absurd entry count costs nothing.
-    Returns one entry per block: a sector number, or ``BAT_ENTRY_UNUSED``.
+    The table is checked against the file size before it is read and then read a bounded chunk at a
+    time, so an absurd entry count (or a table that is a hole in a sparse file) costs nothing:
+    memory grows only with the allocated entries, and those are checked as they are read.
     """
     path = image.path
     size = footer.current_size
@@ -320,52 +345,75 @@ def read_block_table(image: ImageFile, footer: VhdFooter, header: VhdDynamicHead
         raise ImageError(path, "VHD block allocation table", table,
                          f"{header.max_table_entries} entries ({table_bytes} bytes) extend past the data "
                          f"area, which ends at byte {data_end}")
-    raw = image.pread(table, blocks * 4, "VHD block allocation table")
-    # Native uint32, one word per entry: the table costs no more memory than the file holds.
-    bat = np.frombuffer(raw, dtype=">u4").astype(np.uint32)
 
-    # Every region the file holds: metadata first (labels < 0), then the blocks (label = BAT index).
-    names = ["footer copy at offset 0", "dynamic header", "block allocation table"]
-    starts = [0, header.offset, table]
-    ends = [FOOTER_SIZE, header.offset + DYNAMIC_HEADER_SIZE, table + table_bytes]
-    for loc in header.locators:
-        if loc.data_length:
-            names.append(f"parent locator {loc.index} data")
-            starts.append(loc.data_offset)
-            ends.append(loc.data_offset + loc.data_length)
-    used = np.flatnonzero(bat != BAT_ENTRY_UNUSED)
-    block_starts = bat[used].astype(np.int64) * SECTOR_SIZE
-    # Only the part of the last block inside the disk must exist (spec: "Block Format").
-    needed = np.minimum(block_size, size - used * block_size)
-    block_ends = block_starts + header.bitmap_size + needed
-    past = np.flatnonzero(block_ends > data_end)
-    if past.size:
-        i = int(used[past[0]])
-        raise ImageError(path, "VHD block allocation table", table + 4 * i,
-                         f"entry {i} places block {i} at byte {int(bat[i]) * SECTOR_SIZE}, ending at byte "
-                         f"{int(block_ends[past[0]])}, past the data area, which ends at byte {data_end}")
-    all_starts = np.concatenate([np.array(starts, dtype=np.int64), block_starts])
-    all_ends = np.concatenate([np.array(ends, dtype=np.int64), block_ends])
-    labels = np.concatenate([-1 - np.arange(len(names), dtype=np.int64), used])
-    order = np.argsort(all_starts, kind="stable")
-    s, e, lab = all_starts[order], all_ends[order], labels[order]
-    if s.size > 1:
+    # The regions the file holds besides blocks; none may overlap another or any block.
+    regions = [("footer copy at offset 0", 0, FOOTER_SIZE),
+               ("dynamic header", header.offset, header.offset + DYNAMIC_HEADER_SIZE),
+               ("block allocation table", table, table + table_bytes)]
+    regions += [(f"parent locator {loc.index} data", loc.data_offset, loc.data_offset + loc.data_length)
+                for loc in header.locators if loc.data_length]
+    regions.sort(key=lambda r: r[1])
+    for (name_a, start_a, end_a), (name_b, start_b, _) in zip(regions, regions[1:], strict=False):
+        if start_b < end_a:
+            raise ImageError(path, "VHD layout", start_b,
+                             f"the {name_b} (byte {start_b}) overlaps the {name_a} (byte {start_a})")
+
+    bitmap_size = header.bitmap_size
+    # Blocks that do not overlap each take a bitmap and a whole block of the data area (the last may be shorter).
+    most = data_end // (bitmap_size + block_size) + 1
+    used_parts: list[npt.NDArray[np.uint32]] = []
+    sector_parts: list[npt.NDArray[np.uint32]] = []
+    count = 0
+    for first in range(0, blocks, _BAT_CHUNK_ENTRIES):
+        n = min(_BAT_CHUNK_ENTRIES, blocks - first)
+        entries = np.frombuffer(image.pread(table + 4 * first, 4 * n, "VHD block allocation table"), dtype=">u4")
+        where = np.flatnonzero(entries != BAT_ENTRY_UNUSED)
+        if not where.size:
+            continue
+        numbers = where + first
+        starts = entries[where].astype(np.int64) * SECTOR_SIZE
+        # Only the part of the last block inside the disk must exist (spec: "Block Format").
+        ends = starts + bitmap_size + np.minimum(block_size, size - numbers * block_size)
+        past = np.flatnonzero(ends > data_end)
+        if past.size:
+            i = int(numbers[past[0]])
+            raise ImageError(path, "VHD block allocation table", table + 4 * i,
+                             f"entry {i} places block {i} at byte {int(starts[past[0]])}, ending at byte "
+                             f"{int(ends[past[0]])}, past the data area, which ends at byte {data_end}")
+        for name, lo, hi in regions:
+            inside = np.flatnonzero((starts < hi) & (ends > lo))
+            if inside.size:
+                i = int(numbers[inside[0]])
+                raise ImageError(path, "VHD block allocation table", table + 4 * i,
+                                 f"block {i} (BAT entry {i}, byte {int(starts[inside[0]])}) overlaps the {name} "
+                                 f"(byte {lo})")
+        if count + where.size > most:
+            i = int(numbers[most - count])
+            raise ImageError(path, "VHD block allocation table", table + 4 * i,
+                             f"entry {i} is allocated block number {most + 1}, but no more than {most} blocks of "
+                             f"{bitmap_size + block_size} bytes fit in the data area of {data_end} bytes "
+                             "without overlapping")
+        count += where.size
+        used_parts.append(numbers.astype(np.uint32))
+        sector_parts.append(entries[where].astype(np.uint32))
+    used = np.concatenate(used_parts) if used_parts else np.zeros(0, np.uint32)
+    sectors = np.concatenate(sector_parts) if sector_parts else np.zeros(0, np.uint32)
+
+    if used.size > 1:
+        order = np.argsort(sectors, kind="stable")
+        s = sectors[order].astype(np.int64) * SECTOR_SIZE
+        numbers = used[order].astype(np.int64)
+        e = s + bitmap_size + np.minimum(block_size, size - numbers * block_size)
         reach = np.maximum.accumulate(e)
         clash = np.flatnonzero(s[1:] < reach[:-1])
         if clash.size:
             j = int(clash[0]) + 1
             k = int(np.argmax(e[:j]))
-
-            def describe(label: int, start: int) -> str:
-                if label < 0:
-                    return f"the {names[-1 - label]} (byte {start})"
-                return f"block {label} (BAT entry {label}, byte {start})"
-
-            first, second = int(lab[k]), int(lab[j])
-            at = table + 4 * second if second >= 0 else int(s[j])
-            raise ImageError(path, "VHD block allocation table" if second >= 0 else "VHD layout", at,
-                             f"{describe(second, int(s[j]))} overlaps {describe(first, int(s[k]))}")
-    return bat
+            second, first_block = int(numbers[j]), int(numbers[k])
+            raise ImageError(path, "VHD block allocation table", table + 4 * second,
+                             f"block {second} (BAT entry {second}, byte {int(s[j])}) overlaps block {first_block} "
+                             f"(BAT entry {first_block}, byte {int(s[k])})")
+    return VhdBlockTable(blocks, used, sectors)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -454,7 +502,7 @@ class SparseVhd(VhdDisk):
     """
 
     def __init__(self, image: ImageFile, choice: FooterChoice, header: VhdDynamicHeader,
-                 bat: npt.NDArray[np.uint32], parent: VirtualDisk | None = None,
+                 bat: VhdBlockTable, parent: VirtualDisk | None = None,
                  parent_path: str | None = None) -> None:
         super().__init__(image, choice)
         self.header = header
@@ -465,7 +513,7 @@ class SparseVhd(VhdDisk):
         self._parent = parent
         self.parent_path = parent_path
         self._absent = _PARENT if parent is not None else _ZERO
-        self._state = np.zeros(len(bat), dtype=np.uint8)
+        self._state = np.zeros(len(bat), dtype=np.uint8)  # per allocated entry, as ``bat.used``
         self._bits: OrderedDict[int, npt.NDArray[np.uint8]] = OrderedDict()
         self._lock = threading.Lock()
         self._extents: list[Extent] | None = None
@@ -486,7 +534,7 @@ class SparseVhd(VhdDisk):
     def details(self) -> dict[str, Any]:
         result = super().details()
         result["dynamic_header"] = self.header.to_json(self.footer.disk_type == DISK_TYPE_DIFFERENCING)
-        result["allocated_blocks"] = int(np.count_nonzero(self._bat != BAT_ENTRY_UNUSED))
+        result["allocated_blocks"] = len(self._bat)
         return result
 
     # -- sector bitmaps -----------------------------------------------------------------------------
@@ -494,16 +542,16 @@ class SparseVhd(VhdDisk):
     def _block_sectors(self, index: int) -> int:
         return -(-min(self._block_size, self.virtual_size - index * self._block_size) // SECTOR_SIZE)
 
-    def _read_bitmap(self, index: int) -> bytes:
-        return self.image.pread(int(self._bat[index]) * SECTOR_SIZE, self._bitmap_size,
+    def _read_bitmap(self, index: int, slot: int) -> bytes:
+        return self.image.pread(int(self._bat.sectors[slot]) * SECTOR_SIZE, self._bitmap_size,
                                 f"VHD sector bitmap of block {index}")
 
-    def _block_state(self, index: int) -> int:
-        """FULL, EMPTY or PARTIAL for an allocated block, learnt once from its bitmap."""
-        state = int(self._state[index])
+    def _block_state(self, index: int, slot: int) -> int:
+        """FULL, EMPTY or PARTIAL for allocated block ``index`` (entry ``slot``), learnt once from its bitmap."""
+        state = int(self._state[slot])
         if state != _UNKNOWN:
             return state
-        bitmap = self._read_bitmap(index)
+        bitmap = self._read_bitmap(index, slot)
         sectors = self._block_sectors(index)
         whole, rest = divmod(sectors, 8)
         mask = (0xFF00 >> rest) & 0xFF  # the first ``rest`` bits; bit 7 is the first sector
@@ -515,7 +563,7 @@ class SparseVhd(VhdDisk):
         else:
             state = _PARTIAL
             self._remember_bits(index, self._unpack(bitmap, sectors))
-        self._state[index] = state
+        self._state[slot] = state
         return state
 
     @staticmethod
@@ -530,13 +578,13 @@ class SparseVhd(VhdDisk):
             while len(self._bits) > _BITS_CACHE_BLOCKS:
                 self._bits.popitem(last=False)
 
-    def _block_bits(self, index: int) -> npt.NDArray[np.uint8]:
+    def _block_bits(self, index: int, slot: int) -> npt.NDArray[np.uint8]:
         with self._lock:
             bits = self._bits.get(index)
             if bits is not None:
                 self._bits.move_to_end(index)
                 return bits
-        bits = self._unpack(self._read_bitmap(index), self._block_sectors(index))
+        bits = self._unpack(self._read_bitmap(index, slot), self._block_sectors(index))
         self._remember_bits(index, bits)
         return bits
 
@@ -544,22 +592,22 @@ class SparseVhd(VhdDisk):
 
     def _data_holes(self) -> list[tuple[int, int]]:
         """Disk ranges inside allocated blocks whose data is a hole in the (sparse) image file."""
-        used = np.flatnonzero(self._bat != BAT_ENTRY_UNUSED)
-        data_offsets = self._bat[used].astype(np.int64) * SECTOR_SIZE + self._bitmap_size
-        return holes_in_blocks(self.image.fd, self.image.size, used, data_offsets, self._block_size)
+        data_offsets = self._bat.sectors.astype(np.int64) * SECTOR_SIZE + self._bitmap_size
+        return holes_in_blocks(self.image.fd, self.image.size, self._bat.used.astype(np.int64), data_offsets,
+                               self._block_size)
 
     def extents(self) -> list[Extent]:
         if self._extents is not None:
             return self._extents
         ranges: list[tuple[int, int]] = []
         block_size = self._block_size
-        for index in np.flatnonzero(self._bat != BAT_ENTRY_UNUSED).tolist():
+        for slot, index in enumerate(self._bat.used.tolist()):
             start = index * block_size
-            state = self._block_state(index)
+            state = self._block_state(index, slot)
             if state == _FULL:
                 ranges.append((start, start + block_size))
             elif state == _PARTIAL:
-                bits = self._block_bits(index)
+                bits = self._block_bits(index, slot)
                 edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
                 for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
                     ranges.append((start + a * SECTOR_SIZE, start + b * SECTOR_SIZE))
@@ -574,13 +622,20 @@ class SparseVhd(VhdDisk):
     def _plan(self, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
         """``(source, disk_start, disk_end, file_offset)`` pieces of ``[start, end)``, one per run."""
         block_size = self._block_size
+        used, sectors = self._bat.used, self._bat.sectors
+        slot = int(np.searchsorted(used, start // block_size))  # the next allocated entry at or after
         position = start
         while position < end:
             index = position // block_size
             block_start = index * block_size
             stop = min(end, block_start + block_size)
-            entry = int(self._bat[index])
-            state = _EMPTY if entry == BAT_ENTRY_UNUSED else self._block_state(index)
+            if slot < len(used) and int(used[slot]) == index:
+                state = self._block_state(index, slot)
+                entry = int(sectors[slot])
+                this = slot
+                slot += 1
+            else:
+                state, entry, this = _EMPTY, 0, -1
             data = entry * SECTOR_SIZE + self._bitmap_size - block_start  # file offset = data + disk offset
             if state == _FULL:
                 yield _FILE, position, stop, data + position
@@ -589,7 +644,7 @@ class SparseVhd(VhdDisk):
             else:
                 first = (position - block_start) // SECTOR_SIZE
                 last = -(-(stop - block_start) // SECTOR_SIZE)
-                bits = self._block_bits(index)[first:last]
+                bits = self._block_bits(index, this)[first:last]
                 cuts = (np.flatnonzero(bits[1:] != bits[:-1]) + 1).tolist()
                 for a, b in zip([0, *cuts], [*cuts, len(bits)], strict=True):
                     lo = max(position, block_start + (first + a) * SECTOR_SIZE)

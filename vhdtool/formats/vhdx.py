@@ -455,16 +455,21 @@ def read_bat(view: ReplayedFile, region: Region, meta: VhdxMetadata,
     # 2-D array: payload entries in the first columns, sector bitmap entries in the last.
     rows_per_read = max(1, _BAT_READ_CHUNK // BAT_ENTRY_SIZE // group)
     total_rows = -(-entries // group)
+    # One buffer for every read: a 64 TiB disk of 1 MiB blocks has a 512 MiB BAT, mostly zeros, and
+    # copying each chunk or testing it byte by byte would cost more than reading it.
+    buffer = bytearray(rows_per_read * group * BAT_ENTRY_SIZE)
     for first_row in range(0, total_rows, rows_per_read):
         rows = min(rows_per_read, total_rows - first_row)
         first = first_row * group
         count = min(rows * group, entries - first)
-        raw = view.pread(region.file_offset + first * BAT_ENTRY_SIZE, count * BAT_ENTRY_SIZE, "VHDX BAT")
-        if raw.count(0) == len(raw):
+        view.preadinto(region.file_offset + first * BAT_ENTRY_SIZE,
+                       memoryview(buffer)[:count * BAT_ENTRY_SIZE], "VHDX BAT")
+        words = np.frombuffer(buffer, dtype="<u8", count=rows * group)
+        if not words[:count].any():
             continue  # all NOT_PRESENT: skipped at C speed
         if count < rows * group:
-            raw += bytes((rows * group - count) * BAT_ENTRY_SIZE)
-        table = np.frombuffer(raw, dtype="<u8").reshape(rows, group)
+            words[count:] = 0  # the entries past the table's end: NOT_PRESENT
+        table = words.reshape(rows, group)
         payload = table[:, :chunk_ratio]
         first_block = first_row * chunk_ratio
         last_block = min(first_block + rows * chunk_ratio, payload_blocks)
@@ -595,13 +600,15 @@ class VhdxDisk(VirtualDisk):
         self.virtual_size = meta.virtual_size
         self.logical_sector_size = meta.logical_sector_size
         self.physical_sector_size = meta.physical_sector_size
-        self.block_size = meta.block_size
         if meta.has_parent:
             self.disk_type = "differencing"
         elif meta.leave_blocks_allocated:
             self.disk_type = "fixed"
         else:
             self.disk_type = "dynamic"
+        # ``info`` reports a block size for dynamic and differencing disks only; a fixed VHDX has
+        # one too (its BAT still maps blocks), shown in the ``vhdx`` details.
+        self.block_size = None if self.disk_type == "fixed" else meta.block_size
         self._parent: VirtualDisk | None = None
         self._parent_path: str | None = None
         self._parent_linkage: uuid.UUID | None = None

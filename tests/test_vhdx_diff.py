@@ -261,3 +261,18 @@ def test_parent_loop_is_refused(tmp_path: Path) -> None:
         "parent_linkage": str(guid_a), "relative_path": "a.vhdx"})
     with pytest.raises(ParentError, match="loops back"):
         open_image(tmp_path / "a.vhdx")
+
+
+def test_volume_path_is_tried_before_the_absolute_path(tmp_path: Path) -> None:
+    """[MS-VHDX] 2.6.2.6.2: relative_path, then volume_path, then absolute_win32_path. Both paths
+    resolve here; the one the spec tries first is the right parent, the other a stale copy."""
+    for folder in ("vol", "abs", "child"):
+        (tmp_path / folder).mkdir()
+    right = build_vhdx(tmp_path / "vol" / "right.vhdx", 2 * MiB, blocks={0: Block(FULLY_PRESENT, b"\x21" * MiB)})
+    build_vhdx(tmp_path / "abs" / "stale.vhdx", 2 * MiB)
+    child = build_vhdx(tmp_path / "child" / "c.vhdx", 2 * MiB, parent_locator={
+        "parent_linkage": str(right.data_write_guid), "relative_path": "..\\gone\\right.vhdx",
+        "absolute_win32_path": str(tmp_path / "abs" / "stale.vhdx"), "volume_path": right.path})
+    with open_image(child.path, allow_absolute_parent=True) as disk:
+        assert disk.parent is not None and disk.parent.path == right.path
+        assert disk.read(0, 2) == b"\x21\x21"

@@ -770,9 +770,9 @@ class VhdxDisk(VirtualDisk):
 
 
 def _parent_locators(locator: dict[str, str]) -> list[Locator]:
-    """The path entries of a VHDX parent locator (2.6.2.6.1), most specific first."""
+    """The path entries of a VHDX parent locator, in the order 2.6.2.6.2 tries them."""
     result = []
-    for key, relative in (("relative_path", True), ("absolute_win32_path", False), ("volume_path", False)):
+    for key, relative in (("relative_path", True), ("volume_path", False), ("absolute_win32_path", False)):
         value = locator.get(key)
         if value:
             result.append(Locator(key, value, relative))

@@ -144,14 +144,20 @@ def test_size_and_footer_rules() -> None:
         ),
         "size-whole-mib",
     ) == [ERROR]
-    assert severities(facts(file_size=64 * MiB + 1024), "file-size") == [ERROR]
+    assert severities(facts(file_size=64 * MiB + 511), "file-size") == [ERROR]  # a 511-byte footer
+    # Data past the footer's current size: the cause is named once, by footer-current-size.
+    short = facts(file_size=64 * MiB + 1024)
+    assert (severities(short, "file-size"), severities(short, "footer-current-size")) == ([], [ERROR])
+    assert "vhdtool fix" in findings(short, "footer-current-size")[0][2]
     assert severities(facts(footer={**FIXED_FOOTER, "cookie": "conectiy"}), "footer-cookie") == [ERROR]
     assert severities(facts(footer={**FIXED_FOOTER, "disk_type": "unknown (7)"}), "footer-disk-type") == [
         ERROR
     ]
     assert severities(facts(footer={**FIXED_FOOTER, "data_offset": 512}), "footer-data-offset") == [ERROR]
     assert severities(facts(footer={**FIXED_FOOTER, "checksum_valid": False}), "footer-checksum") == [ERROR]
-    assert severities(facts(footer={**FIXED_FOOTER, "current_size": 1}), "footer-current-size") == [ERROR]
+    assert severities(facts(), "footer-current-size") == []
+    unknown = facts(disk_type="unknown (7)", footer={**FIXED_FOOTER, "disk_type": "unknown (7)"})
+    assert (severities(unknown, "footer-disk-type"), severities(unknown, "format-fixed-vhd")) == ([ERROR], [])
 
 
 @pytest.mark.parametrize(
@@ -374,3 +380,90 @@ def test_dirty_vhdx_log_is_an_unclean_capture(tmp_path: Path) -> None:
     unclean = [x for x in doc["findings"] if x["id"] == "unclean-capture"]
     assert unclean and "VHDX log" in unclean[0]["message"] and unclean[0]["severity"] == "warning"
     assert doc["unclean"] == ["VHDX log is not empty (the image was not closed cleanly)"]
+
+
+# ---------------------------------------------------------------- damaged footers on real files
+
+
+def _damaged_copy(src: Path, dest: Path, changes: dict[int, bytes], recompute_checksum: bool = True) -> Path:
+    """A sparse copy of the fixed VHD ``src`` with footer bytes replaced (VHD spec field offsets)."""
+    import struct
+
+    subprocess.run(["cp", "--sparse=always", str(src), str(dest)], check=True)
+    with open(dest, "r+b") as f:
+        f.seek(-512, 2)
+        footer = bytearray(f.read(512))
+        for at, data in changes.items():
+            footer[at : at + len(data)] = data
+        if recompute_checksum:
+            footer[64:68] = bytes(4)
+            footer[64:68] = struct.pack(">I", ~sum(footer) & 0xFFFFFFFF)
+        f.seek(-512, 2)
+        f.write(footer)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "recompute", "expected"),
+    [
+        ("cookie", {0: b"conectiy"}, True, {"footer-cookie"}),
+        ("cookie-and-checksum", {0: b"Conectix"}, False, {"footer-cookie", "footer-checksum"}),
+        ("type-7", {60: (7).to_bytes(4, "big")}, True, {"footer-disk-type"}),
+        ("data-offset", {16: (512).to_bytes(8, "big")}, True, {"footer-data-offset"}),
+        ("checksum", {64: b"\0\0\0\1"}, False, {"footer-checksum"}),
+    ],
+)
+def test_damaged_footers_are_findings_not_refusals(
+    images: ImageCache,
+    tmp_path: Path,
+    name: str,
+    changes: dict[int, bytes],
+    recompute: bool,
+    expected: set[str],
+) -> None:
+    """The readers refuse a fixed VHD with an unknown disk type and take one with a damaged cookie for
+    raw; ``check`` still names the footer field, and inspects the data part before the footer."""
+    pytest.importorskip("vhdtool.formats.vhd")
+    path = _damaged_copy(images.get("gpt-ext4", GENERALIZED, "fixed"), tmp_path / f"{name}.vhd", changes, recompute)
+    junit = tmp_path / "report.xml"
+    proc = run_check(str(path), "--json", "--junit", str(junit))
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {x["id"] for x in doc["findings"] if x["severity"] == "error"} == expected
+    assert {x["id"] for x in doc["findings"] if x["severity"] == "warning"} == set()  # no table ends in a footer
+    assert doc["os"]["state"] == GENERALIZED and doc["generation"] == "V2"
+    failed = {
+        tc.get("name") for tc in ET.parse(junit).getroot().iter("testcase") if tc.find("failure") is not None
+    }
+    assert failed == expected
+
+
+def test_current_size_short_of_the_data(images: ImageCache, tmp_path: Path) -> None:
+    """A footer whose current size leaves half the data out: Azure would see half a disk."""
+    pytest.importorskip("vhdtool.formats.vhd")
+    path = _damaged_copy(images.get("gpt-ext4", GENERALIZED, "fixed"), tmp_path / "short.vhd",
+                         {48: (64 * MiB).to_bytes(8, "big")})
+    proc = run_check(str(path), "--json")
+    doc = json.loads(proc.stdout)
+    errors = [x for x in doc["findings"] if x["severity"] == "error"]
+    assert proc.returncode == 1 and [x["id"] for x in errors] == ["footer-current-size"]
+    assert f"holds {128 * MiB} bytes before the footer" in errors[0]["message"]
+
+
+def test_a_raw_image_is_not_taken_for_a_damaged_vhd(images: ImageCache) -> None:
+    from vhdtool.checks import open_for_check
+
+    with open_for_check(str(images.get("gpt-ext4", GENERALIZED))) as subject:
+        assert (subject.format, subject.footer) == ("raw", None)
+
+
+def test_expect_without_an_os_is_an_error() -> None:
+    none_found = report(None)
+    got = findings(facts(expect=GENERALIZED, report=none_found), "os-state")
+    assert [s for _, s, _ in got] == [ERROR] and "no Windows or Linux OS was found" in got[0][2]
+    assert severities(facts(report=none_found), "os-state") == []  # without --expect, os-found warns
+    unread = report(None)
+    unread.missing_readers.append("ext4")
+    got = findings(facts(expect=SPECIALIZED, report=unread), "os-state")
+    assert [s for _, s, _ in got] == [ERROR] and "vhdtool[inspect]" in got[0][2]
+    assert "vhdtool[inspect]" in findings(facts(report=unread), "os-found")[0][2]

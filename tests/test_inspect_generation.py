@@ -56,3 +56,20 @@ def test_generation(table: PartitionTable, loaders: list[str] | None, family: st
     result = hyperv_generation(table, loaders, family)
     assert result.value == value, result.evidence
     assert result.evidence  # always says why
+
+
+@pytest.mark.parametrize(
+    ("table", "bios_files", "value", "why"),
+    [
+        (mbr(0x07), ["/bootmgr", "/Boot/BCD"], "V1", "active partition 1 holds /bootmgr, /Boot/BCD"),
+        (mbr(0x07), ["/Boot/BCD"], "none", "active partition 1 holds no /bootmgr"),
+        (mbr(0x07), None, "V1", "MBR with boot code and active partition 1"),  # not read: the table decides
+        (mbr(0x07, active=None), None, "none", "none is marked active"),
+    ],
+)
+def test_windows_bios_boot_needs_bootmgr_on_the_active_partition(
+    table: PartitionTable, bios_files: list[str] | None, value: str, why: str
+) -> None:
+    result = hyperv_generation(table, None, "windows", bios_files)
+    assert result.value == value
+    assert any(why in line for line in result.evidence), result.evidence

@@ -197,7 +197,18 @@ def test_without_the_optional_readers(images: ImageCache) -> None:
     doc = json.loads(proc.stdout)
     assert doc["os"] is None and [v["filesystem"]["kind"] for v in doc["volumes"]] == ["fat", "ext4"]
     assert any("vhdtool[inspect]" in w for w in doc["warnings"])
+    assert doc["missing_readers"] == ["fat", "ext4"]
     assert doc["generation"]["value"] == "V2"  # the ESP is present even if its files cannot be read
+    # check: the OS rules cannot run, and says so; an expected state cannot be confirmed.
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_DISSECT, "check", str(path), "--json", "--expect", "specialized"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    findings = {x["id"]: x for x in json.loads(proc.stdout)["findings"]}
+    assert findings["os-state"]["severity"] == "error" and "vhdtool[inspect]" in findings["os-state"]["message"]
+    assert findings["os-found"]["severity"] == "warning" and "not looked for" in findings["os-found"]["message"]
 
 
 def test_btrfs_root(images: ImageCache) -> None:

@@ -219,3 +219,21 @@ def test_inspect_survives_partitions_anywhere(
         except ImageError:
             return
     assert report.table.scheme in ("mbr", "none")
+
+
+def test_inspect_lists_every_partition(tmp_path: Path) -> None:
+    """Partitions that hold no filesystem (an extended container here) are listed too, unprobed."""
+    from vhdtool.inspect.report import inspect_disk
+
+    img = blank(tmp_path / "mbr.img", 64 * MiB)
+    layout = "label: dos\nstart=2048, size=16M, type=83\nstart=34816, type=5\nsize=8M, type=82\n"
+    subprocess.run(["sfdisk", "-q", str(img)], input=layout.encode(), check=True, capture_output=True)
+    oracle = [int(o["node"].removeprefix(str(img))) for o in sfdisk_json(img)["partitions"]]
+    with raw_disk(img) as disk:
+        report = inspect_disk(disk)
+    assert [v.partition.number for v in report.volumes] == oracle == [1, 2, 5]
+    assert [(v.partition.type_name, v.info.kind) for v in report.volumes] == [
+        ("Linux", "unknown"),
+        ("Extended", "none"),
+        ("Linux swap", "unknown"),  # an empty partition: nothing written in it yet
+    ]

@@ -116,6 +116,7 @@ def test_gen1_mbr_disk(images: dict[str, dict[str, Path]], fmt: str) -> None:
     assert (os_report.name, os_report.hostname) == ("Windows Server 2022 Datacenter", "WIN-GOLDEN01")
     assert report.os_volume.partition.number == 1
     assert report.generation.to_json()["supported"] == ["V1"]
+    assert "active partition 1 holds /bootmgr, /Boot/BCD" in report.generation.evidence
     assert not report.unclean
 
 
@@ -128,6 +129,9 @@ def test_gen2_gpt_disk(images: dict[str, dict[str, Path]], fmt: str) -> None:
         "Windows 11 Pro", "10.0.22631.4317", "WEB01")
     assert os_report.facts["hibernation_file"] is True
     assert report.os_volume.partition.number == 3
+    # Every partition is listed, the Microsoft reserved one unprobed (it holds no filesystem).
+    assert [(v.partition.number, v.partition.type_name, v.info.kind) for v in report.volumes] == [
+        (1, "EFI System", "fat"), (2, "Microsoft reserved", "none"), (3, "Microsoft basic data", "ntfs")]
     assert report.generation.to_json()["supported"] == ["V2"]
     assert any("hiberfil" in u for u in report.unclean)
     as_json = report.to_json()
@@ -153,3 +157,20 @@ def test_bitlocker_volume_is_named_encrypted(images: dict[str, dict[str, Path]],
     with open(images["bitlocker-mbr"]["raw"], "rb") as f:
         f.seek(1 << 20)
         assert f.read(11)[3:] == b"-FVE-FS-"
+
+
+@pytest.mark.parametrize("name", ["gen1-mbr", "gen2-gpt", "bitlocker-mbr", "vol-undeployable", "vol-mismatched"])
+def test_check_findings_do_not_depend_on_the_container(images: dict[str, dict[str, Path]], name: str) -> None:
+    """``check``'s findings on the VHDX and dynamic VHD equal the raw image's, but for the format rule."""
+    from vhdtool.checks import evaluate, open_for_check
+
+    def judged(path: Path) -> list[tuple[str, str, str]]:
+        with open_for_check(str(path)) as subject:
+            assert subject.disk is not None
+            facts = subject.facts(report_module.inspect_disk(subject.disk), expect=GENERALIZED)
+        return [(x.rule, x.severity, x.message) for r in evaluate(facts) for x in r.findings
+                if x.rule != "format-fixed-vhd"]
+
+    raw = judged(images[name]["raw"])
+    assert raw == judged(images[name]["vhdx"]) == judged(images[name]["vpc"])
+    assert any(severity == "error" for _, severity, _ in raw)  # each image fails --expect generalized somehow

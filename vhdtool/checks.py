@@ -9,9 +9,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from construct import ConstructError
+
+from .disk import ImageFile, VirtualDisk
+from .errors import ImageError
+from .extents import Extent, extents_from_ranges
+from .formats.vhd_footer import (
+    DISK_TYPE_DIFFERENCING,
+    DISK_TYPE_DYNAMIC,
+    DISK_TYPE_FIXED,
+    FILE_FORMAT_VERSION,
+    VhdFooter,
+    footer_checksum,
+    parse_footer,
+)
+from .formats.vhd_layout import Footer
 from .inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN
 from .inspect.report import DiskReport
 
@@ -118,9 +133,13 @@ def _linux_facts(f: Facts) -> dict[str, Any] | None:
     return f.report.os.facts
 
 
+def _footer_type_known(f: Facts) -> bool:
+    return f.footer is None or f.footer.get("disk_type") in ("fixed", "dynamic", "differencing")
+
+
 @rule("format-fixed-vhd", "the image is a fixed VHD")
 def _format(f: Facts) -> list[tuple[str, str]]:
-    if _is_fixed_vhd(f):
+    if _is_fixed_vhd(f) or not _footer_type_known(f):  # an unknown footer type is footer-disk-type's finding
         return []
     what = {"vhdx": "a VHDX", "raw": "a raw image"}.get(f.format, f"a {f.disk_type} VHD")
     return [(ERROR, f"{what}: Azure accepts only fixed VHD; run `vhdtool convert IMAGE OUT.vhd`")]
@@ -140,9 +159,15 @@ def _size_mib(f: Facts) -> list[tuple[str, str]]:
     ]
 
 
+def _data_beyond_current_size(f: Facts) -> bool:
+    """A fixed VHD whose footer's current size leaves bytes unused between the data and the footer."""
+    return _is_fixed_vhd(f) and f.virtual_size + FOOTER_SIZE < f.file_size
+
+
 @rule("file-size", "file size = virtual size + 512")
 def _file_size(f: Facts) -> list[tuple[str, str]]:
-    if not _is_fixed_vhd(f) or f.file_size == f.virtual_size + FOOTER_SIZE:
+    # A current size short of the data is footer-current-size's finding (the same mismatch, its cause named).
+    if not _is_fixed_vhd(f) or f.file_size == f.virtual_size + FOOTER_SIZE or _data_beyond_current_size(f):
         return []
     return [
         (
@@ -160,7 +185,9 @@ def _footer_cookie(f: Facts) -> list[tuple[str, str]]:
     return [
         (
             ERROR,
-            f"footer cookie is {f.footer.get('cookie')!r}, not 'conectix'; rewrite with `vhdtool convert`",
+            f"footer cookie is {f.footer.get('cookie')!r}, not 'conectix': no reader takes it as a VHD; drop "
+            "the damaged footer (`truncate -s -512 IMAGE`, on a copy if need be) and run "
+            "`vhdtool convert IMAGE OUT.vhd`",
         )
     ]
 
@@ -168,13 +195,14 @@ def _footer_cookie(f: Facts) -> list[tuple[str, str]]:
 @rule("footer-disk-type", "footer disk type is fixed (2)")
 def _footer_type(f: Facts) -> list[tuple[str, str]]:
     # Dynamic and differencing disks are the format rule's finding; this one catches unknown types.
-    if f.footer is None or f.footer.get("disk_type") in ("fixed", "dynamic", "differencing"):
+    if _footer_type_known(f):
         return []
+    assert f.footer is not None
     return [
         (
             ERROR,
-            f"footer disk type is {f.footer.get('disk_type')}; Azure needs fixed: "
-            "`vhdtool convert IMAGE OUT.vhd`",
+            f"footer disk type is {f.footer.get('disk_type')}, not fixed (2): no reader takes the file; if it "
+            "is a fixed disk, drop the footer (`truncate -s -512 IMAGE`) and run `vhdtool convert IMAGE OUT.vhd`",
         )
     ]
 
@@ -191,7 +219,7 @@ def _footer_data_offset(f: Facts) -> list[tuple[str, str]]:
         (
             ERROR,
             f"fixed VHD footer has data offset {f.footer.get('data_offset')}, expected 0xFFFFFFFFFFFFFFFF; "
-            "rewrite with `vhdtool convert`",
+            "`vhdtool fix IMAGE` rewrites the footer in place",
         )
     ]
 
@@ -200,18 +228,21 @@ def _footer_data_offset(f: Facts) -> list[tuple[str, str]]:
 def _footer_checksum(f: Facts) -> list[tuple[str, str]]:
     if f.footer is None or f.footer.get("checksum_valid", True):
         return []
-    return [(ERROR, f"footer checksum {f.footer.get('checksum')} is wrong; rewrite with `vhdtool convert`")]
+    checksum = f.footer.get("checksum")
+    return [(ERROR, f"footer checksum {checksum} is wrong; `vhdtool fix IMAGE` rewrites the footer in place")]
 
 
-@rule("footer-current-size", "footer current size equals the virtual size")
+@rule("footer-current-size", "footer current size covers the data before the footer")
 def _footer_size(f: Facts) -> list[tuple[str, str]]:
-    if f.footer is None or f.footer.get("current_size") in (None, f.virtual_size):
+    # Azure reads current size and wants the file to be exactly that + 512: bytes past it are refused or lost.
+    if f.footer is None or not _data_beyond_current_size(f):
         return []
+    data = f.file_size - FOOTER_SIZE
     return [
         (
             ERROR,
-            f"footer current size {f.footer.get('current_size')} differs from the disk size "
-            f"{f.virtual_size}; rewrite with `vhdtool convert`",
+            f"footer current size is {f.footer.get('current_size')} bytes but the file holds {data} bytes before "
+            "the footer; `vhdtool fix IMAGE` sets it to the data's size (keeping every byte)",
         )
     ]
 
@@ -340,16 +371,28 @@ def _os_found(f: Facts) -> list[tuple[str, str]]:
     if f.report is None:
         return []
     if f.role == "os" and f.report.os is None:
+        if f.report.missing_readers:
+            return [(WARNING, f"the OS was not looked for: {_missing_readers(f.report)}")]
         return [(WARNING, "no Windows or Linux OS found; if this is a data disk use --role data")]
     if f.role == "data" and f.report.os is not None:
         return [(INFO, f"an OS ({f.report.os.name or f.report.os.family}) is on this data disk")]
     return []
 
 
+def _missing_readers(report: DiskReport) -> str:
+    kinds = ", ".join(report.missing_readers)
+    return f"reading {kinds} needs the optional extra: pip install 'vhdtool[inspect]'"
+
+
 @rule("os-state", "OS state matches --expect")
 def _os_state(f: Facts) -> list[tuple[str, str]]:
-    if f.report is None or f.report.os is None or f.role != "os":
+    if f.report is None or f.role != "os":
         return []
+    if f.report.os is None:
+        if f.expect is None:
+            return []  # os-found says it
+        why = _missing_readers(f.report) if f.report.missing_readers else "no Windows or Linux OS was found"
+        return [(ERROR, f"--expect {f.expect} cannot be confirmed: {why}")]
     os_report = f.report.os
     state = os_report.state
     if os_report.facts.get("undeployable"):
@@ -535,6 +578,150 @@ def facts_from_disk(
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# What ``check`` judges, including fixed VHDs whose footer the readers refuse
+
+
+class _DataPart(VirtualDisk):
+    """The first ``size`` bytes of a file: the data of a fixed VHD whose footer no reader takes."""
+
+    format = "vhd"
+
+    def __init__(self, inner: VirtualDisk, size: int, disk_type: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.path = inner.path
+        self.virtual_size = size
+        self.disk_type = disk_type
+
+    def extents(self) -> list[Extent]:
+        ranges = [(e.offset, e.end) for e in self.inner.extents() if e.allocated]
+        return extents_from_ranges(ranges, self.virtual_size)
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        self.check_range(offset, len(view))
+        self.inner.readinto(offset, view)
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def salvage_footer(path: str) -> VhdFooter | None:
+    """The VHD footer at the end of ``path`` when the readers refuse it or take the file for raw.
+
+    Two cases: a footer with the ``conectix`` cookie but a disk type that is not 2, 3 or 4; and a
+    footer whose cookie is damaged but whose other fields are those of a fixed disk (version 1.0,
+    type 2, data offset all 0xFF, a current size that fits the file) - too many exact values for
+    the last sector of a raw image to match by chance. ``None`` otherwise.
+    """
+    try:
+        image = ImageFile(path)  # refuses FIFOs and the like without blocking
+    except (OSError, ImageError):
+        return None
+    try:
+        size = image.size
+        if size < 2 * FOOTER_SIZE:
+            return None
+        raw = image.pread(size - FOOTER_SIZE, FOOTER_SIZE, "VHD footer")
+    except (OSError, ImageError):
+        return None
+    finally:
+        image.close()
+    try:
+        fields = Footer.parse(raw)
+    except ConstructError:
+        return None
+    if fields.cookie == b"conectix":
+        if fields.disk_type in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
+            return None  # the reader's own error about this footer stands
+    elif not (
+        fields.file_format_version == FILE_FORMAT_VERSION
+        and fields.disk_type == DISK_TYPE_FIXED
+        and fields.data_offset == FIXED_DATA_OFFSET
+        and 0 < fields.current_size <= size - FOOTER_SIZE
+        and fields.current_size % 512 == 0
+    ):
+        return None
+    footer = parse_footer(b"conectix" + raw[8:], path, size - FOOTER_SIZE)
+    return replace(footer, cookie=bytes(fields.cookie), checksum_valid=footer_checksum(raw) == fields.checksum)
+
+
+@dataclass
+class CheckSubject:
+    """The container facts ``check`` judges, and the disk whose contents ``inspect`` reads.
+
+    ``disk`` is ``None`` when the layout cannot be told (a footer of unknown type that does not say
+    where the data is): the container rules still run, the content rules do not.
+    """
+
+    path: str
+    disk: VirtualDisk | None
+    format: str
+    disk_type: str
+    virtual_size: int
+    file_size: int
+    footer: dict[str, Any] | None
+
+    def facts(
+        self, report: DiskReport | None, role: str = "os", expect: str | None = None, generation: str | None = None
+    ) -> Facts:
+        return Facts(
+            self.format,
+            self.disk_type,
+            self.virtual_size,
+            self.file_size,
+            self.footer,
+            report,
+            role,
+            expect,
+            generation,
+        )
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
+
+    def __enter__(self) -> CheckSubject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_for_check(path: str, *, parent: str | None = None, allow_absolute_parent: bool = False) -> CheckSubject:
+    """Open ``path`` for ``check``: as the readers open it, or from a footer they refuse (:func:`salvage_footer`)."""
+    from .formats.raw import RawDisk
+    from .open import open_image
+
+    try:
+        disk = open_image(path, parent=parent, allow_absolute_parent=allow_absolute_parent)
+    except ImageError:
+        salvaged = salvage_footer(path)
+        if salvaged is None:
+            raise
+        disk = RawDisk(ImageFile(path))
+    else:
+        salvaged = salvage_footer(path) if disk.format == "raw" else None
+        if salvaged is None:
+            details = disk.details()
+            footer = details.get("footer") if disk.format == "vhd" else None
+            return CheckSubject(
+                path, disk, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size, footer
+            )
+    file_size = disk.virtual_size
+    data: VirtualDisk | None = None
+    if salvaged.data_offset == FIXED_DATA_OFFSET and 0 < salvaged.current_size <= file_size - FOOTER_SIZE:
+        data = _DataPart(disk, salvaged.current_size, salvaged.disk_type_name)
+    else:
+        disk.close()
+    return CheckSubject(
+        path, data, "vhd", salvaged.disk_type_name, salvaged.current_size, file_size, salvaged.to_json()
+    )
+
+
 def junit_xml(results: list[RuleResult], name: str) -> str:
     """A JUnit XML report: one testcase per rule; errors are failures, warnings go to system-out."""
     from xml.sax.saxutils import escape, quoteattr
@@ -571,6 +758,9 @@ __all__ = [
     "RULES",
     "evaluate",
     "facts_from_disk",
+    "CheckSubject",
+    "open_for_check",
+    "salvage_footer",
     "billing_tier",
     "junit_xml",
     "STATES",

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..checks import ERROR, GENERATIONS, ROLES, STATES, evaluate, facts_from_disk, junit_xml
+from ..checks import ERROR, GENERATIONS, ROLES, STATES, evaluate, junit_xml, open_for_check
 from ..errors import OutputError
 from ..inspect.report import inspect_disk
-from ..open import open_image
 from . import EXIT_ERROR, absolute_parent_option, emit_json, main, parent_option
 
 
@@ -40,9 +39,9 @@ def check_command(
     allow_absolute_parent: bool,
 ) -> None:
     """Check IMAGE against Azure's rules; exit 1 on any error (rule ids: docs/check-rules.md)."""
-    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        report = inspect_disk(disk)
-        facts = facts_from_disk(disk, report, role, expect, generation)
+    with open_for_check(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as subject:
+        report = inspect_disk(subject.disk) if subject.disk is not None else None
+        facts = subject.facts(report, role, expect, generation)
     results = evaluate(facts)
     findings = [f for r in results for f in r.findings]
     ready = not any(f.severity == ERROR for f in findings)
@@ -56,10 +55,10 @@ def check_command(
             {
                 "ready": ready,
                 "findings": [f.to_json() for f in findings],
-                "os": None if report.os is None else report.os.to_json(),
-                "generation": report.generation.value,
-                "unclean": report.unclean,
-                "warnings": report.warnings,
+                "os": None if report is None or report.os is None else report.os.to_json(),
+                "generation": None if report is None else report.generation.value,
+                "unclean": [] if report is None else report.unclean,
+                "warnings": [] if report is None else report.warnings,
             }
         )
     else:

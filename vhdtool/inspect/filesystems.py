@@ -26,6 +26,7 @@ MAX_SYMLINKS = 40  # as Linux's MAXSYMLINKS
 # Filesystem kinds, as reported.
 NTFS, FAT, EXT2, EXT3, EXT4, XFS, BTRFS = "ntfs", "fat", "ext2", "ext3", "ext4", "xfs", "btrfs"
 BITLOCKER, LUKS, SWAP, LVM2, UNKNOWN = "bitlocker", "luks", "swap", "lvm2", "unknown"
+NOT_PROBED = "none"  # a partition whose type holds no filesystem (MSR, BIOS boot, MBR extended), or < 4 KiB
 LINUX_FILESYSTEMS = frozenset({EXT2, EXT3, EXT4, XFS, BTRFS})
 
 # ext4 superblock (kernel Documentation/filesystems/ext4/super.rst), at byte 1024 of the volume.

@@ -16,6 +16,8 @@ V1, V2 = "V1", "V2"
 # Boot loaders UEFI firmware or the Windows / Linux boot managers use on the ESP.
 EFI_BOOT_FILES = ("/EFI/BOOT/BOOTX64.EFI", "/EFI/BOOT/BOOTAA64.EFI", "/EFI/Microsoft/Boot/bootmgfw.efi")
 EFI_VENDOR_LOADERS = ("shimx64.efi", "grubx64.efi", "shimaa64.efi", "grubaa64.efi", "systemd-bootx64.efi")
+# What Windows' BIOS boot path reads from the active partition (the boot manager and its store).
+WINDOWS_BIOS_FILES = ("/bootmgr", "/Boot/BCD")
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,16 @@ class GenerationReport:
 
 
 def hyperv_generation(
-    table: PartitionTable, esp_loaders: list[str] | None, os_family: str | None
+    table: PartitionTable,
+    esp_loaders: list[str] | None,
+    os_family: str | None,
+    bios_files: list[str] | None = None,
 ) -> GenerationReport:
     """Decide V1 / V2 / both.
 
     ``esp_loaders``: the boot loader paths found on the EFI System Partition, ``None`` if no ESP
-    was read (absent, or unreadable without the optional readers).
+    was read (absent, or unreadable without the optional readers). ``bios_files``: which of
+    :data:`WINDOWS_BIOS_FILES` the active MBR partition holds, ``None`` if it was not read.
     """
     v1 = v2 = False
     why: list[str] = []
@@ -66,6 +72,16 @@ def hyperv_generation(
             why.append("MBR with boot code (no active partition: some BIOS loaders do not need one)")
         else:
             why.append("MBR without boot code")
+        if os_family == "windows" and v1:
+            # The Windows MBR code starts the active partition's boot sector, which loads \bootmgr.
+            if not active:
+                v1 = False
+                why.append("Windows boots by BIOS from the active partition, and none is marked active")
+            elif bios_files is not None and WINDOWS_BIOS_FILES[0] not in bios_files:
+                v1 = False
+                why.append(f"active partition {active[0]} holds no /bootmgr")
+            elif bios_files:
+                why.append(f"active partition {active[0]} holds {', '.join(bios_files)}")
         if os_family == "windows" and v2:
             v2 = False
             why.append("Windows does not boot an MBR disk by UEFI")

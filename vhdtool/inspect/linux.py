@@ -22,6 +22,8 @@ HYPERV_CONFIG = {
 WAAGENT_PATHS = ("/usr/sbin/waagent", "/usr/bin/waagent", "/usr/local/sbin/waagent")
 CLOUD_INIT_PATHS = ("/usr/bin/cloud-init", "/usr/local/bin/cloud-init")
 WAAGENT_UNITS = ("walinuxagent.service", "waagent.service")
+# cloud-init 24.3 renamed cloud-init.service to cloud-init-network.service and added cloud-init-main.service.
+CLOUD_INIT_UNITS = ("cloud-init.service", "cloud-init-network.service", "cloud-init-main.service")
 WAAGENT_PROVISIONED = (
     "provisioned",
     "ovf-env.xml",
@@ -93,7 +95,7 @@ def inspect_linux(tree: FileTree) -> OsReport | None:
         "waagent_installed": waagent,
         "waagent_enabled": any(_unit_enabled(tree, u) for u in WAAGENT_UNITS),
         "cloud_init_installed": cloud_init,
-        "cloud_init_enabled": _unit_enabled(tree, "cloud-init.service"),
+        "cloud_init_enabled": any(_unit_enabled(tree, u) for u in CLOUD_INIT_UNITS),
         "waagent_conf": {k: v for k, v in conf.items() if k.startswith(("Provisioning.", "ResourceDisk."))},
         "fstab_swap": fstab_swap(tree),
         "hyperv_drivers": hyperv_drivers(tree),
@@ -210,8 +212,20 @@ def _root_password(tree: FileTree, evidence: list[Evidence], conf: dict[str, str
     if root is None or len(root) < 2:
         return
     password = root[1]
-    locked = password == "" or password.startswith(LOCKED_PREFIXES)
+    locked = password.startswith(LOCKED_PREFIXES)
     expect_deleted = has_conf and _yes(conf, "Provisioning.DeleteRootPassword", False)
+    if password == "":
+        # An empty field lets root log in without a password; deprovisioning writes "*LOCK*" instead.
+        evidence.append(
+            Evidence(
+                "/etc/shadow (root)",
+                "empty",
+                "root logs in without a password"
+                + ("; waagent.conf asks deprovision to lock it" if expect_deleted else ""),
+                SPECIALIZED if expect_deleted else NEUTRAL,
+            )
+        )
+        return
     shown = "locked" if locked else "a password hash"
     if locked:
         evidence.append(
@@ -311,10 +325,10 @@ def _history_and_leases(tree: FileTree, evidence: list[Evidence]) -> None:
             )
         )
     leases = []
+    dhcp_folders = [f"/var/lib/{n}" for n in (tree.listdir("/var/lib") or []) if n.startswith("dhcp")]
     for folder in (
-        "/var/lib/dhcp",
+        *dhcp_folders,  # dhcp (ISC dhclient on Debian), dhcp3, dhcpcd, dhcpcd5...
         "/var/lib/dhclient",
-        "/var/lib/dhcpcd",
         "/var/lib/NetworkManager",
         "/var/lib/systemd/network",
         "/run/systemd/netif/leases",

@@ -13,6 +13,7 @@ from .filesystems import (
     FAT,
     LINUX_FILESYSTEMS,
     LVM2,
+    NOT_PROBED,
     NTFS,
     DissectMissing,
     NodeTree,
@@ -21,12 +22,20 @@ from .filesystems import (
     open_tree,
     probe_volume,
 )
-from .generation import EFI_BOOT_FILES, EFI_VENDOR_LOADERS, GenerationReport, hyperv_generation
+from .generation import (
+    EFI_BOOT_FILES,
+    EFI_VENDOR_LOADERS,
+    WINDOWS_BIOS_FILES,
+    GenerationReport,
+    hyperv_generation,
+)
 from .linux import fstab_mounts, inspect_linux, looks_like_linux
 from .lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
 from .model import FileTree, OsReport
 from .partitions import Partition, PartitionTable, read_partition_table
 
+# Partition types that hold no filesystem (MBR extended containers, Microsoft reserved, BIOS boot): listed,
+# not probed.
 SKIPPED_TYPES = frozenset(
     {"0x05", "0x0f", "0x85", "e3c9e316-0b5c-4db8-817d-f92df00215ae", "21686148-6449-6e6f-744e-656564454649"}
 )
@@ -61,6 +70,7 @@ class DiskReport:
     generation: GenerationReport
     unclean: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    missing_readers: list[str] = field(default_factory=list)  # filesystem kinds the optional extra would read
 
     @property
     def encrypted_volumes(self) -> list[VolumeReport]:
@@ -79,6 +89,7 @@ class DiskReport:
             "generation": self.generation.to_json(),
             "unclean": list(self.unclean),
             "warnings": list(self.warnings),
+            "missing_readers": list(self.missing_readers),
         }
 
 
@@ -143,6 +154,7 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
     volumes: list[VolumeReport] = []
     trees: dict[int, NodeTree] = {}
     physical_volumes: list[PhysicalVolume] = []
+    missing: list[str] = []
 
     def add(backing: VirtualDisk, offset: int, part: Partition) -> None:
         info = probe_volume(backing, offset, part.length)
@@ -160,6 +172,8 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
             except DissectMissing as err:
                 if str(err) not in warnings:
                     warnings.append(str(err))
+                if info.kind not in missing:
+                    missing.append(info.kind)
                 return
             if tree is None:
                 warnings.append(f"partition {part.number}: {info.kind} filesystem could not be read")
@@ -167,7 +181,9 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
             trees[part.number] = tree
 
     for part in table.partitions:
-        if part.type_id not in SKIPPED_TYPES and part.length >= 4096:
+        if part.type_id in SKIPPED_TYPES or part.length < 4096:
+            volumes.append(VolumeReport(part, VolumeInfo(NOT_PROBED)))
+        else:
             add(disk, part.offset, part)
     if physical_volumes:
         lvs, problems = logical_volumes(physical_volumes)
@@ -201,7 +217,9 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
     if os_index is not None:
         volumes[os_index] = VolumeReport(volumes[os_index].partition, volumes[os_index].info, True)
     esp_loaders = _esp_loaders(volumes, trees)
-    generation = hyperv_generation(table, esp_loaders, os_report.family if os_report else None)
+    family = os_report.family if os_report else None
+    bios_files = _windows_bios_files(volumes, trees) if family == "windows" and table.scheme == "mbr" else None
+    generation = hyperv_generation(table, esp_loaders, family, bios_files)
     return DiskReport(
         disk.path,
         disk.format,
@@ -214,6 +232,7 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
         generation,
         unclean,
         warnings,
+        missing,
     )
 
 
@@ -275,3 +294,12 @@ def _esp_loaders(volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> lis
                     found.append(f"/EFI/{vendor}/{name}")
         return found
     return None
+
+
+def _windows_bios_files(volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> list[str] | None:
+    """Which Windows BIOS boot files the active MBR partition holds, ``None`` if it was not read."""
+    active = next((v for v in volumes if v.partition.bootable), None)
+    if active is None or active.partition.number not in trees:
+        return None
+    tree = trees[active.partition.number]
+    return [p for p in WINDOWS_BIOS_FILES if tree.exists(p)]

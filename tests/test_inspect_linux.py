@@ -111,27 +111,57 @@ def test_missing_drivers_are_reported(images: ImageCache) -> None:
     assert report.os.facts["hyperv_drivers"] == {"hv_vmbus": [], "hv_storvsc": [], "hv_netvsc": []}
 
 
+# Every Linux fixture layout, in a state other tests build anyway (the session cache shares the images).
+EVERY_FIXTURE = [
+    ("gpt-ext4", GENERALIZED),
+    ("gpt-ext4", SPECIALIZED),
+    ("gpt-ext4", IN_BETWEEN),
+    ("gpt-ext4", "nodrivers"),
+    ("mbr-ext4", GENERALIZED),
+    ("gpt-xfs", IN_BETWEEN),
+    ("gpt-split", SPECIALIZED),
+    ("bare-ext4", GENERALIZED),
+    ("luks", GENERALIZED),
+    ("gpt-swap", GENERALIZED),
+    ("gpt-lvm", SPECIALIZED),
+    ("bare-btrfs", IN_BETWEEN),
+]
+
+
+def _check_findings(path: Path) -> list[tuple[str, str, str]]:
+    from vhdtool.checks import evaluate, open_for_check
+
+    with open_for_check(str(path)) as subject:
+        assert subject.disk is not None
+        facts = subject.facts(inspect_disk(subject.disk), expect=GENERALIZED)
+    found = [(x.rule, x.severity, x.message) for r in evaluate(facts) for x in r.findings]
+    return [x for x in found if x[0] != "format-fixed-vhd"]
+
+
 @pytest.mark.parametrize("container", ["vhdx", "dynamic", "fixed"])
-@pytest.mark.parametrize(
-    ("layout", "state"), [("gpt-ext4", SPECIALIZED), ("mbr-ext4", GENERALIZED), ("gpt-xfs", IN_BETWEEN)]
-)
+@pytest.mark.parametrize(("layout", "state"), EVERY_FIXTURE)
 def test_verdict_does_not_depend_on_the_container(
     images: ImageCache,
     container: str,
     layout: str,
     state: str,
 ) -> None:
+    """Each fixture converted by qemu-img: the same inspection and the same check findings as the raw image."""
+    if layout == "bare-btrfs" and shutil.which("mkfs.btrfs") is None:
+        pytest.skip("mkfs.btrfs missing (btrfs-progs, scripts/setup.sh --test)")
     if container == "vhdx":
         pytest.importorskip("vhdtool.formats.vhdx")
     else:
         pytest.importorskip("vhdtool.formats.vhd")
-    raw = inspect(images.get(layout, state))
-    other = inspect(images.get(layout, state, container))
+    raw_path, other_path = images.get(layout, state), images.get(layout, state, container)
+    raw, other = inspect(raw_path), inspect(other_path)
     assert other.format == ("vhdx" if container == "vhdx" else "vhd")
-    assert other.os is not None and raw.os is not None
-    assert other.os.to_json() == raw.os.to_json()
+    assert (other.os is None) == (layout == "luks") and (raw.os is None) == (layout == "luks")
+    assert (other.os and other.os.to_json()) == (raw.os and raw.os.to_json())
     assert other.generation == raw.generation
     assert [v.to_json() for v in other.volumes] == [v.to_json() for v in raw.volumes]
+    assert (other.unclean, other.warnings) == (raw.unclean, raw.warnings)
+    assert _check_findings(other_path) == _check_findings(raw_path)
 
 
 def test_cli_inspect_json(images: ImageCache) -> None:

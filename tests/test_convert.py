@@ -1,6 +1,6 @@
 """``convert``: any image to a fixed VHD (or raw), checked against qemu-img and independent models.
 
-The acceptance proof of issue 3: for every stored fixture and for random images made by qemu-img
+For every stored fixture and for random images made by qemu-img
 (sizes that are not MiB multiples, data scattered with qemu-io, VHD and VHDX, several block sizes)
 the output is ``align_up(size, MiB) + 512`` bytes, its footer is a valid fixed footer, qemu-img
 finds the content identical to the source, and the output is sparse.
@@ -26,7 +26,7 @@ from conftest import FIXTURES, qemu_img, unpack_fixture
 from vhdtool import open_image
 from vhdtool.convert import ConvertResult, convert
 from vhdtool.disk import VirtualDisk
-from vhdtool.errors import OutputError, UsageError, VhdtoolError
+from vhdtool.errors import ImageError, OutputError, UsageError, VhdtoolError
 from vhdtool.extents import Extent, MiB, align_up
 from vhdtool.formats.vhd_footer import DISK_TYPE_FIXED, chs_geometry, parse_footer
 
@@ -48,7 +48,7 @@ def qemu_identical(out: Path, src: Path, src_fmt: str) -> None:
 
 
 def check_fixed_vhd(out: Path, source_size: int) -> None:
-    """Size, footer fields and checksum of a converted file (AZURE.md section 1)."""
+    """Size, footer fields and checksum of a converted file: what Azure accepts as a fixed VHD."""
     virtual = align_up(source_size, MiB)
     assert out.stat().st_size == virtual + 512
     with open(out, "rb") as f:
@@ -263,15 +263,19 @@ class FailingDisk(VirtualDisk):
         return {}
 
 
-@pytest.mark.parametrize("error", [KeyboardInterrupt(), OSError(5, "Input/output error")])
-def test_failure_or_ctrl_c_leaves_no_partial_file(tmp_path: Path, error: BaseException) -> None:
+@pytest.mark.parametrize(("error", "raised"), [(KeyboardInterrupt(), KeyboardInterrupt),
+                                               (OSError(5, "Input/output error"), ImageError)])
+def test_failure_or_ctrl_c_leaves_no_partial_file(tmp_path: Path, error: BaseException,
+                                                  raised: type[BaseException]) -> None:
     src = tmp_path / "in.raw"
     src.write_bytes(os.urandom(12 * MiB))
     out = tmp_path / "out.vhd"
     with open_image(src) as inner:
         disk = FailingDisk(inner, 9 * MiB, error)
-        with pytest.raises(type(error)):
+        with pytest.raises(raised) as err:
             convert(disk, out, chunk_size=MiB)
+    # A failing source is named (the bare OSError of a read names no file).
+    assert raised is KeyboardInterrupt or (str(src) in str(err.value) and "Input/output error" in str(err.value))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
 
 
@@ -337,7 +341,7 @@ def test_result_json_has_the_documented_fields(tmp_path: Path) -> None:
         result = convert(disk, tmp_path / "o.vhd", hashes=("sha256",))
     assert isinstance(result, ConvertResult)
     assert set(result.to_json()) == {"output", "format", "source", "source_size", "virtual_size", "file_size",
-                                     "bytes_written", "digests", "unique_id", "seconds"}
+                                     "bytes_written", "digests", "unique_id", "seconds", "warnings"}
 
 
 def test_sigterm_while_converting_cleans_up_like_ctrl_c(tmp_path: Path) -> None:

@@ -276,3 +276,17 @@ def test_volume_path_is_tried_before_the_absolute_path(tmp_path: Path) -> None:
     with open_image(child.path, allow_absolute_parent=True) as disk:
         assert disk.parent is not None and disk.parent.path == right.path
         assert disk.read(0, 2) == b"\x21\x21"
+
+
+def test_parent_warnings_reach_the_child(tmp_path: Path) -> None:
+    """What the reader noticed about a parent (here: a damaged header, the other copy used) is
+    reported on the child too, as for VHD chains, so info and convert say it."""
+    base = build_vhdx(tmp_path / "base.vhdx", 2 * MiB)
+    with open(base.path, "r+b") as f:
+        f.seek(64 * 1024 + 100)  # inside header 1: its CRC-32C no longer matches
+        f.write(b"\xff")
+    child = build_vhdx(tmp_path / "child.vhdx", 2 * MiB, parent_locator={
+        "parent_linkage": str(base.data_write_guid), "relative_path": "base.vhdx"})
+    with open_image(child.path) as disk:
+        warnings = disk.info()["warnings"]
+    assert any(w.startswith(f"parent {base.path}: VHDX header 1 is invalid") for w in warnings), warnings

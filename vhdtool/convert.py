@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .disk import VirtualDisk
-from .errors import OutputError, UsageError
+from .errors import ImageError, OutputError, UsageError, VhdtoolError
 from .extents import Extent, MiB, check_cover
 from .fixed import FixedVhdView, azure_virtual_size
 from .formats.vhd_layout import FOOTER_SIZE
@@ -40,6 +40,7 @@ class ConvertResult:
     digests: dict[str, str] = field(default_factory=dict)
     unique_id: str | None = None
     seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -53,6 +54,7 @@ class ConvertResult:
             "digests": dict(self.digests),
             "unique_id": self.unique_id,
             "seconds": round(self.seconds, 3),
+            "warnings": list(self.warnings),
         }
 
 
@@ -135,6 +137,9 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
     target = os.fspath(out_path)
     if output_format not in ("vhd", "raw"):
         raise UsageError(f"unknown output format {output_format!r}; choose vhd or raw")
+    if disk.virtual_size == 0 and not size:
+        raise ImageError(disk.path, "disk", None, "is empty (0 bytes): there is nothing to convert "
+                                                  "(--size SIZE makes a blank disk of that size)")
     for path in chain_paths(disk):
         if _same_file(path, target):
             raise OutputError(f"{target}: is the input image {path}; write the output elsewhere")
@@ -157,6 +162,14 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
     sinks: list[Sink] = ([hasher] if hasher else []) + [writer]
     try:
         pump(source, sinks, chunk_size=chunk_size, progress=progress)
+    except VhdtoolError:
+        writer.abort()
+        raise
+    except OSError as err:
+        # The sink turns its own failures into OutputError, so this one came from reading the source.
+        writer.abort()
+        raise ImageError(disk.path, "disk data", None,
+                         f"reading the image failed: {err.strerror or err}") from err
     except BaseException:
         writer.abort()
         raise
@@ -171,4 +184,5 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
         digests=hasher.digests() if hasher else {},
         unique_id=str(uuid.UUID(bytes=unique_id)) if unique_id else None,
         seconds=time.monotonic() - started,
+        warnings=tuple(disk.warnings),  # a differencing disk's include its parents'
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -41,8 +42,16 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Progress | None]:
         return
     from tqdm import tqdm
 
+    # A terminal that reports no width (a pseudo-terminal nobody sized, as in some CI runners and
+    # `docker run -t`) would make tqdm draw nothing at all: give it a usable width instead.
+    try:
+        shape = os.get_terminal_size(sys.stderr.fileno())
+        sized = shape.columns > 0 and shape.lines > 0
+    except (OSError, ValueError):
+        sized = False
+    fixed: dict[str, int] = {} if sized else {"ncols": 80, "nrows": 24}
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              dynamic_ncols=True, leave=False) as bar:
+              dynamic_ncols=sized, leave=False, **fixed) as bar:
         def advance(n: int, _was_data: bool) -> None:
             bar.update(n)
 
@@ -68,7 +77,8 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 @main.command("convert")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="The file to write (or give it as OUTPUT).")
 @click.option("--format", "output_format", type=click.Choice(["vhd", "raw"]), default="vhd",
               show_default=True, help="vhd: fixed VHD for Azure; raw: the plain disk bytes.")
 @click.option("--size", "size_text", metavar="SIZE",
@@ -77,28 +87,36 @@ def terminate_as_interrupt() -> Iterator[None]:
 @click.option("--hash", "hash_text", metavar="ALGS", help="Digests of the output, e.g. md5,sha256.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (schema in docs/convert.md).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (digests still print).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bar, no warnings and no summary (digests still print).")
 @parent_option
 @absolute_parent_option
-def convert_command(image: str, output: str, output_format: OutputFormat, size_text: str | None,
-                    keep_id: bool, hash_text: str | None, force: bool, as_json: bool, quiet: bool,
-                    parent: str | None, allow_absolute_parent: bool) -> None:
+def convert_command(image: str, output_arg: str | None, output: str | None, output_format: OutputFormat,
+                    size_text: str | None, keep_id: bool, hash_text: str | None, force: bool, as_json: bool,
+                    quiet: bool, parent: str | None, allow_absolute_parent: bool) -> None:
     """Write IMAGE (VHDX, VHD of any type, or raw) as a fixed VHD Azure accepts.
 
-    The output holds the disk's bytes, zero padding to the next MiB and a Hyper-V style
-    footer; it is written sparsely beside OUTPUT and renamed into place only on success.
+    The output (OUTPUT or -o) holds the disk's bytes, zero padding to the next MiB and a Hyper-V
+    style footer; it is written sparsely beside OUTPUT and renamed into place only on success.
     """
+    if output is not None and output_arg is not None and output != output_arg:
+        raise UsageError(f"two outputs given ({output_arg} and -o {output}); give one")
+    target = output if output is not None else output_arg
+    if target is None:
+        raise UsageError("no output given: vhdtool convert IMAGE OUT.vhd (or -o OUT.vhd)")
     size = parse_size(size_text) if size_text is not None else None
     hashes = parse_algorithms(hash_text) if hash_text else ()
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         total = output_size(disk, output_format, size)
         with progress_bar(total, enabled=not quiet and not as_json) as progress, terminate_as_interrupt():
-            result = convert(disk, output, output_format=output_format, size=size, keep_id=keep_id,
+            result = convert(disk, target, output_format=output_format, size=size, keep_id=keep_id,
                              hashes=hashes, force=force, progress=progress)
     if as_json:
         emit_json(result.to_json())
         return
     if not quiet:
+        for warning in result.warnings:
+            click.echo(f"vhdtool: warning: {warning}", err=True)
         kind = "fixed VHD" if result.format == "vhd" else "raw image"
         click.echo(f"wrote {result.output}: {kind}, virtual size {human_size(result.virtual_size)}")
         click.echo(f"{human_size(result.bytes_written)} written in {result.seconds:.1f} s "

@@ -630,10 +630,11 @@ class VhdxDisk(VirtualDisk):
         return "dirty" if self.log_dirty else "clean"
 
     def attach_parent(self, parent: VirtualDisk, path: str, linkage: uuid.UUID) -> None:
-        """Set the opened and verified parent disk."""
+        """Set the opened and verified parent disk (its warnings become this disk's, as for VHD)."""
         self._parent = parent
         self._parent_path = path
         self._parent_linkage = linkage
+        self.warnings.extend(f"parent {path}: {w}" for w in parent.warnings)
 
     # --- sector bitmaps (2.5) ---
 

@@ -70,3 +70,35 @@ def test_info_json_on_a_raw_image(tmp_path: Path) -> None:
     assert facts["virtual_size"] == 10 * 1024 * 1024 + 512
     assert 4096 <= facts["allocated_bytes"] < 1024 * 1024
     assert facts["block_size"] is None and facts["parent"] is None and facts["log"] is None
+
+
+@pytest.mark.parametrize(("fmt", "options"), [("qcow2", []), ("vmdk", []), ("vmdk", ["-o", "subformat=monolithicFlat"]),
+                                              ("vmdk", ["-o", "subformat=streamOptimized"]), ("vdi", [])])
+def test_the_advice_for_a_refused_format_works(tmp_path: Path, fmt: str, options: list[str]) -> None:
+    """Run the qemu-img command the refusal names, then vhdtool convert as it says: the disk's bytes."""
+    import re
+    import shlex
+
+    from vhdtool.convert import convert
+
+    source = bytearray(5 * 1024 * 1024)
+    source[1536:1536 + 4096] = b"\x6a" * 4096
+    source[-512:] = b"\x6b" * 512
+    (tmp_path / "source.raw").write_bytes(source)
+    img = tmp_path / f"disk.{fmt}"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *options, str(tmp_path / "source.raw"), str(img)],
+                   check=True)
+    with pytest.raises(UnsupportedImageError) as err:
+        open_image(img)
+    found = re.search(r"(qemu-img convert [^,(]*)", str(err.value))
+    assert found, str(err.value)
+    command = [str(img) if a == "IN" else str(tmp_path / "OUT.raw") if a == "OUT.raw" else a
+               for a in shlex.split(found.group(1))]
+    subprocess.run(command, check=True)
+    assert "then: vhdtool convert OUT.raw OUT.vhd" in str(err.value)
+    with open_image(tmp_path / "OUT.raw") as disk:
+        convert(disk, tmp_path / "OUT.vhd")
+    with open_image(tmp_path / "OUT.vhd") as out:
+        assert out.virtual_size == 5 * 1024 * 1024
+        assert out.read(1536, 4096) == b"\x6a" * 4096 and out.read(5242368, 512) == b"\x6b" * 512
+        assert out.read(0, 1536) == bytes(1536)

@@ -61,6 +61,9 @@ def test_qemu_chs_sized_image_grows_to_a_mib_keeping_every_byte(tmp_path: Path, 
     assert plan.needed and plan.data_size == real and plan.new_virtual_size == align_up(real, MiB)
     assert any("not a whole number of MiB" in r for r in plan.reasons)
     assert {c.name for c in plan.changes} >= {"current_size", "original_size", "geometry"}
+    shown = {c.name: (c.old, c.new) for c in plan.changes}
+    assert shown["creator_version"][1] == "10.0" and shown["creator_application"][1] == "win "
+    assert shown["checksum"][1] == f"0x{plan.new_footer.checksum:08x}"  # as `info` shows the fields
     assert plan.bytes_to_write == 1024
     apply_fix(plan)
     new_size = align_up(real, MiB)
@@ -159,8 +162,20 @@ def test_refusals(tmp_path: Path) -> None:
         plan_fix(dynamic)
     raw = tmp_path / "r.raw"
     raw.write_bytes(bytes(MiB))
-    with pytest.raises(ImageError):
+    with pytest.raises(UnsupportedImageError, match=r"not a VHD .*vhdtool convert .*r\.raw OUT\.vhd"):
         plan_fix(raw)
+    # Other formats are named, not mistaken for a VHD whose footer is missing.
+    vhdx = tmp_path / "x.vhdx"
+    qemu_img("create", "-q", "-f", "vhdx", str(vhdx), "5M")
+    with pytest.raises(UnsupportedImageError, match="a VHDX image; fix repairs fixed VHDs"):
+        plan_fix(vhdx)
+    qcow2 = tmp_path / "q.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(qcow2), "5M")
+    with pytest.raises(UnsupportedImageError, match="qcow2"):
+        plan_fix(qcow2)
+    for path in (raw, vhdx, qcow2):
+        proc = run_cli("fix", str(path), "--yes")
+        assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "VHD footer at byte" not in proc.stderr
     # A footer claiming more than the file holds: a truncated copy; refuse rather than guess.
     truncated = tmp_path / "t.vhd"
     with open(truncated, "wb") as f:

@@ -27,6 +27,7 @@ from . import fileio
 from .disk import ImageFile
 from .errors import ImageError, OutputError, UnsupportedImageError
 from .extents import MiB, align_up
+from .formats.detect import sniff
 from .formats.vhd import read_footer
 from .formats.vhd_footer import (
     DISK_TYPE_FIXED,
@@ -132,7 +133,12 @@ _COMPARED = ("features", "file_format_version", "data_offset", "creator_applicat
              "checksum")
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(name: str, value: Any) -> Any:
+    """A footer field as ``info`` shows it: versions as ``major.minor``, the checksum in hex."""
+    if name in ("creator_version", "file_format_version"):
+        return f"{value >> 16}.{value & 0xFFFF}"
+    if name == "checksum":
+        return f"0x{value:08x}"
     if isinstance(value, bytes):
         return value.decode("latin-1")
     if hasattr(value, "cylinders"):
@@ -144,6 +150,12 @@ def plan_fix(path: str | os.PathLike[str]) -> FixPlan:
     """Look at a fixed VHD (read-only) and describe how to make it Azure-ready in place."""
     image = ImageFile(path)
     try:
+        kind = sniff(image)  # names qcow2, VMDK, archives, ... with what to do instead
+        if kind != "vhd":
+            what = "a VHDX image" if kind == "vhdx" else "not a VHD (no footer with cookie 'conectix' at its end)"
+            raise UnsupportedImageError(
+                f"{image.path}: {what}; fix repairs fixed VHDs in place; write a fixed VHD with "
+                f"`vhdtool convert {image.path} OUT.vhd`")
         choice = read_footer(image)
         file_size = image.size
     finally:
@@ -151,8 +163,8 @@ def plan_fix(path: str | os.PathLike[str]) -> FixPlan:
     footer = choice.footer
     if choice.source != "end" or (footer.checksum_valid and footer.disk_type != DISK_TYPE_FIXED):
         raise UnsupportedImageError(
-            f"{image.path}: a {footer.disk_type_name} VHD cannot be fixed in place; "
-            "use `vhdtool convert` to write a fixed VHD")
+            f"{image.path}: a {footer.disk_type_name} VHD cannot be fixed in place; write a fixed VHD with "
+            f"`vhdtool convert {image.path} OUT.vhd`")
     data_size = choice.data_end
     if footer.checksum_valid and footer.current_size > data_size:
         raise ImageError(image.path, "VHD footer", data_size,
@@ -183,7 +195,7 @@ def plan_fix(path: str | os.PathLike[str]) -> FixPlan:
         for name in _COMPARED:
             old, new = getattr(footer, name), getattr(new_footer, name)
             if old != new:
-                changes.append(FieldChange(name, _json_value(old), _json_value(new)))
+                changes.append(FieldChange(name, _json_value(name, old), _json_value(name, new)))
     return FixPlan(path=image.path, file_size=file_size, data_size=data_size, old_footer=footer,
                    old_footer_offset=choice.data_end, old_footer_raw=old_raw, new_virtual_size=new_size,
                    new_footer=new_footer, new_footer_raw=new_raw, reasons=tuple(reasons),

@@ -14,18 +14,19 @@ from ..errors import UnsupportedImageError
 VHDX_SIGNATURE = b"vhdxfile"
 VHD_COOKIE = b"conectix"
 
-# (magic, offset, name, advice) for files we recognise and refuse.
+# (magic, offset, name, advice) for files we recognise and refuse. The advice goes through a raw
+# image, which vhdtool then converts: the one route that always ends Azure-ready (a VHD written by
+# another tool is fixed but often not a whole number of MiB).
+_THEN = " (then: vhdtool convert OUT.raw OUT.vhd)"
+_VMDK = "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw" + _THEN
+_VDI = ("convert it first: qemu-img convert -f vdi -O raw IN OUT.raw, or VBoxManage clonemedium IN OUT.raw "
+        "--format RAW" + _THEN)
 _REFUSED: list[tuple[bytes, int, str, str]] = [
-    (b"QFI\xfb", 0, "a QEMU qcow2 image",
-     "convert it first: qemu-img convert -O vpc -o subformat=fixed,force_size IN OUT.vhd"),
-    (b"KDMV", 0, "a VMware VMDK (sparse extent)",
-     "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw"),
-    (b"COWD", 0, "a VMware VMDK (ESX sparse extent)",
-     "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw"),
-    (b"# Disk DescriptorFile", 0, "a VMware VMDK descriptor",
-     "convert it first: qemu-img convert -f vmdk -O raw IN OUT.raw"),
-    (b"\x7f\x10\xda\xbe", 0x40, "a VirtualBox VDI image",
-     "convert it first: VBoxManage clonemedium IN OUT.vhd --format VHD --variant Fixed"),
+    (b"QFI\xfb", 0, "a QEMU qcow2 image", "convert it first: qemu-img convert -f qcow2 -O raw IN OUT.raw" + _THEN),
+    (b"KDMV", 0, "a VMware VMDK (sparse extent)", _VMDK),
+    (b"COWD", 0, "a VMware VMDK (ESX sparse extent)", _VMDK),
+    (b"# Disk DescriptorFile", 0, "a VMware VMDK descriptor", _VMDK),
+    (b"\x7f\x10\xda\xbe", 0x40, "a VirtualBox VDI image", _VDI),
     (b"\xfd7zXZ\x00", 0, "an xz-compressed file", "decompress it first: xz -dk FILE"),
     (b"\x1f\x8b", 0, "a gzip-compressed file", "decompress it first: gzip -dk FILE"),
     (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file", "decompress it first: zstd -d FILE"),
@@ -53,7 +54,6 @@ def sniff(image: ImageFile) -> str:
         if head[offset:offset + len(magic)] == magic:
             raise UnsupportedImageError(f"{image.path}: {name} is {what}, which vhdtool does not read; {advice}")
     if head.startswith(b"<<< ") and b"VirtualBox Disk Image" in head[:64]:
-        raise UnsupportedImageError(
-            f"{image.path}: {name} is a VirtualBox VDI image, which vhdtool does not read; "
-            "convert it first: VBoxManage clonemedium IN OUT.vhd --format VHD --variant Fixed")
+        raise UnsupportedImageError(f"{image.path}: {name} is a VirtualBox VDI image, which vhdtool does not read; "
+                                    f"{_VDI}")
     return "raw"

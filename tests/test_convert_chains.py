@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,7 @@ def test_vhdx_differencing_chain_is_flattened(tmp_path: Path) -> None:
         assert disk.parent is not None
         convert(disk, out)
     assert output_disk_bytes(out, size) == bytes(model[:size])
+    assert pyvhdi_bytes(child, parent) == bytes(model[:size])  # libvhdi reads the chain the same way
 
 
 def test_vhdx_with_a_dirty_log_converts_to_the_replayed_bytes(tmp_path: Path) -> None:
@@ -151,3 +154,10 @@ def test_vhdx_with_a_dirty_log_converts_to_the_replayed_bytes(tmp_path: Path) ->
     assert output_disk_bytes(out, size) == bytes(model)
     assert path.read_bytes() == logged != before  # replayed in memory only: the input is untouched
     assert os.path.getsize(out) == size + 512
+    # qemu replays the log only into a file it may write: a copy, then compared with our output.
+    copy = tmp_path / "qemu-replayed.vhdx"
+    shutil.copyfile(path, copy)
+    subprocess.run(["qemu-img", "check", "-q", "-r", "all", str(copy)], check=True, capture_output=True)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "vhdx", "-F", "vpc", str(copy), str(out)],
+                             capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr

@@ -158,9 +158,9 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
         source = disk if virtual_size == disk.virtual_size else PaddedView(disk, virtual_size)
         file_size = virtual_size
     writer = FixedFileSink(target, file_size, force=force)
-    # The writer goes last: its finish() renames the output into place once all else succeeded.
-    sinks: list[Sink] = ([hasher] if hasher else []) + [writer]
-    try:
+    try:  # at once: a Ctrl-C from here on removes the temporary file
+        # The writer goes last: its finish() renames the output into place once all else succeeded.
+        sinks: list[Sink] = ([hasher] if hasher else []) + [writer]
         pump(source, sinks, chunk_size=chunk_size, progress=progress)
     except VhdtoolError:
         writer.abort()

@@ -230,3 +230,26 @@ def test_region_overlapping_the_log(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="overlaps the log") as info:
         open_image(built.path)
     assert info.value.offset == built.log_offset
+
+
+def test_metadata_item_longer_than_the_spec_allows(tmp_path: Path) -> None:
+    """An item may be at most 1 MiB (2.6.1.2). A metadata region moved to a sparse 8 MiB stretch at the
+    end of the file lets a hostile length fit "inside the region": refused before it is read."""
+    built = plain(tmp_path)
+    with open(built.path, "rb") as f:
+        f.seek(built.metadata_offset)
+        metadata = bytearray(f.read(MiB))
+    new_offset = built.end
+    entry = 32  # the first metadata table entry (file parameters): length at +20
+    metadata[entry + 20:entry + 24] = struct.pack("<I", 6 * MiB)
+    with open(built.path, "r+b") as f:
+        f.truncate(new_offset + 8 * MiB)
+        f.seek(new_offset)
+        f.write(metadata)
+    table = region_table_bytes([(BAT_GUID, built.bat_offset, built.bat_length, True),
+                                (METADATA_GUID, new_offset, 8 * MiB, True)])
+    patch(built.path, 192 * KiB, table)
+    patch(built.path, 256 * KiB, table)
+    with pytest.raises(ImageError, match="more than the 1 MiB") as info:
+        open_image(built.path)
+    assert info.value.offset == new_offset + entry

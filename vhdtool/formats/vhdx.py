@@ -82,6 +82,7 @@ MAX_BLOCK_SIZE = 256 * MiB
 MAX_VIRTUAL_SIZE = 64 * 1024**4
 SECTOR_SIZES = (512, 4096)
 SECTOR_BITMAP_BLOCK_SIZE = 1 * MiB
+MAX_METADATA_ITEM_SIZE = 1 * MiB
 SECTORS_PER_BITMAP_BLOCK = 1 << 23  # 2.5: one bit per sector, 1 MiB of bits
 _BAT_READ_CHUNK = 2 * MiB
 _ZERO = bytes(1 * MiB)
@@ -361,6 +362,9 @@ def read_metadata(view: ReplayedFile, region: Region) -> VhdxMetadata:
             continue
         if entry.length == 0 and entry.offset == 0:
             continue  # 2.6.1.2: a zero-length item is present but empty
+        if entry.length > MAX_METADATA_ITEM_SIZE:  # 2.6.1.2: "Length MUST be less than or equal to 1 MB"
+            raise ImageError(path, f"VHDX metadata item {name}", base + start,
+                             f"length {entry.length} is more than the 1 MiB an item may have")
         if entry.offset < METADATA_TABLE_SIZE or entry.offset + entry.length > region.length:
             raise ImageError(path, f"VHDX metadata item {name}", base + start,
                              f"offset {entry.offset} length {entry.length} is outside the metadata region")

@@ -71,7 +71,7 @@ def test_mutated_fixture(name: str, data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory(prefix="vhdtool-fuzz-") as folder:
         path = make_case(image, ops, Path(folder) / Path(name).name.removesuffix(".gz"))
         deep = name in WITH_FILESYSTEMS
-        outcome = exercise(path, work_dir=folder, inspect=deep, check=deep, time_limit=20.0)
+        outcome = exercise(path, work_dir=folder, inspect=deep, check=deep, time_limit=60.0)
         assert outcome.crash is None, f"{name} {ops}\n{outcome.crash}"
 
 
@@ -87,5 +87,5 @@ def test_regression_input(name: str, tmp_path: Path) -> None:
     dest = tmp_path / name.removesuffix(".gz")
     with gzip.open(FIXTURES / "regressions" / name, "rb") as fin, open(dest, "wb") as fout:
         shutil.copyfileobj(fin, fout)
-    outcome = exercise(dest, work_dir=tmp_path, time_limit=20.0)
+    outcome = exercise(dest, work_dir=tmp_path, time_limit=60.0)
     assert outcome.crash is None, outcome.crash

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -132,13 +131,7 @@ def test_huge_sparse_disk_is_cheap(tmp_path: Path) -> None:
     assert info["vhdx"]["bat_entries"] == 64 * 1024**2 + (64 * 1024**2 - 1) // 4096
     assert [(e.offset, e.length, e.allocated) for e in extents] == [(0, 64 * 1024**4, False)]
     assert peak < 64 * MiB, f"peak Python allocation {peak} bytes"
-    # `info` answers well under a second: the BAT is scanned at memory speed (CPU time, so that other
-    # load on the machine does not count; the byte-wise scan of a copied BAT took 0.7 s).
-    started = time.process_time()
-    with open_image(path) as disk:
-        disk.info()
-    cpu = time.process_time() - started
-    assert cpu < 0.25, f"open and info took {cpu:.2f} s of CPU"
+    # How fast `info` answers is measured by benchmarks/info_speed.py, not asserted here.
 
 
 def test_cli_rejects_garbage_vhdx_in_one_line(tmp_path: Path) -> None:

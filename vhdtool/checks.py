@@ -2,7 +2,7 @@
 
 Each rule has a stable id, a default severity and a pure function over :class:`Facts`: it returns the
 findings it raises (none means the rule passed). Rule ids and their reasons and fixes are documented in
-``docs/check-rules.md``; facts come from AZURE.md §1-§4.
+``docs/check-rules.md``; facts come from docs/azure-rules.md §1-§4.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ TiB = 1 << 40
 FOOTER_SIZE = 512
 VHD_COOKIE = "conectix"
 FIXED_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
-# AZURE.md §1: managed-disk direct upload range (file size), OS disk by generation, data disk, page blob.
+# docs/azure-rules.md §1: managed-disk direct upload range (file size), OS disk by generation, data disk, page blob.
 UPLOAD_MIN_FILE = 20 * MiB + FOOTER_SIZE
 UPLOAD_MAX_FILE = 32767 * GiB + FOOTER_SIZE  # "32 TiB" in Azure's wording: 35,183,298,347,520
 OS_DISK_MAX = {"V1": 2 * TiB, "V2": 4 * TiB}

@@ -29,7 +29,7 @@ def billing_tier(virtual_size: int) -> dict[str, Any]:
 
     Sizes over the largest tier (32,767 GiB) have no tier: the names are ``None``.
     """
-    from .checks import TIERS  # AZURE.md section 1: (tier size in GiB, tier number), smallest first
+    from .checks import TIERS  # docs/azure-rules.md §1: (tier size in GiB, tier number), smallest first
 
     size_gib = -(-virtual_size // GiB)
     for tier_gib, number in TIERS:
@@ -133,7 +133,7 @@ class DiskRecord:
 
 @dataclass(frozen=True)
 class GalleryDefinition:
-    """The fields an Azure Compute Gallery image definition needs (AZURE.md section 5)."""
+    """The fields an Azure Compute Gallery image definition needs (docs/azure-rules.md §5)."""
 
     os_type: str | None  # "Linux" | "Windows"
     os_state: str | None  # "Generalized" | "Specialized"

@@ -1,4 +1,4 @@
-"""Names of the disks of an image set, by the capture convention (AZURE.md section 5).
+"""Names of the disks of an image set, by the capture convention (docs/azure-rules.md §5).
 
 ``NAME-os-YYYY-MM-DD`` and ``NAME-datadisk-LUN-YYYY-MM-DD``, with ``-NN`` appended only when a
 name is already taken. The whole set shares one counter, so the OS disk and the data disks of one

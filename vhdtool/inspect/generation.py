@@ -2,7 +2,7 @@
 
 Generation 1 boots by BIOS: an MBR with boot code and an active partition, or GPT with a BIOS boot
 partition (GRUB's core image). Generation 2 boots by UEFI: an EFI System Partition holding a boot
-loader. Windows boots GPT only by UEFI and MBR only by BIOS (AZURE.md §1).
+loader. Windows boots GPT only by UEFI and MBR only by BIOS (docs/azure-rules.md §1).
 """
 
 from __future__ import annotations

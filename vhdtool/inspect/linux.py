@@ -1,7 +1,7 @@
 """Linux on a root filesystem: distribution, hostname, Azure readiness facts, generalized or not.
 
 Markers follow ``waagent -deprovision[+user]`` (WALinuxAgent ``azurelinuxagent/pa/deprovision``) and
-``cloud-init clean``; see AZURE.md §3. Whether host keys and the root password are expected to be gone
+``cloud-init clean``; see docs/azure-rules.md §3. Whether host keys and the root password are expected to be gone
 is read from the image's own ``/etc/waagent.conf``, never assumed.
 """
 

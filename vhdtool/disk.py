@@ -50,12 +50,15 @@ class ImageFile:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ImageError(self.path, structure, offset,
                              f"needs {length} bytes but the file ends at byte {self.size} (truncated?)")
-        data = fileio.pread(self.fd, length, offset)
-        while len(data) < length:  # pread may return less on some platforms; loop until done
-            more = fileio.pread(self.fd, length - len(data), offset + len(data))
-            if not more:
-                raise ImageError(self.path, structure, offset + len(data), "unexpected end of file")
-            data += more
+        try:
+            data = fileio.pread(self.fd, length, offset)
+            while len(data) < length:  # pread may return less on some platforms; loop until done
+                more = fileio.pread(self.fd, length - len(data), offset + len(data))
+                if not more:
+                    raise ImageError(self.path, structure, offset + len(data), "unexpected end of file")
+                data += more
+        except OSError as err:  # EIO from a failing disk, EISDIR, ...: name what was being read
+            raise ImageError(self.path, structure, offset, f"read failed: {err.strerror or err}") from err
         return data
 
     def preadinto(self, offset: int, view: memoryview, structure: str) -> None:
@@ -66,7 +69,11 @@ class ImageFile:
                              f"needs {length} bytes but the file ends at byte {self.size} (truncated?)")
         done = 0
         while done < length:
-            n = fileio.preadinto(self.fd, view[done:], offset + done)
+            try:
+                n = fileio.preadinto(self.fd, view[done:], offset + done)
+            except OSError as err:
+                raise ImageError(self.path, structure, offset + done,
+                                 f"read failed: {err.strerror or err}") from err
             if n <= 0:
                 raise ImageError(self.path, structure, offset + done, "unexpected end of file")
             done += n

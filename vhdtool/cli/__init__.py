@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 an error (bad image, failed transfer, ``check`` found e
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import Any
 
@@ -40,8 +41,18 @@ COMMANDS = {
 }
 
 
+class Interrupted(Exception):
+    """Ctrl-C, carried past click (which would print a blank line of its own) to :func:`run`."""
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands live in modules imported on first use."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -72,7 +83,7 @@ def run(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         click.echo("vhdtool: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except UsageError as exc:
@@ -84,6 +95,12 @@ def run(argv: list[str] | None = None) -> None:
             sys.exit(EXIT_ERROR)
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or exc}")
+    except MemoryError:
+        fail("out of memory: vhdtool's memory use is meant to stay bounded, so this is a bug worth reporting")
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("VHDTOOL_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (run with VHDTOOL_DEBUG=1 for the traceback)")
     sys.exit(0)
 
 

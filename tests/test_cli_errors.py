@@ -1,0 +1,74 @@
+"""The command line's last line of defence: whatever goes wrong, one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import click
+import pytest
+
+from vhdtool import fileio
+from vhdtool.cli import main, run
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        run(args)
+    out, err = capsys.readouterr()
+    return int(stop.value.code or 0), out, err
+
+
+@pytest.fixture
+def broken_command() -> object:
+    """A command that fails the way a bug would, registered for the test only."""
+    calls: dict[str, BaseException] = {}
+
+    @main.command("explode", hidden=True)
+    def explode() -> None:
+        raise calls["error"]
+
+    yield calls
+    main.commands.pop("explode", None)
+
+
+@pytest.mark.parametrize("error, expected", [
+    (RuntimeError("state went wrong"), "vhdtool: error: internal error: RuntimeError: state went wrong"),
+    (MemoryError(), "vhdtool: error: out of memory"),
+    (KeyboardInterrupt(), "vhdtool: interrupted"),
+])
+def test_unexpected_failures_are_one_line(broken_command: dict[str, BaseException], error: BaseException,
+                                          expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    broken_command["error"] = error
+    code, out, err = run_cli(["explode"], capsys)
+    assert code == (130 if isinstance(error, KeyboardInterrupt) else 1)
+    assert out == "" and err.count("\n") == 1 and err.startswith(expected), err
+    assert "Traceback" not in err
+
+
+def test_debug_variable_shows_the_traceback(broken_command: dict[str, BaseException],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    broken_command["error"] = RuntimeError("boom")
+    monkeypatch.setenv("VHDTOOL_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        run(["explode"])
+
+
+def test_read_error_names_the_image_structure_and_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\x01" * 4096)
+
+    def failing_pread(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fileio, "pread", failing_pread)
+    code, _, err = run_cli(["info", str(image)], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert str(image) in err and "Input/output error" in err and "byte 0" in err, err
+
+
+def test_click_usage_errors_keep_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["convert"], capsys)
+    assert code == 2 and "Missing argument" in err
+    assert isinstance(main, click.Group)

@@ -186,3 +186,25 @@ def test_truncated_file_is_refused(tmp_path: Path) -> None:
     os.truncate(path, built.end - MiB)
     with pytest.raises(ImageError, match="truncated"):
         open_image(path)
+
+
+def test_log_of_overlapping_whole_log_candidates_is_refused_quickly(tmp_path: Path) -> None:
+    """Every sector of a 32 MiB log starts an entry header claiming the whole log (with a wrong
+    checksum): checksumming each candidate would cost 8,192 × 32 MiB. The scan stops, refusing the
+    image with one error, within its budget of a few times the log's length."""
+    import struct
+
+    from fuzz.harness import watchdog
+
+    path = tmp_path / "hostile-log.vhdx"
+    log_length = 32 * MiB
+    built = build_vhdx(path, SIZE, log_length=log_length)
+    guid = uuid.uuid4()
+    header = struct.pack("<4sIIIQII16sQQ", b"loge", 0, log_length, 0, 7, 0, 0, guid.bytes_le, 0, 0)
+    sector = header.ljust(4096, b"\0")
+    with open(path, "r+b") as f:
+        f.seek(built.log_offset)
+        f.write(sector * (log_length // 4096))
+    write_headers(str(path), built, log_guid=guid)
+    with watchdog(30.0), pytest.raises(ImageError, match="VHDX log.*candidate entries"):
+        open_image(path)

@@ -102,7 +102,29 @@ class _LogArea:
         return data
 
 
-def _parse_entry(area: _LogArea, position: int, log_guid: uuid.UUID) -> LogEntry | None:
+class _ChecksumBudget:
+    """Bytes the scan may still checksum: keeps the log scan linear in the log's length.
+
+    Every sector may start a candidate entry claiming the whole log as its length, which would make
+    checksumming them quadratic (8,192 candidates × 32 MiB for a 32 MiB log). A real log's
+    candidates cover it about once (entries of the active sequence plus stale ones not yet
+    overwritten), so four times the log, plus slack for small logs, is ample.
+    """
+
+    def __init__(self, area: _LogArea) -> None:
+        self.area = area
+        self.left = 4 * area.length + 16 * _SCAN_CHUNK
+
+    def spend(self, position: int, length: int) -> None:
+        self.left -= length
+        if self.left < 0:
+            raise ImageError(self.area.image.path, "VHDX log", self.area.absolute(position),
+                             "its candidate entries claim far more bytes than the log holds "
+                             "(damaged or hostile log); the disk cannot be read consistently")
+
+
+def _parse_entry(area: _LogArea, position: int, log_guid: uuid.UUID,
+                 budget: _ChecksumBudget | None = None) -> LogEntry | None:
     """The entry at ``position`` if it is valid (2.3.1), else ``None``: invalid entries are skipped."""
     try:
         raw_header = area.read(position, LOG_ENTRY_HEADER_SIZE)
@@ -123,6 +145,8 @@ def _parse_entry(area: _LogArea, position: int, log_guid: uuid.UUID) -> LogEntry
         return None
     # The checksum covers the whole entry with its checksum field zeroed (2.3.1.1); the entry
     # is read in pieces so a hostile length cannot make us hold it all at once.
+    if budget is not None:
+        budget.spend(position, length)
     crc = 0
     piece = 0
     while piece < length:
@@ -192,9 +216,10 @@ def find_active_sequence(image: ImageFile, log_offset: int, log_length: int,
     number is active, and replay runs from that tail entry to the head.
     """
     area = _LogArea(image, log_offset, log_length)
+    budget = _ChecksumBudget(area)
     entries: dict[int, LogEntry] = {}
     for position in _candidate_positions(area):
-        entry = _parse_entry(area, position, log_guid)
+        entry = _parse_entry(area, position, log_guid, budget)
         if entry is not None:
             entries[position] = entry
     successor: dict[int, int] = {}

@@ -229,7 +229,7 @@ def test_unclean_capture_is_an_error_only_for_generalized() -> None:
 
 def test_os_state_against_expect() -> None:
     assert severities(facts(expect=GENERALIZED, report=report(linux(SPECIALIZED))), "os-state") == [ERROR]
-    assert severities(facts(expect=SPECIALIZED, report=report(linux(SPECIALIZED))), "os-state") == []
+    assert severities(facts(expect=SPECIALIZED, report=report(linux(SPECIALIZED))), "os-state") == [INFO]
     assert severities(facts(report=report(linux(IN_BETWEEN))), "os-state") == [WARNING]
     assert severities(facts(report=report(linux(GENERALIZED))), "os-state") == [INFO]
     windows = OsReport("windows", "Windows", None, None, IN_BETWEEN, [], {"undeployable": True})

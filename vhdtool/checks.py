@@ -405,7 +405,8 @@ def _os_state(f: Facts) -> list[tuple[str, str]]:
         ]
     if f.expect is not None:
         if state == f.expect:
-            return []
+            return [(INFO, f"OS is {state}, as expected: create the image definition with OS state "
+                           f"{state.capitalize()}")]
         hint = (
             "generalize it (Sysprep /generalize /oobe /shutdown, or `waagent -deprovision+user` and shut "
             "down)"

@@ -7,10 +7,12 @@ memory and is stopped when the context ends. Used by the tests and by ``benchmar
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import http.client
 import http.server
+import random
 import shutil
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +105,21 @@ def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
 #
 # Azurite neither enforces the 4 MiB Put Page limit nor checks Content-MD5, so every request goes
 # through this proxy, which records what the client sent (and checks it) and can answer in
-# Azurite's place: a 503 with Retry-After, a 403, or a connection dropped before or after the
-# request reached Azurite.
+# Azurite's place: a 503 with Retry-After, a 500, a 403, a connection dropped before or after the
+# request reached Azurite, a response cut short, or a slow one. Faults come from rules (exact
+# scenarios) or at random at a given rate (:class:`RandomFaults`, for soaks).
+
+# What a random fault does to a request:
+#   503         answered in Azurite's place, with Retry-After (seconds from RandomFaults.retry_after)
+#   500         answered in Azurite's place, no Retry-After (the client backs off by itself)
+#   drop        the connection is closed before the request reaches Azurite
+#   drop-after  Azurite applies the request, then the connection is closed: the answer is lost
+#   cut         Azurite applies it, then half the answer is sent (half the body, or half the header
+#               block when there is no body) and the connection is closed
+#   slow        Azurite applies it and the answer comes late (RandomFaults.slow_seconds)
+FAULT_KINDS = ("503", "500", "drop", "drop-after", "cut", "slow")
+# Faults after which the client has to try again (a slow answer is still an answer).
+FAILING_FAULTS = frozenset({"503", "500", "403", "drop", "drop-after", "cut"})
 
 
 @dataclass
@@ -121,7 +136,7 @@ class Recorded:
     offset: int | None = None
     length: int | None = None
     md5_ok: bool | None = None
-    fault: str | None = None  # what the proxy did instead of (or after) forwarding
+    fault: str | None = None  # what the proxy did instead of (or after) forwarding; "incomplete": body cut
     status: int | None = None
 
     @property
@@ -131,14 +146,40 @@ class Recorded:
 
 @dataclass
 class Rule:
-    """Answer matching requests with ``action`` (``"503"``, ``"403"``, ``"drop"``, ``"drop-after"``,
-    ``"delay"``) for the next ``times`` matches."""
+    """Answer matching requests with ``action`` (``"delay"``, or a kind of :data:`FAULT_KINDS`, or ``"403"``)
+    for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"`` after."""
 
     match: Callable[[Recorded], bool]
     action: str
     times: int = 1
     retry_after: float | None = None
     seconds: float = 0.0
+
+
+def _every_request(rec: Recorded) -> bool:
+    return True
+
+
+@dataclass
+class RandomFaults:
+    """Faults at random, for soaks: each matching request is hit with probability ``rate``.
+
+    The kinds are dealt from a deck shuffled by a seeded RNG (list a kind twice to make it twice as
+    common), so every kind comes up once per ``len(kinds)`` faults however the threads interleave,
+    and a short run still meets them all.
+    """
+
+    rate: float
+    seed: int = 0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    retry_after: tuple[float, ...] = (0.0, 1.0)
+    slow_seconds: tuple[float, float] = (0.2, 1.0)
+    match: Callable[[Recorded], bool] = field(default=_every_request)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(FAULT_KINDS)
+        if unknown or not self.kinds or not 0 <= self.rate <= 1:
+            raise ValueError(f"bad random faults: rate {self.rate}, unknown kinds {sorted(unknown)}")
 
 
 class RecordingProxy:
@@ -150,7 +191,17 @@ class RecordingProxy:
         self.rules: list[Rule] = []
         self.in_flight = 0
         self.max_in_flight_puts = 0
+        self.active = 0  # requests being handled (read, held, forwarded or answered)
+        self.connections = 0  # client connections open
+        self.injected: collections.Counter[str] = collections.Counter()  # faults done, by kind
+        # Called with each request as soon as it is recorded, before it is answered or forwarded
+        # (from the proxy's thread): a soak uses it to kill the client at an exact request.
+        self.on_request: Callable[[Recorded], None] | None = None
+        self._faults: RandomFaults | None = None
+        self._rng = random.Random(0)
+        self._deck: list[str] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -158,6 +209,18 @@ class RecordingProxy:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def handle(self) -> None:
+                # Counted from accept to close: a killed client's last request may still sit unread in
+                # this connection's buffer when it dies, and is handled only after that.
+                with proxy._lock:
+                    proxy.connections += 1
+                try:
+                    super().handle()
+                finally:
+                    with proxy._lock:
+                        proxy.connections -= 1
+                        proxy._idle.notify_all()
 
             def do_GET(self) -> None:
                 proxy._handle(self)
@@ -184,11 +247,35 @@ class RecordingProxy:
         with self._lock:
             self.rules.append(rule)
 
+    def set_faults(self, faults: RandomFaults | None) -> None:
+        """Inject ``faults`` from now on (``None``: no more random faults); restarts their RNG."""
+        with self._lock:
+            self._faults = faults
+            self._rng = random.Random(faults.seed if faults else 0)
+            self._deck = []
+
     def clear(self) -> None:
+        """Forget requests, rules, random faults and counts: a fresh start for the next test."""
         with self._lock:
             self.requests.clear()
             self.rules.clear()
             self.max_in_flight_puts = 0
+            self.injected.clear()
+            self._faults = None
+            self.on_request = None
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Once the clients have exited: wait until their connections are closed and no request is being
+        handled, so a killed client's last requests have reached Azurite (or been dropped) before anyone
+        looks at the blob or starts another client; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self.active or self.connections:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
 
     def close(self) -> None:
         self.server.shutdown()
@@ -200,9 +287,27 @@ class RecordingProxy:
                 if rule.times > 0 and rule.match(rec):
                     rule.times -= 1
                     return rule
-        return None
+            faults = self._faults
+            if faults is None or not faults.match(rec) or self._rng.random() >= faults.rate:
+                return None
+            if not self._deck:
+                self._deck = list(faults.kinds)
+                self._rng.shuffle(self._deck)
+            kind = self._deck.pop()
+            retry_after = self._rng.choice(faults.retry_after) if kind == "503" and faults.retry_after else None
+            return Rule(faults.match, kind, retry_after=retry_after, seconds=self._rng.uniform(*faults.slow_seconds))
 
     def _handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.active += 1
+        try:
+            self._handle_one(h)
+        finally:
+            with self._lock:
+                self.active -= 1
+                self._idle.notify_all()
+
+    def _handle_one(self, h: http.server.BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         parts = urllib.parse.urlsplit(h.path)
@@ -220,8 +325,20 @@ class RecordingProxy:
                 rec.md5_ok = sent is not None and base64.b64decode(sent) == hashlib.md5(body).digest()
         with self._lock:
             self.requests.append(rec)
+        if len(body) < length:
+            # The client died in the middle of its request: a service never applies a request whose
+            # body did not arrive, and forwarding it would leave Azurite waiting for the rest.
+            rec.fault = "incomplete"
+            self._drop(h)
+            return
+        hook = self.on_request
+        if hook is not None:
+            hook(rec)
         rule = self._match(rec)
-        if rule is not None and rule.action in ("503", "403", "drop"):
+        if rule is not None and rule.action != "delay":
+            with self._lock:
+                self.injected[rule.action] += 1
+        if rule is not None and rule.action in ("503", "500", "403", "drop"):
             rec.fault = rule.action
             if rule.action == "drop":
                 self._drop(h)
@@ -249,6 +366,13 @@ class RecordingProxy:
             rec.fault = rule.action  # Azurite applied it; the client never hears so
             self._drop(h)
             return
+        if rule is not None and rule.action == "cut":
+            rec.fault = rule.action  # Azurite applied it; the client hears half the answer
+            self._cut(h, status, reply_headers, reply)
+            return
+        if rule is not None and rule.action == "slow":
+            time.sleep(rule.seconds)
+            rec.fault = rule.action
         self._reply(h, status, reply_headers, reply)
 
     def _forward(self, method: str, path: str, headers: Any,
@@ -278,6 +402,21 @@ class RecordingProxy:
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(body)
+
+    @classmethod
+    def _cut(cls, h: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str],
+             body: bytes) -> None:
+        """Send half of the answer (half its body, or half its header block if it has no body), then close."""
+        lines = [f"HTTP/1.1 {status} {h.responses.get(status, ('',))[0]}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if not any(k.lower() == "content-length" for k in headers):
+            lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        partial = head + body[:len(body) // 2] if body and h.command != "HEAD" else head[:len(head) // 2]
+        with contextlib.suppress(OSError):
+            h.wfile.write(partial)
+            h.wfile.flush()
+        cls._drop(h)
 
     @staticmethod
     def _drop(h: http.server.BaseHTTPRequestHandler) -> None:

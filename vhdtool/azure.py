@@ -10,7 +10,8 @@ Two rules hold for everything that leaves this module:
 * **One retry layer.** The SDK's own retry policy is replaced by a policy that never retries
   (``retry_total=0``) and urllib3's retries are off; :mod:`vhdtool.upload` retries, and needs to
   know which failures are worth it, so SDK errors are translated into :class:`RetryableError`
-  (timeouts, connection resets, 408/429/500/502/503/504) or :class:`~vhdtool.errors.TransferError`.
+  (timeouts, connection resets, answers cut short, 408/429/500/502/503/504) or
+  :class:`~vhdtool.errors.TransferError`.
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ class PageBlobTarget:
     def _translate(self, what: str, err: Exception) -> TransferError:
         from azure.core.exceptions import (
             ClientAuthenticationError,
+            DecodeError,
             HttpResponseError,
             ServiceRequestError,
             ServiceResponseError,
@@ -287,6 +289,12 @@ class PageBlobTarget:
             # No HTTP answer: the credential chain found nothing usable.
             return PermanentError(self._clean(f"{where}: no usable Azure credential ({_first_line(err)}); "
                                               "use a SAS URL, a connection string or `az login`"))
+        if isinstance(err, DecodeError) or (isinstance(err, HttpResponseError) and err.status_code is None):
+            # An answer cut short or garbled on the way: a body that ends before its Content-Length
+            # (IncompleteReadError, a DecodeError), one that does not parse, or a failed download
+            # without a status. The connection broke; the service did not refuse. Found by the
+            # upload soak: a Get Page Ranges answer cut in half stopped the upload for good.
+            return RetryableError(self._clean(f"{where}: answer cut short: {_first_line(err)}"))
         if isinstance(err, HttpResponseError) and err.status_code is not None:
             status = int(err.status_code)
             code = getattr(err, "error_code", None) or getattr(err, "reason", None) or ""
@@ -319,6 +327,12 @@ class PageBlobTarget:
             return BlobState(exists=False)
         except Exception as err:
             raise self._translate("reading blob properties", err) from None
+        if props.size is None or props.blob_type is None:
+            # http.client takes a connection closed inside the header block for the end of the
+            # headers, so an answer cut short arrives as a 200 without Content-Length or
+            # x-ms-blob-type (found by the upload soak: int(None) crashed the upload).
+            raise RetryableError(self._clean(f"{self.name}: reading blob properties: answer cut short "
+                                             "(no size or blob type)"))
         blob_type = str(getattr(props.blob_type, "value", props.blob_type))
         return BlobState(True, int(props.size), blob_type, dict(props.metadata or {}))
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -72,3 +76,24 @@ def test_click_usage_errors_keep_exit_2(capsys: pytest.CaptureFixture[str]) -> N
     code, _, err = run_cli(["convert"], capsys)
     assert code == 2 and "Missing argument" in err
     assert isinstance(main, click.Group)
+
+
+def test_sdk_log_warnings_stay_off_stderr() -> None:
+    """The Azure SDK warns (e.g. "Incomplete download.") about answers vhdtool retries anyway; in a
+    real process (no test logging handlers) they must not reach stderr, unless VHDTOOL_DEBUG asks."""
+    program = textwrap.dedent("""
+        import logging
+        from vhdtool.cli import main, run
+
+        @main.command("sdk-warns")
+        def sdk_warns():
+            logging.getLogger("azure.storage.blob._download").warning("Incomplete download.")
+
+        run(["sdk-warns"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "VHDTOOL_DEBUG"}
+    quiet = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          env={**env, "VHDTOOL_DEBUG": "1"})
+    assert loud.returncode == 0 and "Incomplete download." in loud.stderr

@@ -73,6 +73,12 @@ def main() -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs :func:`main` and maps every failure to a message and exit code."""
+    if not os.environ.get("VHDTOOL_DEBUG"):
+        # The Azure SDK logs warnings such as "Incomplete download." for answers vhdtool retries
+        # anyway; without a handler they would reach stderr through logging's last resort.
+        import logging
+
+        logging.getLogger("azure").addHandler(logging.NullHandler())
     try:
         main.main(args=argv, prog_name="vhdtool", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 
-from .extents import Extent, align_down, align_up, merge_ranges
+from .extents import Extent, align_down, align_up, extents_from_ranges, merge_ranges
 from .zeros import nonzero_runs
 
 PAGE_SIZE = 512  # Put Page: "the start offset must be a modulus of 512 and the length a modulus of 512"
@@ -30,18 +30,8 @@ def align_extents(extents: Iterable[Extent], size: int, page: int = PAGE_SIZE) -
     """
     if size % page:
         raise ValueError(f"size {size} is not a multiple of {page}")
-    allocated = merge_ranges((align_down(e.offset, page), min(size, align_up(e.end, page)))
-                             for e in extents if e.allocated)
-    result: list[Extent] = []
-    position = 0
-    for start, end in allocated:
-        if start > position:
-            result.append(Extent(position, start - position, False))
-        result.append(Extent(start, end - start, True))
-        position = end
-    if position < size:
-        result.append(Extent(position, size - position, False))
-    return result
+    return extents_from_ranges(((align_down(e.offset, page), align_up(e.end, page))
+                                for e in extents if e.allocated), size)
 
 
 def page_runs(offset: int, view: memoryview, page: int = PAGE_SIZE) -> list[Range]:

@@ -33,9 +33,10 @@ from vhdtool import open_image
 from vhdtool.azure import Destination
 from vhdtool.convert import convert
 from vhdtool.errors import TransferError
-from vhdtool.extents import MiB
+from vhdtool.extents import MiB, merge_ranges
 from vhdtool.formats.vhd_footer import parse_footer
 from vhdtool.upload import RetryPolicy, UploadResult, upload
+from vhdtool.upload_plan import split_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
@@ -226,6 +227,43 @@ def test_dropped_connections_are_retried_and_the_blob_is_right(tmp_path: Path, p
     assert_uploaded(place, result, fixed_vhd(image, tmp_path))
     assert result.retries == 4
     assert len([r for r in proxy.requests if r.fault]) == 4
+
+
+def is_read(r: Recorded) -> bool:
+    """A Get Blob (the blob's bytes), not a listing or properties."""
+    return r.method == "GET" and not r.query.get("comp") and not r.query.get("restype")
+
+
+def test_verify_full_sends_one_ranged_get_per_window_and_one_listing(tmp_path: Path, place: Place,
+                                                                    proxy: RecordingProxy, put_path: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 24 * MiB, seed=4)
+    expected = fixed_vhd(image, tmp_path)
+    windows = list(split_ranges(merge_ranges([(p * 512, p * 512 + 512) for p in sorted(nonzero_pages(expected))]),
+                                4 * MiB))
+    assert len(windows) > 10
+    cut_at: list[float] = []
+
+    def second_read(r: Recorded) -> bool:
+        if is_read(r):
+            cut_at.append(r.time)
+        return is_read(r) and len(cut_at) == 2
+
+    proxy.add_rule(Rule(second_read, "cut", times=1))  # half a body, then the connection closes
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=3, retry=FAST_RETRY, verify="full")
+    assert_uploaded(place, result, expected)
+    assert result.verified == "full" and result.retries == 1
+    listings = [r for r in proxy.requests if r.method == "GET" and r.query.get("comp") == "pagelist"]
+    assert len(listings) == 1  # the verification's own; no Get Page Ranges per read
+    reads = [r for r in proxy.requests if is_read(r)]
+    assert len(reads) == len(windows) + 1  # one GET per window, plus ours retrying the cut one
+    spans = sorted((int(a), int(b) + 1) for r in reads
+                   for a, _, b in [r.headers["x-ms-range"].removeprefix("bytes=").partition("-")])
+    cut = next(r for r in reads if r.fault == "cut")
+    again = [r for r in reads if r.headers["x-ms-range"] == cut.headers["x-ms-range"] and r is not cut]
+    assert len(again) == 1 and again[0].time - cut.time < 0.9  # our backoff, not a hidden 1 s re-read
+    assert sorted(set(spans)) == windows
+    assert result.requests == len(proxy.requests)
 
 
 def test_permanent_failure_stops_at_once_and_resume_sends_only_what_is_missing(

@@ -386,10 +386,42 @@ class PageBlobTarget:
         return bytes(value) if value else None
 
     def read(self, offset: int, length: int) -> bytes:
-        """Get Blob of ``[offset, offset + length)``."""
-        return self._call(f"reading bytes at {offset}",
-                          lambda: self._client.download_blob(offset=offset, length=length,
-                                                             validate_content=False).readall())
+        """Get Blob of ``[offset, offset + length)``: one ranged request (``x-ms-range``), not retried here.
+
+        Not the SDK's ``download_blob``: on a page blob that also sends a Get Page Ranges for the whole
+        blob with every read (ignoring its failure) and re-reads a body cut short by itself after a
+        1 s sleep, a second retry layer hidden under ours. The direct HTTP path is used where Put
+        Page uses it; otherwise the request goes through the client's own pipeline (its
+        authentication, no retry policy) as a plain ranged Get Blob.
+        """
+        if length <= 0:
+            return b""
+        if self._fast is not None:
+            return self._fast.get(offset, length)
+        return self._guard(f"reading bytes at {offset}", lambda: self._pipeline_read(offset, length))
+
+    def _pipeline_read(self, offset: int, length: int) -> bytes:
+        from azure.core.exceptions import HttpResponseError
+        from azure.core.rest import HttpRequest
+
+        headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}",
+                   "x-ms-version": str(self._client.api_version)}
+        # stream=True, as the SDK's own downloads: the response policies leave the body alone (with
+        # stream=False they try to decode the disk's bytes as text), and a body cut short comes out of
+        # stream_download as an IncompleteReadError (retryable), not a bare urllib3 error.
+        pipeline = self._client._pipeline
+        response = pipeline.run(HttpRequest("GET", self._client.url, headers=headers), stream=True).http_response
+        try:
+            if response.status_code not in (200, 206):
+                response.read()
+                raise HttpResponseError(response=response)
+            body = b"".join(response.stream_download(pipeline))
+        finally:
+            response.close()
+        if len(body) != length:
+            raise RetryableError(self._clean(f"{self.name}: reading bytes at {offset}: answer cut short "
+                                             f"({len(body)} of {length} bytes)"))
+        return bytes(body)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a session cannot fail the upload
@@ -397,7 +429,8 @@ class PageBlobTarget:
 
 
 class _FastPutPage:
-    """Put Page over plain ``http.client`` connections (one per thread), signed like the SDK signs.
+    """Put Page (and ranged Get Blob for ``--verify=full``) over plain ``http.client`` connections (one
+    per thread), signed like the SDK signs.
 
     Uploads are many Put Page requests; the SDK's pipeline costs about 1.5 ms of Python per request
     (measured against Azurite: 1,600 puts of 64 KiB took 5.3 s through the SDK, 2.1 s this way),
@@ -466,11 +499,11 @@ class _FastPutPage:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _sign(self, headers: dict[str, str], length: int, md5: str, query: dict[str, str]) -> str:
+    def _sign(self, verb: str, headers: dict[str, str], length: int, md5: str, query: dict[str, str]) -> str:
         # Authorize with Shared Key: VERB, then 11 standard headers (Content-Length empty when 0),
         # then the x-ms-* headers sorted, then /account/path and the sorted query parameters.
         assert self.account is not None and self.key is not None
-        standard = ["PUT", "", "", str(length) if length else "", md5, "", "", "", "", "", "", ""]
+        standard = [verb, "", "", str(length) if length else "", md5, "", "", "", "", "", "", ""]
         ms_headers = sorted((k.lower(), v.strip()) for k, v in headers.items() if k.lower().startswith("x-ms-"))
         resource = f"/{self.account}{self.path}" + "".join(f"\n{k.lower()}:{v}" for k, v in sorted(query.items()))
         text = "\n".join(standard) + "\n" + "".join(f"{k}:{v}\n" for k, v in ms_headers) + resource
@@ -485,7 +518,7 @@ class _FastPutPage:
                    "Content-MD5": md5, "Content-Length": str(length)}
         target = f"{self.path}?comp=page" + (f"&{self.sas}" if self.sas else "")
         if self.key is not None:
-            headers["Authorization"] = self._sign(headers, length, md5, {"comp": "page"})
+            headers["Authorization"] = self._sign("PUT", headers, length, md5, {"comp": "page"})
         what = f"{self._name}: writing pages at byte {offset}"
         self._count()
         try:
@@ -498,11 +531,39 @@ class _FastPutPage:
             raise RetryableError(self._clean(f"{what}: connection failed: {type(err).__name__}: {err}")) from None
         if response.status == 201:
             return
+        raise self._failure(what, response)
+
+    def get(self, offset: int, length: int) -> bytes:
+        """Get Blob of ``[offset, offset + length)``: one ranged request; a short body is retryable."""
+        headers = {"x-ms-version": self.api_version, "x-ms-date": email.utils.formatdate(usegmt=True),
+                   "x-ms-range": f"bytes={offset}-{offset + length - 1}"}
+        target = self.path + (f"?{self.sas}" if self.sas else "")
+        if self.key is not None:
+            headers["Authorization"] = self._sign("GET", headers, 0, "", {})
+        what = f"{self._name}: reading bytes at {offset}"
+        self._count()
+        try:
+            conn = self._connection()
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as err:
+            # IncompleteRead (a body cut short) is an HTTPException: the connection broke.
+            self._reset()
+            raise RetryableError(self._clean(f"{what}: connection failed: {type(err).__name__}: {err}")) from None
+        if response.status not in (200, 206):
+            raise self._failure(what, response)
+        if len(body) != length:
+            self._reset()
+            raise RetryableError(self._clean(f"{what}: answer cut short ({len(body)} of {length} bytes)"))
+        return body
+
+    def _failure(self, what: str, response: http.client.HTTPResponse) -> TransferError:
         code = response.getheader("x-ms-error-code") or response.reason
         message = self._clean(f"{what}: HTTP {response.status} {code}")
         if response.status in RETRYABLE_STATUS:
-            raise RetryableError(message, response.status, _retry_after(response.headers))
-        raise PermanentError(message + _hint(response.status), response.status)
+            return RetryableError(message, response.status, _retry_after(response.headers))
+        return PermanentError(message + _hint(response.status), response.status)
 
 
 def _default_credential() -> Any:

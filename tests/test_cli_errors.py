@@ -97,3 +97,21 @@ def test_sdk_log_warnings_stay_off_stderr() -> None:
     loud = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           env={**env, "VHDTOOL_DEBUG": "1"})
     assert loud.returncode == 0 and "Incomplete download." in loud.stderr
+
+
+def test_interrupt_does_not_wait_for_stuck_workers() -> None:
+    """A worker that never returns (stuck on a lock the interrupted main thread held, or on a request
+    with a long timeout) must not keep an interrupted process alive: exit 130 at once, one line."""
+    program = textwrap.dedent("""
+        import threading
+        from vhdtool.cli import main, run
+
+        @main.command("stuck")
+        def stuck():
+            threading.Thread(target=threading.Event().wait, name="vhdtool-put_0").start()
+            raise KeyboardInterrupt
+
+        run(["stuck"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 130 and proc.stderr == "vhdtool: interrupted\n", proc.stderr

@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 an error (bad image, failed transfer, ``check`` found e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -71,6 +72,23 @@ def main() -> None:
     """Make Hyper-V and raw disk images ready for Azure: read, check, convert, upload."""
 
 
+def exit_now_if_workers_remain(code: int) -> None:
+    """End the process at once if vhdtool's worker threads (uploads) are still alive.
+
+    An interrupted upload's requests already on the wire would otherwise be waited for at
+    interpreter exit (up to ``--timeout`` each), and a worker stuck on a lock that the interrupted
+    main thread held would keep the process alive for good. Each Put Page is atomic and
+    ``--resume`` takes the blob's own record, so nothing needs them to finish.
+    """
+    import threading
+
+    if any(t.name.startswith("vhdtool-") and t.is_alive() for t in threading.enumerate()):
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs :func:`main` and maps every failure to a message and exit code."""
     if not os.environ.get("VHDTOOL_DEBUG"):
@@ -91,6 +109,7 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Interrupted):
         click.echo("vhdtool: interrupted", err=True)
+        exit_now_if_workers_remain(EXIT_INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)

@@ -121,11 +121,11 @@ def print_table(rows: list[list[str]]) -> None:
 
 @main.command("prepare")
 @click.option("--name", required=True, help="The image name: the stem of every disk name.")
-@click.option("--os", "os_image", required=True, type=click.Path(dir_okay=False), metavar="IMAGE",
+@click.option("--os", "os_image", required=True, metavar="IMAGE",
               help="The OS disk (VHDX, VHD or raw).")
 @click.option("--data", "data", multiple=True, metavar="LUN=IMAGE",
               help="A data disk at LUN (0-63); repeat for each data disk.")
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output-dir", required=True, metavar="DIR",
               help="Where the fixed VHDs and NAME.manifest.json go (created if missing).")
 @click.option("--expect", type=click.Choice(["generalized", "specialized"]),
               help="Fail the checks unless the OS is in this state.")

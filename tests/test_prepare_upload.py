@@ -11,12 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, azurite_binary, running_azurite
+from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_binary, running_azurite
 from conftest import unpack_fixture
 
 from vhdtool.prepare import PrepareRequest, parse_destination, prepare
@@ -123,3 +124,48 @@ def test_no_local_copy_uploads_from_the_source(azurite: Azurite, container: str,
     again = prepare(PrepareRequest("direct", str(sample["os"]), (), str(out), destination=dest,
                                    no_local_copy=True, day=DAY))
     assert again.manifest.disks[0].name == "direct-os-2026-11-23-01"
+
+
+def container_sas_url(azurite: Azurite, container: str) -> tuple[str, str]:
+    """A container SAS URL for Azurite (read, write, create, list) and its signature."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    token = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY,
+                                   permission=ContainerSasPermissions(read=True, write=True, create=True,
+                                                                      list=True),
+                                   expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    signature = urllib.parse.parse_qs(token)["sig"][0]
+    return f"{azurite.endpoint}/{container}?{token}", signature
+
+
+def test_sas_token_never_reaches_the_manifest_or_the_output(azurite: Azurite, container: str,
+                                                             sample: dict[str, Path], tmp_path: Path) -> None:
+    url, signature = container_sas_url(azurite, container)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = tmp_path / "o"
+    runs = [subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "--name", "sas", "--os", str(sample["os"]),
+                            "--data", f"0={sample['data']}", "-o", str(out), "--upload", url, *extra],
+                           capture_output=True, text=True, env=env) for extra in ([], ["--json"])]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+    manifests = sorted(out.glob("*.manifest.json"))
+    assert len(manifests) == 2  # the second run took counter 01: the blobs of the first hold the names
+    verify = subprocess.run([sys.executable, "-m", "vhdtool", "verify", str(manifests[0]), "--dest", url],
+                            capture_output=True, text=True, env=env)
+    assert verify.returncode == 0 and "no drift" in verify.stdout, verify.stdout + verify.stderr
+    # A failing upload (the blob service is gone from this port) must not print the token either.
+    dead = f"http://127.0.0.1:1/{url.split('/', 3)[3]}"
+    fail = subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "--name", "gone", "--os", str(sample["os"]),
+                           "-o", str(tmp_path / "dead"), "--upload", dead], capture_output=True, text=True, env=env)
+    assert fail.returncode == 1 and fail.stderr.splitlines()[-1].startswith("vhdtool: error: ")
+    assert not (tmp_path / "dead").exists()  # no output folder is left behind by a failed run
+    texts = [p.stdout + p.stderr for p in (*runs, verify, fail)] + [m.read_text() for m in manifests]
+    quoted = urllib.parse.quote(signature, safe="")
+    for text in texts:
+        assert signature not in text and quoted not in text and "sig=" not in text
+    data = json.loads(manifests[0].read_text())
+    assert data["destination"] == f"{azurite.endpoint}/{container}"
+    assert all(d["blob_url"] == f"{azurite.endpoint}/{container}/{d['name']}.vhd" for d in data["disks"])

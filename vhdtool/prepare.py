@@ -8,8 +8,9 @@ and SHA-256 computed in the same pass, optionally uploaded, and the set is recor
 (both digests from the upload's own walk of the source) and no file is written
 but the manifest.
 
-All or nothing locally: if a disk fails, the files this run wrote are removed and no manifest is
-written (blobs already uploaded stay).
+All or nothing locally: if a disk fails (or the run is interrupted), the files this run wrote are
+removed, no manifest is written and an output folder the run created is removed again (blobs
+already uploaded stay).
 """
 
 from __future__ import annotations
@@ -456,6 +457,27 @@ def _source_record(disk: VirtualDisk) -> SourceRecord:
     return SourceRecord(path, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size)
 
 
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    missing: list[str] = []
+    while path and not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove ``folders`` (deepest first) as far as they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 @contextmanager
 def _cleanup_on_failure() -> Iterator[list[str]]:
     """Remove the files listed in the yielded list if the block fails."""
@@ -492,24 +514,30 @@ def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None
         failed = [(i, o) for i, o in zip(items, outcomes, strict=True) if o.errors]
         if failed and not request.force:
             raise ChecksFailedError(failed)
+        new_folders = _missing_folders(out_dir)
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as err:
+            _remove_empty(new_folders)
             raise OutputError(f"{out_dir}: cannot create the output folder: {err.strerror or err}") from err
 
-        names = _plan(request, out_dir, day)
         records: list[DiskRecord] = []
-        with _cleanup_on_failure() as written:
-            for item, disk, outcome in zip(items, disks, outcomes, strict=True):
-                name = names.os if item.lun is None else names.data[item.lun]
-                records.append(_make_disk(request, item, disk, outcome, name, out_dir, tracker, written))
-            manifest = Manifest(
-                name=request.name, created=created.isoformat(timespec="seconds").replace("+00:00", "Z"),
-                vhdtool_version=__version__, expect=request.expect, forced=bool(failed),
-                gallery_image_definition=gallery_definition(records[0]), disks=tuple(records),
-                destination=None if request.destination is None else request.destination.describe())
-            manifest_path = os.path.join(out_dir, names.manifest)
-            write_manifest(manifest, manifest_path)
+        try:
+            names = _plan(request, out_dir, day)
+            with _cleanup_on_failure() as written:
+                for item, disk, outcome in zip(items, disks, outcomes, strict=True):
+                    name = names.os if item.lun is None else names.data[item.lun]
+                    records.append(_make_disk(request, item, disk, outcome, name, out_dir, tracker, written))
+                manifest = Manifest(
+                    name=request.name, created=created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    vhdtool_version=__version__, expect=request.expect, forced=bool(failed),
+                    gallery_image_definition=gallery_definition(records[0]), disks=tuple(records),
+                    destination=None if request.destination is None else request.destination.describe())
+                manifest_path = os.path.join(out_dir, names.manifest)
+                write_manifest(manifest, manifest_path)
+        except BaseException:
+            _remove_empty(new_folders)  # a failed run leaves no output folder it made itself
+            raise
         if progress is not None:
             progress(ProgressEvent("", "done", tracker.total, tracker.total))
         return PrepareResult(manifest, manifest_path, tuple(outcomes))

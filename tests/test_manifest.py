@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -38,16 +41,19 @@ sizes = st.integers(0, 1 << 50)
 hexes = st.text("0123456789abcdef", min_size=32, max_size=64)
 
 
+file_names = st.one_of(st.none(), st.text(st.characters(blacklist_characters="/\\"), min_size=1, max_size=20)
+                       .filter(lambda n: n not in (".", "..")))
+
+
 @st.composite
-def disks(draw: st.DrawFn) -> DiskRecord:
-    lun = draw(st.one_of(st.none(), st.integers(0, 63)))
+def disks(draw: st.DrawFn, lun: int | None = None) -> DiskRecord:
     os_record = None if lun is not None else OsRecord(draw(opt_text), draw(opt_text), draw(opt_text),
                                                       draw(text))
     virtual = draw(sizes)
     return DiskRecord(
         role="os" if lun is None else "data", lun=lun, name=draw(text),
         source=SourceRecord(draw(text), draw(text), draw(text), draw(sizes), draw(sizes)),
-        fixed_vhd=FixedVhdRecord(draw(opt_text), virtual, virtual + 512, draw(hexes), draw(hexes)),
+        fixed_vhd=FixedVhdRecord(draw(file_names), virtual, virtual + 512, draw(hexes), draw(hexes)),
         os=os_record, hyper_v_generation=draw(st.sampled_from([None, "V1", "V2"])),
         architecture=draw(st.sampled_from([None, "x64", "Arm64"])), billing_tier=billing_tier(virtual),
         findings=tuple(Finding(draw(text), draw(st.sampled_from(["error", "warning", "info"])), draw(text))
@@ -57,7 +63,8 @@ def disks(draw: st.DrawFn) -> DiskRecord:
 
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
-    records = tuple(draw(st.lists(disks(), min_size=1, max_size=4)))
+    luns = draw(st.lists(st.integers(0, 63), max_size=3, unique=True))
+    records = (draw(disks()), *(draw(disks(lun)) for lun in luns))
     expect = draw(st.sampled_from([None, "generalized", "specialized"]))
     return Manifest(draw(text), draw(text), draw(text), expect, draw(st.booleans()),
                     gallery_definition(records[0]), records, draw(opt_text))
@@ -96,6 +103,37 @@ def test_write_and_read_back_never_replacing(tmp_path: Path) -> None:
                  "created": "c", "vhdtool_version": 1}), "vhdtool_version"),
 ])
 def test_malformed_manifests_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        read_manifest(path)
+
+
+def _edited(change: Callable[[dict[str, Any]], None]) -> str:
+    record = DiskRecord("os", None, "a-os-2026-01-01", SourceRecord("/x", "raw", "fixed", 1, 1),
+                        FixedVhdRecord("a.vhd", 1 << 20, (1 << 20) + 512, "0" * 32, "0" * 64), None, None, None,
+                        billing_tier(1 << 20), ())
+    data = Manifest("a", "2026-01-01T00:00:00Z", "0.1.0", None, False, gallery_definition(record),
+                    (record, replace(record, role="data", lun=0))).to_json()
+    change(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("content, message", [
+    (_edited(lambda d: d.update(disks=[])), "first disk must be the OS disk"),
+    (_edited(lambda d: d["disks"].reverse()), "first disk must be the OS disk"),
+    (_edited(lambda d: d["disks"].append(d["disks"][1])), "own LUN"),
+    (_edited(lambda d: d["disks"][1].update(lun=64)), "own LUN"),
+    (_edited(lambda d: d["disks"][1].update(lun=None)), "own LUN"),
+    (_edited(lambda d: d["disks"][0]["fixed_vhd"].update(path="../../etc/passwd")), "not a file name"),
+    (_edited(lambda d: d["disks"][0]["fixed_vhd"].update(path="/etc/passwd")), "not a file name"),
+    (_edited(lambda d: d["disks"][0]["fixed_vhd"].update(path="..")), "not a file name"),
+    (_edited(lambda d: d["disks"][0].update(findings=["x"])), "finding"),
+    (_edited(lambda d: d.update(forced="no")), "forced"),
+    (_edited(lambda d: d.pop("forced")), "forced"),
+])
+def test_edited_manifests_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    """Hand edits that break the set's shape: one line naming the problem, never a traceback."""
     path = tmp_path / "m.json"
     path.write_text(content)
     with pytest.raises(UsageError, match=message):

@@ -243,15 +243,20 @@ def manifest_from_json(data: Any, where: str) -> Manifest:
         s = _need(d, "source", dict, at)
         f = _need(d, "fixed_vhd", dict, at)
         o = _opt(d, "os", dict, at)
+        items = _need(d, "findings", list, at)
+        if not all(isinstance(x, dict) for x in items):
+            raise UsageError(f"{at}: every finding must be an object")
         findings = tuple(Finding(_need(x, "id", str, at), _need(x, "severity", str, at),
-                                 _need(x, "message", str, at))
-                         for x in _need(d, "findings", list, at) if isinstance(x, dict))
+                                 _need(x, "message", str, at)) for x in items)
+        path = _opt(f, "path", str, at)
+        if path is not None and (path in ("", ".", "..") or "/" in path or "\\" in path):
+            raise UsageError(f"{at}: fixed_vhd path {path!r} is not a file name beside the manifest")
         disks.append(DiskRecord(
             role=_need(d, "role", str, at), lun=_opt(d, "lun", int, at), name=_need(d, "name", str, at),
             source=SourceRecord(_need(s, "path", str, at), _need(s, "format", str, at),
                                 _need(s, "type", str, at),
                                 _need(s, "virtual_size", int, at), _need(s, "file_size", int, at)),
-            fixed_vhd=FixedVhdRecord(_opt(f, "path", str, at), _need(f, "virtual_size", int, at),
+            fixed_vhd=FixedVhdRecord(path, _need(f, "virtual_size", int, at),
                                      _need(f, "file_size", int, at), _need(f, "md5", str, at),
                                      _need(f, "sha256", str, at)),
             os=None if o is None else OsRecord(_opt(o, "family", str, at), _opt(o, "name", str, at),
@@ -263,15 +268,28 @@ def manifest_from_json(data: Any, where: str) -> Manifest:
             blob_url=_opt(d, "blob_url", str, at),
         ))
     g = _need(data, "gallery_image_definition", dict, where)
-    return Manifest(
+    manifest = Manifest(
         name=_need(data, "name", str, where), created=_need(data, "created", str, where),
         vhdtool_version=_need(data, "vhdtool_version", str, where), expect=_opt(data, "expect", str, where),
-        forced=bool(data.get("forced", False)),
+        forced=_need(data, "forced", bool, where),
         gallery_image_definition=GalleryDefinition(
             _opt(g, "os_type", str, where), _opt(g, "os_state", str, where),
             _opt(g, "hyper_v_generation", str, where), _opt(g, "architecture", str, where)),
         disks=tuple(disks), destination=_opt(data, "destination", str, where),
     )
+    _check_roles(disks, where)
+    return manifest
+
+
+def _check_roles(disks: list[DiskRecord], where: str) -> None:
+    """One OS disk first (no LUN), then data disks, each with its own LUN of 0..63."""
+    if not disks or disks[0].role != "os" or disks[0].lun is not None:
+        raise UsageError(f"{where}: the first disk must be the OS disk (role \"os\", no LUN)")
+    luns: set[int] = set()
+    for index, d in enumerate(disks[1:], start=1):
+        if d.role != "data" or d.lun is None or not 0 <= d.lun <= 63 or d.lun in luns:
+            raise UsageError(f"{where}: disks[{index}]: a data disk needs role \"data\" and its own LUN (0-63)")
+        luns.add(d.lun)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

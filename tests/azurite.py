@@ -146,7 +146,7 @@ class Recorded:
 
 @dataclass
 class Rule:
-    """Answer matching requests with ``action`` (``"delay"``, or a kind of :data:`FAULT_KINDS`, or ``"403"``)
+    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, or any HTTP status)
     for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"`` after."""
 
     match: Callable[[Recorded], bool]
@@ -338,7 +338,7 @@ class RecordingProxy:
         if rule is not None and rule.action != "delay":
             with self._lock:
                 self.injected[rule.action] += 1
-        if rule is not None and rule.action in ("503", "500", "403", "drop"):
+        if rule is not None and (rule.action.isdigit() or rule.action == "drop"):
             rec.fault = rule.action
             if rule.action == "drop":
                 self._drop(h)

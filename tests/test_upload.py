@@ -14,10 +14,12 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -482,3 +484,157 @@ def test_ctrl_c_exits_130_in_one_line_and_resume_finishes(tmp_path: Path, place:
     blob = place.download()
     assert_same_fixed_vhd(blob, expected)
     assert facts["bytes_sent"] < len(nonzero_pages(blob)) * 512  # what the first run wrote was kept
+
+
+@pytest.mark.parametrize("status", ["429", "408"])
+def test_429_and_408_are_retried(tmp_path: Path, place: Place, proxy: RecordingProxy, put_path: str,
+                                 status: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, status, times=2))
+    proxy.add_rule(Rule(lambda r: r.method == "HEAD", status, times=1))  # Get Blob Properties too
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY)
+    assert_uploaded(place, result, fixed_vhd(image, tmp_path))
+    assert result.retries == 3 and proxy.injected[status] == 3
+    assert result.requests == len(proxy.requests)
+
+
+def test_a_timeout_is_retried(tmp_path: Path, place: Place, proxy: RecordingProxy, put_path: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    # Azurite applies the put; its answer comes 2.5 s later, after the client gave up on it.
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "slow", times=1, seconds=2.5))
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY, timeout=1.0)
+    assert_uploaded(place, result, fixed_vhd(image, tmp_path))
+    assert result.retries == 1 and proxy.injected["slow"] == 1
+    puts = [r for r in proxy.requests if r.is_put_page]
+    twice = [r for r in puts if sum(x.offset == r.offset for x in puts) == 2]
+    assert len(twice) == 2  # the slow put, sent again
+    assert twice[1].time - twice[0].time < 2.0  # the client stopped waiting at its timeout
+
+
+def test_cli_timeout_option_retries_a_slow_answer(tmp_path: Path, place: Place, proxy: RecordingProxy) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "slow", times=1, seconds=3.0))
+    started = time.monotonic()
+    proc = run_cli(str(image), f"{place.container}/{place.blob}", "--timeout", "1", "--json",
+                   env={"AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["retries"] == 1 and proxy.injected["slow"] == 1
+    assert time.monotonic() - started < 30
+    assert_same_fixed_vhd(place.download(), fixed_vhd(image, tmp_path))
+
+
+def secret_free_one_line(proc: subprocess.CompletedProcess[str], secrets: list[str]) -> str:
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vhdtool: "), proc.stderr
+    for secret in secrets:
+        for form in (secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)):
+            assert form not in proc.stderr
+    return lines[0]
+
+
+def test_403_and_404_stop_at_once_in_one_line_without_secrets(tmp_path: Path, place: Place,
+                                                              proxy: RecordingProxy, azurite: Azurite) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    sas = generate_blob_sas(ACCOUNT, place.container, place.blob, account_key=ACCOUNT_KEY,
+                            permission=BlobSasPermissions(read=True, create=True, write=True), expiry=when)
+    query = dict(urllib.parse.parse_qsl(sas))
+    forged = query["sig"][:-6] + ("AAAAAA" if not query["sig"].endswith("AAAAAA") else "BBBBBB")
+    bad_sas = urllib.parse.urlencode({**query, "sig": forged})
+    secrets = [query["sig"], forged, ACCOUNT_KEY]
+
+    proc = run_cli(str(image), f"{proxy.endpoint}/{place.container}/{place.blob}?{bad_sas}")
+    line = secret_free_one_line(proc, secrets)
+    assert "403" in line and "SAS" in line
+    assert len(proxy.requests) == 1 and proxy.requests[0].status == 403  # not retried
+
+    proxy.clear()
+    proc = run_cli(str(image), f"nosuchcontainer{uuid.uuid4().hex[:8]}/disk.vhd",
+                   env={"AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
+    line = secret_free_one_line(proc, secrets)
+    assert "404" in line and "container" in line
+    # Get Blob Properties (404: no blob), then Put Blob (404: no container), then stop.
+    assert [(r.method, r.status) for r in proxy.requests] == [("HEAD", 404), ("PUT", 404)]
+
+
+def test_progress_bar_on_a_terminal_shows_sent_and_empty(tmp_path: Path, place: Place,
+                                                        proxy: RecordingProxy) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    image = make_raw(tmp_path / "disk.raw", 64 * MiB)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=10_000, seconds=0.1))
+    env = {k: v for k, v in os.environ.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING", "COLUMNS")}
+    env.update({"PYTHONPATH": str(ROOT), "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string,
+                "TERM": "xterm"})
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a fresh pty is 0 × 0
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
+                                 f"{place.container}/{place.blob}", "--threads", "2", "--json"],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0
+    facts = json.loads(stdout)
+    text = shown.decode("utf-8", "replace")
+    assert "Traceback" not in text
+    frames = re.findall(r"upload:\s*\d+%.*?sent (\d+) MiB, empty (\d+) MiB", text)
+    assert len(frames) >= 2, repr(text[-3000:])
+    assert "B/s" in text and "<" in text  # rate and ETA
+    sent, empty = (int(x) for x in frames[-1])
+    assert empty > 0 and 0 <= sent <= facts["bytes_sent"] >> 20
+    assert max(int(e) for _, e in frames) <= facts["bytes_skipped"] >> 20
+
+
+def test_memory_stays_flat_on_a_large_sparse_disk(tmp_path: Path, place: Place, proxy: RecordingProxy) -> None:
+    size = 4 * 1024 * MiB
+    image = tmp_path / "big.raw"
+    rng = np.random.default_rng(9)
+    with open(image, "wb") as f:
+        f.truncate(size)
+        for offset in sorted(int(o) * 4096 for o in rng.integers(0, size // 4096 - 2048, 300)):
+            f.seek(offset)
+            f.write(rng.integers(1, 256, 64 * 1024, dtype=np.uint8).tobytes())
+        f.seek(size // 2)
+        f.write(rng.integers(1, 256, 40 * MiB, dtype=np.uint8).tobytes())  # many full 4 MiB puts
+    # VmHWM, not ru_maxrss: Linux carries the forking process's peak (pytest's) into ru_maxrss across exec.
+    script = ("import re, runpy, sys\n"
+              "sys.argv = ['vhdtool'] + sys.argv[1:]\n"
+              "try:\n"
+              "    runpy.run_module('vhdtool', run_name='__main__')\n"
+              "finally:\n"
+              "    status = open('/proc/self/status').read()\n"
+              "    print(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1), file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    env.update({"PYTHONPATH": str(ROOT), "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
+    proc = subprocess.run([sys.executable, "-c", script, "upload", str(image), f"{place.container}/{place.blob}",
+                           "--threads", "8", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024
+    assert facts["blob_size"] == size + 512 and facts["bytes_sent"] >= 40 * MiB
+    assert peak_mib < 256, f"peak RSS {peak_mib:.0f} MiB"
+    assert sum(1 for r in proxy.requests if r.is_put_page) >= 10
+    blob_md5 = place.direct.get_blob_properties().content_settings.content_md5
+    assert blob_md5 is not None and bytes(blob_md5).hex() == facts["md5"]

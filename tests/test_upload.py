@@ -31,6 +31,7 @@ from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rul
 from conftest import qemu_img
 
 import vhdtool.azure
+import vhdtool.fileio
 from vhdtool import open_image
 from vhdtool.azure import Destination
 from vhdtool.convert import convert
@@ -638,3 +639,29 @@ def test_memory_stays_flat_on_a_large_sparse_disk(tmp_path: Path, place: Place, 
     assert sum(1 for r in proxy.requests if r.is_put_page) >= 10
     blob_md5 = place.direct.get_blob_properties().content_settings.content_md5
     assert blob_md5 is not None and bytes(blob_md5).hex() == facts["md5"]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vhdx"])
+def test_each_source_byte_is_read_once(tmp_path: Path, place: Place, proxy: RecordingProxy,
+                                       monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    raw = make_raw(tmp_path / "disk.raw", 24 * MiB, seed=8)
+    image = raw
+    if fmt == "vhdx":
+        image = tmp_path / "disk.vhdx"
+        qemu_img("convert", "-f", "raw", "-O", "vhdx", str(raw), str(image))
+    expected = fixed_vhd(image, tmp_path)
+    reads: list[tuple[int, int]] = []
+    real = vhdtool.fileio.preadinto
+
+    def counted(fd: int, view: memoryview, offset: int) -> int:
+        n = real(fd, view, offset)
+        reads.append((offset, offset + n))
+        return n
+
+    with open_image(image) as disk:
+        monkeypatch.setattr(vhdtool.fileio, "preadinto", counted)  # reads of the image file only
+        result = upload(disk, place.dest, threads=3)
+    assert_uploaded(place, result, expected)
+    ordered = sorted(reads)
+    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False)), "a byte was read twice"
+    assert sum(b - a for a, b in reads) >= len(nonzero_pages(expected) - {len(expected) // 512 - 1}) * 512

@@ -665,3 +665,25 @@ def test_each_source_byte_is_read_once(tmp_path: Path, place: Place, proxy: Reco
     ordered = sorted(reads)
     assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False)), "a byte was read twice"
     assert sum(b - a for a, b in reads) >= len(nonzero_pages(expected) - {len(expected) // 512 - 1}) * 512
+
+
+def test_a_409_or_a_leased_blob_stops_the_upload_at_once(tmp_path: Path, place: Place, proxy: RecordingProxy,
+                                                         put_path: str) -> None:
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB)
+    expected = fixed_vhd(image, tmp_path)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "409", times=1))
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest, threads=1, window=1, retry=FAST_RETRY)
+    assert "HTTP 409" in str(info.value) and "conflicting state" in str(info.value)
+    assert [r.status for r in proxy.requests if r.is_put_page] == [409]  # nothing after it, not retried
+
+    # A real refusal from the service: the blob is leased by someone else.
+    place.direct.create_page_blob(len(expected))
+    place.direct.acquire_lease()
+    proxy.clear()
+    with open_image(image) as disk, pytest.raises(TransferError) as info:
+        upload(disk, place.dest, overwrite=True, retry=FAST_RETRY)
+    refused = [r for r in proxy.requests if (r.status or 0) >= 400]
+    assert len(refused) == 1 and str(refused[0].status) in str(info.value)
+    assert not [r for r in proxy.requests if r.is_put_page]
+    assert place.page_ranges() == []

@@ -93,3 +93,23 @@ def test_elf_machine() -> None:
     assert elf_machine(elf_header(EM_RISCV)) is None
     assert elf_machine(b"\x7fELF") is None  # too short to hold e_machine
     assert elf_machine(b"#!/bin/sh\n" + bytes(54)) is None
+
+
+@pytest.mark.parametrize(("machine", "expected"), [(EM_AARCH64, "Arm64"), (EM_X86_64, "x64")])
+def test_architecture_from_a_root_on_lvm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine: int,
+                                         expected: str) -> None:
+    """The inspect tests' GPT + LVM layout (root on a logical volume split across the PV), with an ESP that
+    holds no loader and no kernel modules: only the ELF header on the logical volume tells."""
+    plain_tree = make_linux.make_tree
+
+    def tree_for(root: Path, state: str, fstab: str = "", with_var: bool = True) -> None:
+        plain_tree(root, state, fstab, with_var)
+        shutil.rmtree(root / "usr" / "lib" / "modules")
+        (root / "usr" / "bin" / "env").write_bytes(elf_header(machine) + b"\0" * 4032)
+
+    plain_esp = make_linux.mkesp
+    monkeypatch.setattr(make_linux, "make_tree", tree_for)
+    monkeypatch.setattr(make_linux, "mkesp", lambda dest, offset, size, work, loaders=True:
+                        plain_esp(dest, offset, size, work, loaders=False))
+    image = make_linux.build(tmp_path / "lvm.img", "gpt-lvm", "generalized")
+    assert architecture(image, tmp_path) == (expected, expected)

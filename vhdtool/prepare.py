@@ -177,19 +177,29 @@ def elf_machine(header: bytes) -> str | None:
 
 
 def linux_binary_machine(disk: VirtualDisk, report: DiskReport) -> str | None:
-    """The ELF machine of the first of :data:`ELF_PROBES` found on the Linux root partition, if any.
+    """The ELF machine of the first of :data:`ELF_PROBES` found on the Linux root filesystem, if any.
 
-    Only a root filesystem on a partition of ``disk`` itself is read (not one inside LVM).
+    The root is the volume the inspection found the OS on: a partition, or an LVM logical volume
+    (assembled again from the disk's physical volumes). Other filesystems mounted below it (a
+    separate ``/usr``) are not read.
     """
-    from .inspect.filesystems import LINUX_FILESYSTEMS, DissectMissing, open_tree
+    from .inspect.filesystems import LINUX_FILESYSTEMS, LVM2, DissectMissing, open_tree
+    from .inspect.lvm import LogicalVolumeDisk, logical_volumes, read_pv
     from .inspect.report import LVM_LV_TYPE
 
     root = next((v for v in report.volumes if v.holds_os), None)
-    if (report.os is None or report.os.family != "linux" or root is None
-            or root.info.kind not in LINUX_FILESYSTEMS or root.partition.type_id == LVM_LV_TYPE):
+    if report.os is None or report.os.family != "linux" or root is None or root.info.kind not in LINUX_FILESYSTEMS:
         return None
+    backing, offset, length = disk, root.partition.offset, root.partition.length
+    if root.partition.type_id == LVM_LV_TYPE:
+        pvs = [pv for v in report.volumes if v.info.kind == LVM2
+               for pv in [read_pv(disk, v.partition.offset, v.partition.length)] if pv is not None]
+        lv = next((lv for lv in logical_volumes(pvs)[0] if f"{lv.vg}/{lv.name}" == root.partition.name), None)
+        if lv is None:
+            return None
+        backing, offset, length = LogicalVolumeDisk(disk, lv), 0, lv.size
     try:
-        tree = open_tree(disk, root.partition.offset, root.partition.length, root.info.kind)
+        tree = open_tree(backing, offset, length, root.info.kind)
     except DissectMissing:
         return None
     if tree is None:

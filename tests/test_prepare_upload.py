@@ -156,13 +156,20 @@ def test_sas_token_never_reaches_the_manifest_or_the_output(azurite: Azurite, co
     verify = subprocess.run([sys.executable, "-m", "vhdtool", "verify", str(manifests[0]), "--dest", url],
                             capture_output=True, text=True, env=env)
     assert verify.returncode == 0 and "no drift" in verify.stdout, verify.stdout + verify.stderr
+    from azure.storage.blob import BlobClient
+
+    gone_name = json.loads(manifests[1].read_text())["disks"][1]["name"] + ".vhd"
+    BlobClient.from_connection_string(azurite.connection_string(), container, gone_name).delete_blob()
+    missing = subprocess.run([sys.executable, "-m", "vhdtool", "verify", str(manifests[1]), "--dest", url],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and f"MISSING  {gone_name[:-4]}" in missing.stdout, missing.stdout
     # A failing upload (the blob service is gone from this port) must not print the token either.
     dead = f"http://127.0.0.1:1/{url.split('/', 3)[3]}"
     fail = subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "--name", "gone", "--os", str(sample["os"]),
                            "-o", str(tmp_path / "dead"), "--upload", dead], capture_output=True, text=True, env=env)
     assert fail.returncode == 1 and fail.stderr.splitlines()[-1].startswith("vhdtool: error: ")
     assert not (tmp_path / "dead").exists()  # no output folder is left behind by a failed run
-    texts = [p.stdout + p.stderr for p in (*runs, verify, fail)] + [m.read_text() for m in manifests]
+    texts = [p.stdout + p.stderr for p in (*runs, verify, missing, fail)] + [m.read_text() for m in manifests]
     quoted = urllib.parse.quote(signature, safe="")
     for text in texts:
         assert signature not in text and quoted not in text and "sig=" not in text

@@ -244,22 +244,19 @@ def test_verify_full_sends_one_ranged_get_per_window_and_one_listing(tmp_path: P
     windows = list(split_ranges(merge_ranges([(p * 512, p * 512 + 512) for p in sorted(nonzero_pages(expected))]),
                                 4 * MiB))
     assert len(windows) > 10
-    cut_at: list[float] = []
-
-    def second_read(r: Recorded) -> bool:
-        if is_read(r):
-            cut_at.append(r.time)
-        return is_read(r) and len(cut_at) == 2
-
-    proxy.add_rule(Rule(second_read, "cut", times=1))  # half a body, then the connection closes
+    seen: list[Recorded] = []
+    proxy.on_request = lambda r: seen.append(r) if is_read(r) else None  # runs before the rules
+    proxy.add_rule(Rule(lambda r: len(seen) > 1 and r is seen[1], "cut"))  # half a body, then closed
+    proxy.add_rule(Rule(lambda r: is_read(r) and len(seen) > 4  # a later read of another window
+                        and r.headers["x-ms-range"] != seen[1].headers["x-ms-range"], "503"))
     with open_image(image) as disk:
         result = upload(disk, place.dest, threads=3, retry=FAST_RETRY, verify="full")
     assert_uploaded(place, result, expected)
-    assert result.verified == "full" and result.retries == 1
+    assert result.verified == "full" and result.retries == 2 and proxy.injected["503"] == 1
     listings = [r for r in proxy.requests if r.method == "GET" and r.query.get("comp") == "pagelist"]
     assert len(listings) == 1  # the verification's own; no Get Page Ranges per read
     reads = [r for r in proxy.requests if is_read(r)]
-    assert len(reads) == len(windows) + 1  # one GET per window, plus ours retrying the cut one
+    assert len(reads) == len(windows) + 2  # one GET per window, plus ours retrying the cut and the 503
     spans = sorted((int(a), int(b) + 1) for r in reads
                    for a, _, b in [r.headers["x-ms-range"].removeprefix("bytes=").partition("-")])
     cut = next(r for r in reads if r.fault == "cut")

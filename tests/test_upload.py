@@ -552,7 +552,7 @@ def test_403_and_404_stop_at_once_in_one_line_without_secrets(tmp_path: Path, pl
 
     proxy.clear()
     proc = run_cli(str(image), f"nosuchcontainer{uuid.uuid4().hex[:8]}/disk.vhd",
-                   env={"AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
+                   "--connection-string", place.proxy_connection_string)
     line = secret_free_one_line(proc, secrets)
     assert "404" in line and "container" in line
     # Get Blob Properties (404: no blob), then Put Blob (404: no container), then stop.

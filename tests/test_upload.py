@@ -559,8 +559,9 @@ def test_403_and_404_stop_at_once_in_one_line_without_secrets(tmp_path: Path, pl
     assert [(r.method, r.status) for r in proxy.requests] == [("HEAD", 404), ("PUT", 404)]
 
 
-def test_progress_bar_on_a_terminal_shows_sent_and_empty(tmp_path: Path, place: Place,
-                                                        proxy: RecordingProxy) -> None:
+@pytest.mark.parametrize("columns", [160, 0])  # 0: a pty nobody sized, where tqdm alone draws nothing
+def test_progress_bar_on_a_terminal_shows_sent_and_empty(tmp_path: Path, place: Place, proxy: RecordingProxy,
+                                                        columns: int) -> None:
     import fcntl
     import pty
     import struct
@@ -572,7 +573,7 @@ def test_progress_bar_on_a_terminal_shows_sent_and_empty(tmp_path: Path, place: 
     env.update({"PYTHONPATH": str(ROOT), "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string,
                 "TERM": "xterm"})
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a fresh pty is 0 × 0
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
     try:
         proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
                                  f"{place.container}/{place.blob}", "--threads", "2", "--json"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sys
@@ -40,18 +39,9 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Progress | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from tqdm import tqdm
+    from .bars import byte_bar
 
-    # A terminal that reports no width (a pseudo-terminal nobody sized, as in some CI runners and
-    # `docker run -t`) would make tqdm draw nothing at all: give it a usable width instead.
-    try:
-        shape = os.get_terminal_size(sys.stderr.fileno())
-        sized = shape.columns > 0 and shape.lines > 0
-    except (OSError, ValueError):
-        sized = False
-    fixed: dict[str, int] = {} if sized else {"ncols": 80, "nrows": 24}
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              dynamic_ncols=sized, leave=False, **fixed) as bar:
+    with byte_bar(total) as bar:
         def advance(n: int, _was_data: bool) -> None:
             bar.update(n)
 

@@ -43,10 +43,9 @@ def set_progress(enabled: bool) -> Iterator[Any]:
         return
     bar: Any = None
     if sys.stderr.isatty():
-        from tqdm import tqdm
+        from .bars import byte_bar
 
-        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                   dynamic_ncols=True, leave=False)
+        bar = byte_bar(0)
     last: list[tuple[str, str]] = []
 
     def update(event: ProgressEvent) -> None:

@@ -93,14 +93,13 @@ class _Bar:
     """A tqdm bar over the fixed VHD's bytes; updated from worker threads, so updates take a lock."""
 
     def __init__(self, total: int, show: bool | None) -> None:
-        from tqdm import tqdm
+        from .bars import byte_bar
 
         self._lock = threading.Lock()
         self._sent = 0
         self._skipped = 0
         # disable=None: tqdm shows the bar only when stderr is a terminal.
-        self._bar: Any = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload",
-                              disable=None if show is None else not show, leave=False, dynamic_ncols=True)
+        self._bar: Any = byte_bar(total, desc="upload", disable=None if show is None else not show)
 
     def update(self, sent: int, skipped: int) -> None:
         with self._lock:

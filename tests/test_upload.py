@@ -266,6 +266,31 @@ def test_verify_full_sends_one_ranged_get_per_window_and_one_listing(tmp_path: P
     assert result.requests == len(proxy.requests)
 
 
+def test_verify_full_without_the_sdk_pipeline_attribute_still_reads_right(tmp_path: Path, place: Place,
+                                                                          proxy: RecordingProxy,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK path reads through the client's (private) pipeline; an SDK without it falls back to its
+    own download, which must still verify the same bytes."""
+    from azure.storage.blob import BlobClient
+
+    monkeypatch.setattr(vhdtool.azure._FastPutPage, "for_client", lambda *args, **kwargs: None)
+    monkeypatch.delattr(BlobClient, "_pipeline", raising=False)
+    original = BlobClient.__init__
+
+    def without_pipeline(self: BlobClient, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.__dict__.pop("_pipeline", None)
+
+    monkeypatch.setattr(BlobClient, "__init__", without_pipeline)
+    image = make_raw(tmp_path / "disk.raw", 16 * MiB, seed=9)
+    expected = fixed_vhd(image, tmp_path)
+    with open_image(image) as disk:
+        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY, verify="full")
+    assert result.verified == "full"
+    assert_uploaded(place, result, expected)
+    assert any(r.method == "GET" and not r.query.get("comp") for r in proxy.requests)
+
+
 def test_permanent_failure_stops_at_once_and_resume_sends_only_what_is_missing(
         tmp_path: Path, place: Place, proxy: RecordingProxy, put_path: str) -> None:
     image = make_raw(tmp_path / "disk.raw", 40 * MiB)

@@ -409,7 +409,9 @@ class PageBlobTarget:
         # stream=True, as the SDK's own downloads: the response policies leave the body alone (with
         # stream=False they try to decode the disk's bytes as text), and a body cut short comes out of
         # stream_download as an IncompleteReadError (retryable), not a bare urllib3 error.
-        pipeline = self._client._pipeline
+        pipeline = getattr(self._client, "_pipeline", None)  # not public API: fall back if an SDK lacks it
+        if pipeline is None:  # the SDK's own download: the same bytes, plus a page listing per read
+            return bytes(self._client.download_blob(offset=offset, length=length, validate_content=False).readall())
         response = pipeline.run(HttpRequest("GET", self._client.url, headers=headers), stream=True).http_response
         try:
             if response.status_code not in (200, 206):

@@ -710,3 +710,33 @@ def test_a_409_or_a_leased_blob_stops_the_upload_at_once(tmp_path: Path, place: 
     assert len(refused) == 1 and str(refused[0].status) in str(info.value)
     assert not [r for r in proxy.requests if r.is_put_page]
     assert place.page_ranges() == []
+
+
+HOLD = 8.0  # seconds the proxy holds each Put Page in the test below
+
+
+def test_ctrl_c_with_requests_in_flight_exits_at_once(tmp_path: Path, place: Place, proxy: RecordingProxy) -> None:
+    """A SIGINT while Put Page answers are held ends the CLI in well under the hold (exit 130, one line),
+    not after the held requests return; ``--resume`` then finishes the blob exactly."""
+    image = make_raw(tmp_path / "disk.raw", 32 * MiB, seed=5)
+    expected = fixed_vhd(image, tmp_path)
+    proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=4, seconds=HOLD))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
+    command = [sys.executable, "-m", "vhdtool", "upload", str(image), f"{place.container}/{place.blob}",
+               "--threads", "4"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(proxy.put_pages()) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert len(proxy.put_pages()) >= 4, "the upload never had four Put Page requests in flight"
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert proc.returncode == 130 and stderr == "vhdtool: interrupted\n", stderr
+    assert took < HOLD / 2, f"exit took {took:.1f} s: it waited for the requests on the wire"
+
+    assert proxy.wait_idle(timeout=60)  # the held requests land, as a service would apply them
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_fixed_vhd(place.download(), expected)

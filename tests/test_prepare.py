@@ -19,12 +19,12 @@ from conftest import unpack_fixture
 
 from vhdtool import __version__
 from vhdtool.errors import ImageError, UsageError
+from vhdtool.inspect.architecture import guess_architecture
 from vhdtool.manifest import SCHEMA, read_manifest
 from vhdtool.prepare import (
     ChecksFailedError,
     PrepareRequest,
     ProgressEvent,
-    guess_architecture,
     parse_destination,
     prepare,
 )

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from linux_images import make_linux
 
-from vhdtool.prepare import PrepareRequest, elf_machine, prepare
+from vhdtool.inspect.architecture import elf_machine
+from vhdtool.prepare import PrepareRequest, prepare
 
 MiB = 1024 * 1024
 EM_X86_64, EM_AARCH64, EM_RISCV = 0x3E, 0xB7, 0xF3

@@ -51,3 +51,12 @@ def qemu_raw_bytes(path: Path, tmp_path: Path, fmt: str | None = None) -> bytes:
     args = ["convert"] + (["-f", fmt] if fmt else []) + ["-O", "raw", str(path), str(out)]
     qemu_img(*args)
     return out.read_bytes()
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> dict[str, Path]:
+    """The sample set of ``fixtures/sample`` (a generalized Linux OS disk as VHDX, a data disk as VHD)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    return {"os": unpack_fixture("sample/linux-os.vhdx.gz", src),
+            "data": unpack_fixture("sample/data.vhd.gz", src)}

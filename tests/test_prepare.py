@@ -15,7 +15,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import unpack_fixture
 
 from vhdtool import __version__
 from vhdtool.errors import ImageError, UsageError
@@ -32,15 +31,6 @@ from vhdtool.prepare import (
 DAY = date(2026, 11, 23)
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> dict[str, Path]:
-    """The sample set of ``fixtures/sample`` (a generalized Linux OS disk as VHDX, a data disk as VHD)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    return {"os": unpack_fixture("sample/linux-os.vhdx.gz", src),
-            "data": unpack_fixture("sample/data.vhd.gz", src)}
 
 
 def vhdtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

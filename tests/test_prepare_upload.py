@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_binary, running_azurite
-from conftest import unpack_fixture
 
 from vhdtool.prepare import PrepareRequest, parse_destination, prepare
 
@@ -43,14 +42,6 @@ def container(azurite: Azurite, request: pytest.FixtureRequest) -> str:
     name = "t" + hashlib.md5(request.node.name.encode()).hexdigest()[:20]
     BlobServiceClient.from_connection_string(azurite.connection_string()).create_container(name)
     return name
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> dict[str, Path]:
-    src = tmp_path / "src"
-    src.mkdir()
-    return {"os": unpack_fixture("sample/linux-os.vhdx.gz", src),
-            "data": unpack_fixture("sample/data.vhd.gz", src)}
 
 
 def blob_bytes(azurite: Azurite, container: str, blob: str) -> bytes:

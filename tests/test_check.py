@@ -451,7 +451,7 @@ def test_current_size_short_of_the_data(images: ImageCache, tmp_path: Path) -> N
 
 
 def test_a_raw_image_is_not_taken_for_a_damaged_vhd(images: ImageCache) -> None:
-    from vhdtool.checks import open_for_check
+    from vhdtool.check_subject import open_for_check
 
     with open_for_check(str(images.get("gpt-ext4", GENERALIZED))) as subject:
         assert (subject.format, subject.footer) == ("raw", None)

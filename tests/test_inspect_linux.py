@@ -129,7 +129,8 @@ EVERY_FIXTURE = [
 
 
 def _check_findings(path: Path) -> list[tuple[str, str, str]]:
-    from vhdtool.checks import evaluate, open_for_check
+    from vhdtool.check_subject import open_for_check
+    from vhdtool.checks import evaluate
 
     with open_for_check(str(path)) as subject:
         assert subject.disk is not None

@@ -162,7 +162,8 @@ def test_bitlocker_volume_is_named_encrypted(images: dict[str, dict[str, Path]],
 @pytest.mark.parametrize("name", ["gen1-mbr", "gen2-gpt", "bitlocker-mbr", "vol-undeployable", "vol-mismatched"])
 def test_check_findings_do_not_depend_on_the_container(images: dict[str, dict[str, Path]], name: str) -> None:
     """``check``'s findings on the VHDX and dynamic VHD equal the raw image's, but for the format rule."""
-    from vhdtool.checks import evaluate, open_for_check
+    from vhdtool.check_subject import open_for_check
+    from vhdtool.checks import evaluate
 
     def judged(path: Path) -> list[tuple[str, str, str]]:
         with open_for_check(str(path)) as subject:

@@ -9,24 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from construct import ConstructError
-
-from .disk import ImageFile, VirtualDisk
-from .errors import ImageError
-from .extents import Extent, extents_from_ranges
-from .formats.vhd_footer import (
-    DISK_TYPE_DIFFERENCING,
-    DISK_TYPE_DYNAMIC,
-    DISK_TYPE_FIXED,
-    FILE_FORMAT_VERSION,
-    VhdFooter,
-    footer_checksum,
-    parse_footer,
-)
-from .formats.vhd_layout import Footer
 from .inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN
 from .inspect.report import DiskReport
 
@@ -579,150 +564,6 @@ def facts_from_disk(
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# What ``check`` judges, including fixed VHDs whose footer the readers refuse
-
-
-class _DataPart(VirtualDisk):
-    """The first ``size`` bytes of a file: the data of a fixed VHD whose footer no reader takes."""
-
-    format = "vhd"
-
-    def __init__(self, inner: VirtualDisk, size: int, disk_type: str) -> None:
-        super().__init__()
-        self.inner = inner
-        self.path = inner.path
-        self.virtual_size = size
-        self.disk_type = disk_type
-
-    def extents(self) -> list[Extent]:
-        ranges = [(e.offset, e.end) for e in self.inner.extents() if e.allocated]
-        return extents_from_ranges(ranges, self.virtual_size)
-
-    def readinto(self, offset: int, view: memoryview) -> None:
-        self.check_range(offset, len(view))
-        self.inner.readinto(offset, view)
-
-    def details(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def salvage_footer(path: str) -> VhdFooter | None:
-    """The VHD footer at the end of ``path`` when the readers refuse it or take the file for raw.
-
-    Two cases: a footer with the ``conectix`` cookie but a disk type that is not 2, 3 or 4; and a
-    footer whose cookie is damaged but whose other fields are those of a fixed disk (version 1.0,
-    type 2, data offset all 0xFF, a current size that fits the file) - too many exact values for
-    the last sector of a raw image to match by chance. ``None`` otherwise.
-    """
-    try:
-        image = ImageFile(path)  # refuses FIFOs and the like without blocking
-    except (OSError, ImageError):
-        return None
-    try:
-        size = image.size
-        if size < 2 * FOOTER_SIZE:
-            return None
-        raw = image.pread(size - FOOTER_SIZE, FOOTER_SIZE, "VHD footer")
-    except (OSError, ImageError):
-        return None
-    finally:
-        image.close()
-    try:
-        fields = Footer.parse(raw)
-    except ConstructError:
-        return None
-    if fields.cookie == b"conectix":
-        if fields.disk_type in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
-            return None  # the reader's own error about this footer stands
-    elif not (
-        fields.file_format_version == FILE_FORMAT_VERSION
-        and fields.disk_type == DISK_TYPE_FIXED
-        and fields.data_offset == FIXED_DATA_OFFSET
-        and 0 < fields.current_size <= size - FOOTER_SIZE
-        and fields.current_size % 512 == 0
-    ):
-        return None
-    footer = parse_footer(b"conectix" + raw[8:], path, size - FOOTER_SIZE)
-    return replace(footer, cookie=bytes(fields.cookie), checksum_valid=footer_checksum(raw) == fields.checksum)
-
-
-@dataclass
-class CheckSubject:
-    """The container facts ``check`` judges, and the disk whose contents ``inspect`` reads.
-
-    ``disk`` is ``None`` when the layout cannot be told (a footer of unknown type that does not say
-    where the data is): the container rules still run, the content rules do not.
-    """
-
-    path: str
-    disk: VirtualDisk | None
-    format: str
-    disk_type: str
-    virtual_size: int
-    file_size: int
-    footer: dict[str, Any] | None
-
-    def facts(
-        self, report: DiskReport | None, role: str = "os", expect: str | None = None, generation: str | None = None
-    ) -> Facts:
-        return Facts(
-            self.format,
-            self.disk_type,
-            self.virtual_size,
-            self.file_size,
-            self.footer,
-            report,
-            role,
-            expect,
-            generation,
-        )
-
-    def close(self) -> None:
-        if self.disk is not None:
-            self.disk.close()
-
-    def __enter__(self) -> CheckSubject:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_for_check(path: str, *, parent: str | None = None, allow_absolute_parent: bool = False) -> CheckSubject:
-    """Open ``path`` for ``check``: as the readers open it, or from a footer they refuse (:func:`salvage_footer`)."""
-    from .formats.raw import RawDisk
-    from .open import open_image
-
-    try:
-        disk = open_image(path, parent=parent, allow_absolute_parent=allow_absolute_parent)
-    except ImageError:
-        salvaged = salvage_footer(path)
-        if salvaged is None:
-            raise
-        disk = RawDisk(ImageFile(path))
-    else:
-        salvaged = salvage_footer(path) if disk.format == "raw" else None
-        if salvaged is None:
-            details = disk.details()
-            footer = details.get("footer") if disk.format == "vhd" else None
-            return CheckSubject(
-                path, disk, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size, footer
-            )
-    file_size = disk.virtual_size
-    data: VirtualDisk | None = None
-    if salvaged.data_offset == FIXED_DATA_OFFSET and 0 < salvaged.current_size <= file_size - FOOTER_SIZE:
-        data = _DataPart(disk, salvaged.current_size, salvaged.disk_type_name)
-    else:
-        disk.close()
-    return CheckSubject(
-        path, data, "vhd", salvaged.disk_type_name, salvaged.current_size, file_size, salvaged.to_json()
-    )
-
-
 def junit_xml(results: list[RuleResult], name: str) -> str:
     """A JUnit XML report: one testcase per rule; errors are failures, warnings go to system-out."""
     from xml.sax.saxutils import escape, quoteattr
@@ -759,9 +600,6 @@ __all__ = [
     "RULES",
     "evaluate",
     "facts_from_disk",
-    "CheckSubject",
-    "open_for_check",
-    "salvage_footer",
     "billing_tier",
     "junit_xml",
     "STATES",

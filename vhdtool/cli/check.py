@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..checks import ERROR, GENERATIONS, ROLES, STATES, evaluate, junit_xml, open_for_check
+from ..check_subject import open_for_check
+from ..checks import ERROR, GENERATIONS, ROLES, STATES, evaluate, junit_xml
 from ..errors import OutputError
 from ..inspect.report import inspect_disk
 from . import EXIT_ERROR, absolute_parent_option, emit_json, main, parent_option

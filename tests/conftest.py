@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,3 +61,49 @@ def sample(tmp_path: Path) -> dict[str, Path]:
     src.mkdir()
     return {"os": unpack_fixture("sample/linux-os.vhdx.gz", src),
             "data": unpack_fixture("sample/data.vhd.gz", src)}
+
+
+# ---------------------------------------------------------------- no silent skips in CI
+
+# Skips that may happen even in CI, each with why. Under CI=true any other skip fails the test:
+# a missing tool or a broken import must not turn a whole suite green unrun.
+ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
+    # (substring of the skip reason, why it is acceptable)
+)
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _skip_allowed(reason: str) -> bool:
+    return any(pattern in reason for pattern, _why in ALLOWED_SKIPS)
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if _ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not _skip_allowed(reason):
+            report.outcome = "failed"
+            report.longrepr = f"skipped under CI=true (not on the allow-list in tests/conftest.py): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if _ci() and report.skipped:
+        reason = _skip_reason(report)
+        if not _skip_allowed(reason):
+            report.outcome = "failed"
+            report.longrepr = f"module skipped under CI=true (not on the allow-list in tests/conftest.py): {reason}"

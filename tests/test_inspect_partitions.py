@@ -175,11 +175,16 @@ def test_random_tables_never_crash(tmp_path: Path, mbr: bytes, header: bytes, gp
     with raw_disk(img) as disk:
         try:
             table = read_partition_table(disk)
-        except ImageError:
+        except ImageError as err:
+            assert str(img) in str(err)  # the one-line error names the file
             return
     assert table.scheme in ("gpt", "mbr", "none")
+    if table.scheme == "none":
+        assert [(p.offset, p.length) for p in table.partitions] == [(0, 1 * MiB)]
     for p in table.partitions:
-        assert p.offset >= 0 and p.length >= 0
+        assert p.offset >= 0 and p.length > 0 and p.offset % 512 == 0
+        if p.offset + p.length > 1 * MiB:  # a partition past the disk's end is reported, not hidden
+            assert any(f"partition {p.number} " in problem for problem in table.problems), table.problems
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

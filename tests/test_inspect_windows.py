@@ -180,11 +180,16 @@ def test_damaged_hive_raises_only_image_error(data: st.DataObject) -> None:
         hive_bytes[pos] = data.draw(st.integers(0, 255))
     try:
         hive = Hive(bytes(hive_bytes), "SYSTEM")
-        hive.value("Setup", "CmdLine")
-        hive.value(r"ControlSet001\Control\ComputerName\ComputerName", "ComputerName")
-        hive.subkey_names("Setup")
-    except ImageError:
-        pass
+        cmdline = hive.value("Setup", "CmdLine")
+        name = hive.value(r"ControlSet001\Control\ComputerName\ComputerName", "ComputerName")
+        subkeys = hive.subkey_names("Setup")
+    except ImageError as err:
+        assert "SYSTEM" in str(err)  # names the hive it could not read
+        return
+    # What survives the damage has the types the OS-state code relies on.
+    for found in (cmdline, name):
+        assert found is None or (isinstance(found.name, str) and isinstance(found.type, int))
+    assert subkeys is None or all(isinstance(k, str) for k in subkeys)
 
 
 _HIVE_CACHE: dict[str, bytes] = {}

@@ -18,11 +18,9 @@ from typing import Any
 import pytest
 from conftest import qemu_img
 
+from vhdtool.inspect import report as report_module
 from vhdtool.inspect.model import GENERALIZED, SPECIALIZED
 from vhdtool.open import open_image
-
-report_module = pytest.importorskip("vhdtool.inspect.report")
-pytest.importorskip("dissect.ntfs")
 
 FIXTURE_SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
 

@@ -6,9 +6,11 @@ import gzip
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azurite import Azurite, running_azurite
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -52,6 +54,13 @@ def qemu_raw_bytes(path: Path, tmp_path: Path, fmt: str | None = None) -> bytes:
     args = ["convert"] + (["-f", fmt] if fmt else []) + ["-O", "raw", str(path), str(out)]
     qemu_img(*args)
     return out.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One in-memory Azurite for the whole run; tests isolate themselves by container name."""
+    with running_azurite() as service:
+        yield service
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ the API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, running_azurite
+from azurite import Azurite
 from conftest import unpack_fixture
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -29,12 +29,14 @@ def api_examples() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite() as service:
-        from azure.storage.blob import BlobServiceClient
+def images_container(azurite: Azurite) -> Azurite:
+    """The shared Azurite with the ``images`` container the docs' examples upload to."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.blob import BlobServiceClient
 
-        BlobServiceClient.from_connection_string(service.connection_string()).create_container("images")
-        yield service
+    with contextlib.suppress(ResourceExistsError):
+        BlobServiceClient.from_connection_string(azurite.connection_string()).create_container("images")
+    return azurite
 
 
 def test_api_page_has_examples() -> None:
@@ -42,14 +44,14 @@ def test_api_page_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(api_examples())))
-def test_api_example_runs(index: int, tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch,
+def test_api_example_runs(index: int, tmp_path: Path, images_container: Azurite, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "src").mkdir()
     source = unpack_fixture("sample/linux-os.vhdx.gz", tmp_path / "src")
     for name in NAMES:
         shutil.copyfile(source, tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string())
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", images_container.connection_string())
     code = api_examples()[index]
     exec(compile(code, f"docs/api.md example {index + 1}", "exec"), {"__name__": "__docs__"})
     printed = capsys.readouterr().out

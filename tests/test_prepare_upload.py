@@ -12,26 +12,17 @@ import os
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, azurite_binary, running_azurite
+from azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 
 from vhdtool.prepare import PrepareRequest, parse_destination, prepare
 
 pytest.importorskip("azure.storage.blob")
 DAY = date(2026, 11, 23)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    if azurite_binary() is None:
-        pytest.skip("azurite-blob is not installed (scripts/setup.sh installs it)")
-    with running_azurite() as service:
-        yield service
 
 
 @pytest.fixture

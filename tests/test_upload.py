@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, running_azurite
+from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule
 from conftest import qemu_img
 
 import vhdtool.azure
@@ -43,12 +43,6 @@ from vhdtool.upload_plan import split_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite() as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

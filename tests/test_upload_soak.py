@@ -47,7 +47,6 @@ from azurite import (
     Recorded,
     RecordingProxy,
     Rule,
-    running_azurite,
 )
 
 from vhdtool import open_image
@@ -516,12 +515,6 @@ class Soak:
 
 
 # -- the normal suite's soak ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite() as service:
-        yield service
 
 
 @pytest.fixture

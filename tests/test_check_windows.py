@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 pytest.importorskip("dissect.ntfs")
 SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
 

@@ -19,6 +19,8 @@ import pytest
 from azurite import Azurite
 from conftest import unpack_fixture
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 NAMES = ("disk.vhdx", "os.vhdx", "web-os.vhdx")

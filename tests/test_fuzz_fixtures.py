@@ -19,6 +19,8 @@ from fuzz.mutate import Op, SparseImage, make_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 ALL_FIXTURES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.glob("*/*.gz")
                       if p.parent.name in ("vhd", "vhdx", "sample"))
 REGRESSIONS = sorted(p.name for p in (FIXTURES / "regressions").glob("*.gz"))

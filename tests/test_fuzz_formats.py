@@ -13,6 +13,7 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
+import pytest
 from fuzz.harness import exercise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from strategies import Case, vhd_cases, vhdx_cases
 
 from vhdtool.errors import VhdtoolError
 from vhdtool.open import open_image
+
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
 SUITE = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -18,6 +18,8 @@ from vhdtool.disk import DiskReader
 from vhdtool.formats.raw import RawDisk
 from vhdtool.open import open_image
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

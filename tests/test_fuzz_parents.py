@@ -24,6 +24,8 @@ from vhdtool.errors import ImageError, ParentError, VhdtoolError
 from vhdtool.formats.parent import OpenOptions
 from vhdtool.open import open_image, open_with_options
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 SIZE = 64 * 1024
 
 

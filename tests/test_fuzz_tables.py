@@ -22,6 +22,8 @@ from strategies import Case, Volumes, hive_mutations, make_volumes, table_cases
 
 from vhdtool.errors import VhdtoolError
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 SUITE = settings(max_examples=120, derandomize=True, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

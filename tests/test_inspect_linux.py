@@ -16,6 +16,8 @@ from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN,
 from vhdtool.inspect.report import DiskReport, inspect_disk
 from vhdtool.open import open_image
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> ImageCache:

@@ -14,6 +14,8 @@ from vhdtool.inspect.model import GENERALIZED
 from vhdtool.inspect.report import inspect_disk
 from vhdtool.open import open_image
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 GiB, MiB = 1 << 30, 1 << 20
 READ_BUDGET = 8 * MiB  # measured: 1.1 MiB in about 300 reads (docs/inspect.md, "Speed")
 

@@ -22,6 +22,8 @@ from vhdtool.inspect import report as report_module
 from vhdtool.inspect.model import GENERALIZED, SPECIALIZED
 from vhdtool.open import open_image
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 FIXTURE_SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
 
 

@@ -28,6 +28,8 @@ from vhdtool.prepare import (
     prepare,
 )
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 DAY = date(2026, 11, 23)
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent

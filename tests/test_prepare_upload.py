@@ -20,6 +20,8 @@ from azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 
 from vhdtool.prepare import PrepareRequest, parse_destination, prepare
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 pytest.importorskip("azure.storage.blob")
 DAY = date(2026, 11, 23)
 ROOT = Path(__file__).resolve().parent.parent

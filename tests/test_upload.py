@@ -41,6 +41,8 @@ from vhdtool.formats.vhd_footer import parse_footer
 from vhdtool.upload import RetryPolicy, UploadResult, upload
 from vhdtool.upload_plan import split_ranges
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
 

@@ -57,6 +57,8 @@ from vhdtool.extents import MiB, merge_ranges
 from vhdtool.formats.vhd_footer import parse_footer
 from vhdtool.upload import META_FOOTER, META_MD5, META_STATE, STATE_COMPLETE, RetryPolicy, upload
 
+pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = 512
 MAX_PUT = 4 * MiB

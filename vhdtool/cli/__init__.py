@@ -16,6 +16,7 @@ import click
 
 from .. import __version__
 from ..errors import UsageError, VhdtoolError
+from ..sinks.fixed_file import remove_live_temporaries
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -102,12 +103,14 @@ def run(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
+        remove_live_temporaries()
         click.echo("vhdtool: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Interrupted):
+        remove_live_temporaries()
         click.echo("vhdtool: interrupted", err=True)
         exit_now_if_workers_remain(EXIT_INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)

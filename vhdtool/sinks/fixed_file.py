@@ -11,8 +11,11 @@ import contextlib
 import errno
 import os
 import secrets
+import signal
 import stat
 import sys
+import threading
+from collections.abc import Iterator
 
 from .. import fileio
 from ..errors import OutputError
@@ -26,6 +29,35 @@ TEMP_SUFFIX = ".vhdtool-partial"
 
 _PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 _APPEARED = "appeared while converting; use --force to replace it"
+# Temporary files created and not yet installed or removed. Creating one and recording it here
+# happen with SIGINT/SIGTERM held back, so an interrupt at any instant finds every partial output
+# here, even one whose sink object never reached its caller; the CLI removes them on the way out.
+_LIVE_TEMPORARIES: set[str] = set()
+_HELD_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM for the duration (POSIX, main thread); a no-op elsewhere."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = mask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
+
+
+def remove_live_temporaries() -> None:
+    """Delete every partial output still on disk (called when the process is interrupted)."""
+    for path in list(_LIVE_TEMPORARIES):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        _LIVE_TEMPORARIES.discard(path)
+
+
 _NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
 
@@ -106,13 +138,15 @@ class FixedFileSink:
         for _ in range(16):
             candidate = os.path.join(folder, f".{base}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
             try:
-                # 0o666 minus the umask: the output gets the permissions of any new file.
-                self.fd = os.open(candidate, flags, 0o666)
+                with _signals_held():
+                    # 0o666 minus the umask: the output gets the permissions of any new file.
+                    self.fd = os.open(candidate, flags, 0o666)
+                    self.temp_path = candidate
+                    _LIVE_TEMPORARIES.add(candidate)
             except FileExistsError:
                 continue
             except OSError as err:
                 raise describe_os_error(self.target, err, "create a temporary file beside it") from err
-            self.temp_path = candidate
             break
         else:
             raise OutputError(f"{self.target}: cannot find a free temporary name beside it")
@@ -182,6 +216,7 @@ class FixedFileSink:
         except BaseException:
             self.abort()
             raise
+        _LIVE_TEMPORARIES.discard(self.temp_path)
         self.temp_path = ""
         if self.sync:
             _sync_folder(os.path.dirname(os.path.abspath(self.target)))
@@ -215,6 +250,7 @@ class FixedFileSink:
         if self.temp_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temp_path)
+            _LIVE_TEMPORARIES.discard(self.temp_path)
             self.temp_path = ""
 
 

@@ -6,7 +6,7 @@ Reads only metadata: partition tables, superblocks and the handful of files the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from ..disk import VirtualDisk
 from .filesystems import (
@@ -133,6 +133,10 @@ class MountTree:
     def readlink(self, path: str) -> str | None:
         tree, rest = self._route(path)
         return tree.readlink(rest)
+
+    def open_file(self, path: str) -> IO[bytes] | None:
+        tree, rest = self._route(path)
+        return tree.open_file(rest)
 
 
 def _windows_inspector() -> Any:

@@ -33,6 +33,7 @@ from .linux import fstab_mounts, inspect_linux, looks_like_linux
 from .linux_readiness import lookup_key
 from .lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
 from .model import FileTree, OsReport
+from .windows_readiness import BcdSettings
 from .partitions import Partition, PartitionTable, read_partition_table
 
 # Partition types that hold no filesystem (MBR extended containers, Microsoft reserved, BIOS boot): listed,
@@ -223,6 +224,10 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
         volumes[os_index] = VolumeReport(volumes[os_index].partition, volumes[os_index].info, True)
     if os_report is not None:
         _resolve_mounts(os_report, volumes)
+        if os_report.windows is not None:
+            bcd = _find_bcd(volumes, trees, os_index)
+            if bcd is not None:
+                os_report.windows = replace(os_report.windows, bcd=bcd)
     esp_loaders = _esp_loaders(volumes, trees)
     family = os_report.family if os_report else None
     bios_files = _windows_bios_files(volumes, trees) if family == "windows" and table.scheme == "mbr" else None
@@ -317,6 +322,31 @@ def _resolve_mounts(os_report: OsReport, volumes: list[VolumeReport]) -> None:
         vol = names.get(_source_name(entry.source)) if entry.looked_up else None
         resolved.append(replace(entry, target=_describe(vol)) if vol is not None else entry)
     os_report.linux = replace(os_report.linux, mounts=tuple(resolved))
+
+
+def _find_bcd(volumes: list[VolumeReport], trees: dict[int, NodeTree], os_index: int | None) -> BcdSettings | None:
+    """The BCD store Windows boots with: on the ESP, else the active partition, else the Windows volume."""
+    from .bcd import BCD_PATHS, MAX_BCD_SIZE, read_bcd
+
+    order = [v for v in volumes if v.partition.is_esp] + [v for v in volumes if v.partition.bootable]
+    if os_index is not None:
+        order.append(volumes[os_index])
+    order += [v for v in volumes if v.info.kind in (NTFS, FAT)]
+    seen: set[int] = set()
+    for vol in order:
+        tree = trees.get(vol.partition.number)
+        if tree is None or vol.partition.number in seen:
+            continue
+        seen.add(vol.partition.number)
+        for path in BCD_PATHS:
+            size = tree.file_size(path)
+            if size is None:
+                continue
+            where = f"partition {vol.partition.number}: {path}"
+            if size > MAX_BCD_SIZE:
+                return BcdSettings(where, None, None, None, None, None, None, f"{size} bytes: too large to be a BCD")
+            return read_bcd(tree.read_file(path, MAX_BCD_SIZE) or b"", where)
+    return None
 
 
 def _esp_loaders(volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> list[str] | None:

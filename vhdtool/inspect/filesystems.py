@@ -15,7 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 from ..disk import DiskReader, VirtualDisk
 from ..errors import VhdtoolError
@@ -295,7 +295,7 @@ class NodeTree(ABC):
         if inner is None:
             return None
         size = self._guarded(lambda: self._size(node), 0)
-        return ReaderStream(inner, size)
+        return cast(IO[bytes], ReaderStream(inner, size))
 
     def readlink(self, path: str) -> str | None:
         node = self._resolve(path, follow_last=False)

@@ -123,12 +123,6 @@ class _Source:
     def unread(self, data: bytes) -> None:
         self._buffer[:0] = data
 
-    def rest(self) -> bytes:
-        """What is buffered and not yet consumed."""
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
-
 
 def _optional(module: str) -> Any:
     try:
@@ -390,6 +384,15 @@ class _Nested(Exception):
     """A compressed stream starts where a cpio header was expected."""
 
 
+def _pieces(decoder: _Decoder) -> Callable[[int], bytes]:
+    """A read function over a decoder's output (it hands out what it decoded, whatever size is asked)."""
+
+    def read(_size: int) -> bytes:
+        return decoder.read()
+
+    return read
+
+
 def scan_initramfs(
     stream: IO[bytes],
     wanted: Callable[[str], str | None],
@@ -426,7 +429,7 @@ def scan_initramfs(
                 raise InitramfsError(f"neither cpio nor a known compression (starts {head[:6].hex()})")
             decoder = _Decoder(codec, raw, budget)
             formats.append(f"{decoder.codec}+cpio")
-            inner = _Source(lambda _n, d=decoder: d.read(), max_output, f"the {codec} archive")
+            inner = _Source(_pieces(decoder), max_output, f"the {codec} archive")
             try:
                 stopped = walk.cpio(inner)
             except _Nested:

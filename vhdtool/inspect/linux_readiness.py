@@ -224,7 +224,7 @@ def _version_key(name: str) -> list[tuple[int, int | str]]:
 
 def _kernels(tree: FileTree) -> dict[str, str]:
     """name -> path of the kernel images in /boot."""
-    found = {}
+    found: dict[str, str] = {}
     for entry in _listed(tree, "/boot"):
         for prefix in KERNEL_PREFIXES:
             if entry.startswith(prefix) and not entry.endswith((".sig", ".hmac", ".old", ".bak")):

@@ -33,8 +33,8 @@ from .linux import fstab_mounts, inspect_linux, looks_like_linux
 from .linux_readiness import lookup_key
 from .lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
 from .model import FileTree, OsReport
-from .windows_readiness import BcdSettings
 from .partitions import Partition, PartitionTable, read_partition_table
+from .windows_readiness import BcdSettings
 
 # Partition types that hold no filesystem (MBR extended containers, Microsoft reserved, BIOS boot): listed,
 # not probed.

@@ -92,3 +92,35 @@ def test_module_names() -> None:
     assert _module_name("usr/lib/modules/6.1/kernel/drivers/scsi/hv_storvsc.ko.zst") == "hv_storvsc"
     assert _module_name("lib/modules/x/hv-vmbus.ko") == "hv_vmbus"
     assert _module_name("hv_storvsc.ko.sig") is None and _module_name("etc/hv_vmbus.conf") is None
+
+
+BLOCK = """
+import io, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("zstandard", "lz4"):
+            raise ImportError("blocked for the test: " + name)
+        return None
+sys.meta_path.insert(0, Block())
+from vhdtool.inspect.initramfs import scan_initramfs
+from vhdtool.inspect.linux_readiness import _module_name
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:
+        print(scan_initramfs(f, _module_name).problem)
+"""
+
+
+def test_without_the_optional_decompressors(tmp_path: Path) -> None:
+    """zstd and lz4 need the extra; the walk says so in one line and gzip still reads."""
+    import sys
+
+    early, main = archive(tmp_path, True)
+    paths = []
+    for codec in ("zstd", "lz4-legacy", "gzip"):
+        path = tmp_path / f"initrd.{codec}"
+        path.write_bytes(early + compress(codec, main))
+        paths.append(str(path))
+    proc = subprocess.run([sys.executable, "-c", BLOCK, *paths], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "vhdtool[inspect]" in lines[0] and "vhdtool[inspect]" in lines[1] and lines[2] == "None"

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3-venv python3-pip nodejs npm)
 if [ "${1:-}" = "--test" ]; then
   APT_PACKAGES+=(qemu-utils libvhdi-utils gdisk fdisk dosfstools mtools xfsprogs e2fsprogs ntfs-3g
-                 libhivex-bin libwin-hivex-perl wimtools gzip btrfs-progs)
+                 libhivex-bin libwin-hivex-perl wimtools gzip btrfs-progs cpio zstd lz4 xz-utils bzip2)
 fi
 
 missing=()

@@ -119,6 +119,7 @@ EVERY_FIXTURE = [
     ("gpt-ext4", SPECIALIZED),
     ("gpt-ext4", IN_BETWEEN),
     ("gpt-ext4", "nodrivers"),
+    ("gpt-ext4", "boot-traps"),
     ("mbr-ext4", GENERALIZED),
     ("gpt-xfs", IN_BETWEEN),
     ("gpt-split", SPECIALIZED),

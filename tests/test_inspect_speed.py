@@ -50,4 +50,7 @@ def test_a_30_gib_disk_costs_a_few_reads(
         assert disk.virtual_size == 30 * GiB
         report = inspect_disk(disk)
     assert report.os is not None and report.os.state == GENERALIZED
+    # The boot facts are part of the budget: the default kernel's initramfs was walked to the drivers.
+    boot = report.os.linux.boot if report.os.linux is not None else None
+    assert boot is not None and boot.initramfs is not None and "hv_storvsc" in boot.initramfs.found
     assert 0 < read[0] < READ_BUDGET, f"{read[0]} bytes read"

@@ -606,3 +606,7 @@ __all__ = [
     "GENERATIONS",
     "ROLES",
 ]
+
+
+# The OS readiness rules register themselves with ``rule`` (after the container and state rules above).
+from . import rules_linux, rules_windows  # noqa: E402,F401

@@ -8,13 +8,14 @@ detection, and never reach the host's files.
 
 from __future__ import annotations
 
+import io
 import stat
 import struct
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 from ..disk import DiskReader, VirtualDisk
 from ..errors import VhdtoolError
@@ -198,6 +199,10 @@ class NodeTree(ABC):
     @abstractmethod
     def _read(self, node: Any, limit: int) -> bytes: ...
 
+    def _open(self, node: Any) -> Any:
+        """A file-like object over ``node``'s data (the dissect readers' own ``open()``)."""
+        return node.open()
+
     def _child(self, node: Any, name: str) -> Any | None:
         children = self._children(node)
         if children is None:
@@ -282,11 +287,61 @@ class NodeTree(ABC):
             return None
         return self._guarded(lambda: self._size(node) if self._kind(node) == "file" else None, None)
 
+    def open_file(self, path: str) -> IO[bytes] | None:
+        node = self._resolve(path)
+        if node is None:
+            return None
+        inner = self._guarded(lambda: self._open(node) if self._kind(node) == "file" else None, None)
+        if inner is None:
+            return None
+        size = self._guarded(lambda: self._size(node), 0)
+        return cast(IO[bytes], ReaderStream(inner, size))
+
     def readlink(self, path: str) -> str | None:
         node = self._resolve(path, follow_last=False)
         if node is None:
             return None
         return self._guarded(lambda: self._link(node) if self._kind(node) == "link" else None, None)
+
+
+class ReaderStream(io.RawIOBase):
+    """A dissect file stream whose failures on damaged contents surface as :class:`OSError`.
+
+    Callers then handle one exception type; vhdtool's own errors (a damaged container) propagate.
+    """
+
+    def __init__(self, inner: Any, size: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self.size = size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _call(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except OSError:
+            raise
+        except Exception as err:
+            if is_reader_error(err):
+                raise OSError(f"filesystem reader: {err!r}") from err
+            raise
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._call(lambda: self._inner.read(len(view)))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return int(self._call(lambda: self._inner.seek(offset, whence)))
+
+    def tell(self) -> int:
+        return int(self._call(lambda: self._inner.tell()))
 
 
 _MODE_KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "link"}

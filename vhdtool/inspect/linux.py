@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import re
 
+from .linux_readiness import HYPERV_CONFIG, HYPERV_DRIVERS, linux_readiness, parse_keyvalue
 from .model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
 
 NEUTRAL = "neutral"
-HYPERV_DRIVERS = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
-# Kernel config options that build each driver in (drivers/hv/Kconfig, drivers/scsi, drivers/net/hyperv).
-HYPERV_CONFIG = {
-    "hv_vmbus": "CONFIG_HYPERV",
-    "hv_storvsc": "CONFIG_HYPERV_STORAGE",
-    "hv_netvsc": "CONFIG_HYPERV_NET",
-}
 WAAGENT_PATHS = ("/usr/sbin/waagent", "/usr/bin/waagent", "/usr/local/sbin/waagent")
 CLOUD_INIT_PATHS = ("/usr/bin/cloud-init", "/usr/local/bin/cloud-init")
 WAAGENT_UNITS = ("walinuxagent.service", "waagent.service")
@@ -34,21 +28,6 @@ WAAGENT_PROVISIONED = (
 )
 LOCKED_PREFIXES = ("*", "!", "*LOCK*")
 MAX_USERS = 64
-
-
-def parse_keyvalue(text: str) -> dict[str, str]:
-    """``KEY=value`` lines (os-release, waagent.conf, /etc/default/grub), unquoted, no comments."""
-    result: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        value = value.split(" #", 1)[0].strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        result[key.strip()] = value
-    return result
 
 
 def _text(tree: FileTree, path: str, limit: int = 1 << 20) -> str | None:
@@ -90,12 +69,14 @@ def inspect_linux(tree: FileTree) -> OsReport | None:
     _history_and_leases(tree, evidence)
     _hostname_and_resolv(tree, evidence, hostname)
     _host_keys(tree, evidence, conf, conf_text is not None, cloud_init)
+    waagent_enabled = any(_unit_enabled(tree, u) for u in WAAGENT_UNITS)
+    cloud_init_enabled = any(_unit_enabled(tree, u) for u in CLOUD_INIT_UNITS)
     facts = {
         "os_release": {k: release[k] for k in ("ID", "ID_LIKE", "VERSION_ID", "PRETTY_NAME") if k in release},
         "waagent_installed": waagent,
-        "waagent_enabled": any(_unit_enabled(tree, u) for u in WAAGENT_UNITS),
+        "waagent_enabled": waagent_enabled,
         "cloud_init_installed": cloud_init,
-        "cloud_init_enabled": any(_unit_enabled(tree, u) for u in CLOUD_INIT_UNITS),
+        "cloud_init_enabled": cloud_init_enabled,
         "waagent_conf": {k: v for k, v in conf.items() if k.startswith(("Provisioning.", "ResourceDisk."))},
         "fstab_swap": fstab_swap(tree),
         "hyperv_drivers": hyperv_drivers(tree),
@@ -110,6 +91,8 @@ def inspect_linux(tree: FileTree) -> OsReport | None:
         verdict(evidence),
         evidence,
         facts,
+        linux=linux_readiness(tree, conf if conf_text is not None else None, waagent and waagent_enabled,
+                              cloud_init and cloud_init_enabled),
     )
 
 

@@ -6,8 +6,13 @@ so they never touch the host's files and can be tested on any tree implementatio
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .linux_readiness import LinuxReadiness
+    from .windows_readiness import WindowsReadiness
 
 # OS states, as reported and as accepted by ``check --expect``.
 GENERALIZED = "generalized"
@@ -41,11 +46,29 @@ class OsReport:
     state: str  # GENERALIZED | SPECIALIZED | IN_BETWEEN | UNKNOWN
     evidence: list[Evidence] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)  # extras: build, edition, agent config, drivers
+    windows: WindowsReadiness | None = None  # boot and reachability facts of a Windows OS disk
+    linux: LinuxReadiness | None = None  # boot and reachability facts of a Linux OS disk
 
     def to_json(self) -> dict[str, Any]:
         return {"family": self.family, "name": self.name, "version": self.version,
                 "hostname": self.hostname, "state": self.state,
-                "evidence": [e.to_json() for e in self.evidence], "facts": self.facts}
+                "evidence": [e.to_json() for e in self.evidence], "facts": self.facts,
+                "windows": to_jsonable(self.windows), "linux": to_jsonable(self.linux)}
+
+
+def to_jsonable(value: Any) -> Any:
+    """The JSON form of a typed fact: dataclasses become objects (field names as keys), tuples lists.
+
+    The one serialisation of the readiness facts, so ``inspect --json`` and ``check --json`` show the
+    same shape the rules read.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    return value
 
 
 class FileTree(Protocol):
@@ -73,6 +96,10 @@ class FileTree(Protocol):
 
     def file_size(self, path: str) -> int | None:
         """Size of a regular file, or ``None``."""
+        ...
+
+    def open_file(self, path: str) -> IO[bytes] | None:
+        """A read-only stream over a regular file (read in pieces, never whole), or ``None``."""
         ...
 
     def readlink(self, path: str) -> str | None:

@@ -223,3 +223,18 @@ class Hive:
         except Exception as err:
             raise ImageError(self.path, f"registry value {key}\\{name}", None,
                              f"cannot read: {err!r}") from err
+
+    def values(self, key: str, limit: int = 4096) -> list[RegValue] | None:
+        """The first ``limit`` values of ``key``, or ``None`` if it does not exist."""
+        node = self._key(key)
+        if node is None:
+            return None
+        found: list[RegValue] = []
+        try:
+            for item in node.values():
+                if len(found) >= limit:
+                    break
+                found.append(RegValue(key=key, name=str(item.name), type=int(item.type), data=item.value))
+        except Exception as err:
+            raise ImageError(self.path, f"registry key {key}", None, f"cannot list values: {err!r}") from err
+        return found

@@ -5,8 +5,8 @@ Reads only metadata: partition tables, superblocks and the handful of files the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
 
 from ..disk import VirtualDisk
 from .filesystems import (
@@ -30,9 +30,11 @@ from .generation import (
     hyperv_generation,
 )
 from .linux import fstab_mounts, inspect_linux, looks_like_linux
+from .linux_readiness import lookup_key
 from .lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
 from .model import FileTree, OsReport
 from .partitions import Partition, PartitionTable, read_partition_table
+from .windows_readiness import BcdSettings
 
 # Partition types that hold no filesystem (MBR extended containers, Microsoft reserved, BIOS boot): listed,
 # not probed.
@@ -134,6 +136,10 @@ class MountTree:
         tree, rest = self._route(path)
         return tree.readlink(rest)
 
+    def open_file(self, path: str) -> IO[bytes] | None:
+        tree, rest = self._route(path)
+        return tree.open_file(rest)
+
 
 def _windows_inspector() -> Any:
     """``inspect_windows`` if the Windows detector is installed, else ``None``."""
@@ -216,6 +222,12 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
                     )
     if os_index is not None:
         volumes[os_index] = VolumeReport(volumes[os_index].partition, volumes[os_index].info, True)
+    if os_report is not None:
+        _resolve_mounts(os_report, volumes)
+        if os_report.windows is not None:
+            bcd = _find_bcd(volumes, trees, os_index)
+            if bcd is not None:
+                os_report.windows = replace(os_report.windows, bcd=bcd)
     esp_loaders = _esp_loaders(volumes, trees)
     family = os_report.family if os_report else None
     bios_files = _windows_bios_files(volumes, trees) if family == "windows" and table.scheme == "mbr" else None
@@ -256,29 +268,85 @@ def _find_os(
     return None, None
 
 
-def _with_mounts(root: NodeTree, volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> FileTree:
-    """The root tree with the other filesystems of this disk mounted where its fstab says."""
-    by_source: dict[str, NodeTree] = {}
+def _volume_names(volumes: list[VolumeReport]) -> dict[str, VolumeReport]:
+    """Every name fstab may use for a volume of this disk (lower-cased): UUID=, LABEL=, PARTUUID=,
+    PARTLABEL=, and /dev/VG/LV, /dev/mapper/VG-LV for logical volumes."""
+    names: dict[str, VolumeReport] = {}
     for vol in volumes:
-        tree = trees.get(vol.partition.number)
-        if tree is None or tree is root:
+        if vol.info.kind == NOT_PROBED:
             continue
         if vol.info.uuid:
-            by_source[f"UUID={vol.info.uuid}".lower()] = tree
+            names.setdefault(f"UUID={vol.info.uuid}".lower(), vol)
         if vol.info.label:
-            by_source[f"LABEL={vol.info.label}".lower()] = tree
+            names.setdefault(f"LABEL={vol.info.label}".lower(), vol)
         if vol.partition.guid:
-            by_source[f"PARTUUID={vol.partition.guid}".lower()] = tree
+            names.setdefault(f"PARTUUID={vol.partition.guid}".lower(), vol)
         if vol.partition.type_id == LVM_LV_TYPE and vol.partition.name:
             vg, _, lv = vol.partition.name.partition("/")
-            by_source[f"/dev/{vg}/{lv}".lower()] = tree
-            by_source[f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}".lower()] = tree
-    mounts = {
-        point: by_source[source.lower()]
-        for source, point in fstab_mounts(root)
-        if point != "/" and source.lower() in by_source
-    }
+            names.setdefault(f"/dev/{vg}/{lv}".lower(), vol)
+            names.setdefault(f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}".lower(), vol)
+        elif vol.partition.name:
+            names.setdefault(f"PARTLABEL={vol.partition.name}".lower(), vol)
+    return names
+
+
+def _source_name(source: str) -> str:
+    return (lookup_key(source) or source).lower()
+
+
+def _with_mounts(root: NodeTree, volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> FileTree:
+    """The root tree with the other filesystems of this disk mounted where its fstab says."""
+    names = _volume_names(volumes)
+    mounts = {}
+    for source, point in fstab_mounts(root):
+        vol = names.get(_source_name(source))
+        tree = trees.get(vol.partition.number) if vol is not None else None
+        if point != "/" and tree is not None and tree is not root:
+            mounts[point] = tree
     return MountTree(root, mounts) if mounts else root
+
+
+def _describe(vol: VolumeReport) -> str:
+    if vol.partition.type_id == LVM_LV_TYPE:
+        return f"logical volume {vol.partition.name} ({vol.info.kind})"
+    return f"partition {vol.partition.number} ({vol.info.kind})"
+
+
+def _resolve_mounts(os_report: OsReport, volumes: list[VolumeReport]) -> None:
+    """Name, for each mount the Linux boot asks for, the volume of this disk its source points at."""
+    if os_report.linux is None:
+        return
+    names = _volume_names(volumes)
+    resolved = []
+    for entry in os_report.linux.mounts:
+        vol = names.get(_source_name(entry.source)) if entry.looked_up else None
+        resolved.append(replace(entry, target=_describe(vol)) if vol is not None else entry)
+    os_report.linux = replace(os_report.linux, mounts=tuple(resolved))
+
+
+def _find_bcd(volumes: list[VolumeReport], trees: dict[int, NodeTree], os_index: int | None) -> BcdSettings | None:
+    """The BCD store Windows boots with: on the ESP, else the active partition, else the Windows volume."""
+    from .bcd import BCD_PATHS, MAX_BCD_SIZE, read_bcd
+
+    order = [v for v in volumes if v.partition.is_esp] + [v for v in volumes if v.partition.bootable]
+    if os_index is not None:
+        order.append(volumes[os_index])
+    order += [v for v in volumes if v.info.kind in (NTFS, FAT)]
+    seen: set[int] = set()
+    for vol in order:
+        tree = trees.get(vol.partition.number)
+        if tree is None or vol.partition.number in seen:
+            continue
+        seen.add(vol.partition.number)
+        for path in BCD_PATHS:
+            size = tree.file_size(path)
+            if size is None:
+                continue
+            where = f"partition {vol.partition.number}: {path}"
+            if size > MAX_BCD_SIZE:
+                return BcdSettings(where, None, None, None, None, None, None, f"{size} bytes: too large to be a BCD")
+            return read_bcd(tree.read_file(path, MAX_BCD_SIZE) or b"", where)
+    return None
 
 
 def _esp_loaders(volumes: list[VolumeReport], trees: dict[int, NodeTree]) -> list[str] | None:

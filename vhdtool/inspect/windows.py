@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import VhdtoolError
 from .model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
 from .registry import Hive, RegValue, regf_available
+from .windows_readiness import windows_readiness
 
 NEUTRAL = "neutral"
 
@@ -471,8 +472,13 @@ def inspect_windows(tree: FileTree) -> OsReport | None:
     _setup_evidence(system, found)
     _file_evidence(tree, found)
     name, version = _os_identity(software, found)
-    hostname = _hostname(system, _control_set(system, found), found)
+    control_set = _control_set(system, found)
+    hostname = _hostname(system, control_set, found)
+    unfinished = next((normalize_image_state(s) for s in (registry_state, file_state)
+                       if s is not None and classify_image_state(s)[0] == IN_BETWEEN), None)
+    readiness = windows_readiness(system, software, control_set, found.facts.get("installation_type"),
+                                  unfinished)
     # The two image-state records decide the verdict: list them first, the rest in reading order.
     found.evidence.sort(key=lambda e: 0 if "ImageState" in e.source else 1)
     return OsReport(family="windows", name=name, version=version, hostname=hostname, state=state,
-                    evidence=found.evidence, facts=found.facts)
+                    evidence=found.evidence, facts=found.facts, windows=readiness)

@@ -533,21 +533,25 @@ def read_bat(view: ReplayedFile, region: Region, meta: VhdxMetadata,
     b_offsets = cat([b[1] for b in bitmap_parts])
     bitmaps = {int(i) // group: int(o) for i, o in zip(b_index, b_offsets, strict=True)}
 
-    # Every present block needs file space: its whole block (the last one only what the disk
-    # uses, rounded to the 1 MiB allocation unit), and sector bitmaps 1 MiB.
-    used = np.minimum(meta.block_size, meta.virtual_size - pr_blocks * meta.block_size)
-    pr_end = pr_start + ((used + MiB - 1) // MiB) * MiB
+    # Every present block must hold, inside the file and clear of everything else, the bytes a
+    # read takes from it: a whole block, but the last one only up to the virtual size (qemu writes
+    # a fixed disk of an unaligned size exactly that long), and a sector bitmap block 1 MiB, the
+    # last chunk's only the bits of the blocks it has.
+    pr_end = pr_start + np.minimum(meta.block_size, meta.virtual_size - pr_blocks * meta.block_size)
+    sectors_per_block = meta.block_size // meta.logical_sector_size
+    chunk_blocks = np.minimum(chunk_ratio, payload_blocks - (b_index // group) * chunk_ratio)
+    b_end = b_offsets + np.minimum(SECTOR_BITMAP_BLOCK_SIZE, chunk_blocks * sectors_per_block // 8)
     all_index = np.concatenate([pr_index, b_index])
     all_start = np.concatenate([pr_start, b_offsets])
-    all_end = np.concatenate([pr_end, b_offsets + SECTOR_BITMAP_BLOCK_SIZE])
+    all_end = np.concatenate([pr_end, b_end])
     zero = np.flatnonzero(all_start == 0)
     if zero.size:
         raise fail(int(all_index[zero[0]]), "block is present but its file offset is 0")
     past = np.flatnonzero(all_end > view.size)
     if past.size:
         i = int(past[0])
-        raise fail(int(all_index[i]), f"block at file offset {int(all_start[i])} ends past the end of the "
-                   f"file ({view.size} bytes)")
+        raise fail(int(all_index[i]), f"block at file offset {int(all_start[i])} needs the bytes up to "
+                   f"{int(all_end[i])}, past the end of the file ({view.size} bytes)")
     for lo, hi, what in reserved:
         inside = np.flatnonzero((all_start < hi) & (all_end > lo))
         if inside.size:
@@ -813,11 +817,11 @@ def _open_parent(disk: VhdxDisk, image: ImageFile, options: OpenOptions) -> None
         if parent.virtual_size != disk.virtual_size:
             raise ParentError(f"{image.path}: parent {parent_path} is {parent.virtual_size} bytes, the child "
                               f"{disk.virtual_size}")
-        if (parent.logical_sector_size != disk.logical_sector_size
-                or parent.physical_sector_size != disk.physical_sector_size):
-            raise ParentError(f"{image.path}: parent {parent_path} has {parent.logical_sector_size}/"
-                              f"{parent.physical_sector_size}-byte sectors, the child "
-                              f"{disk.logical_sector_size}/{disk.physical_sector_size}")
+        # Only the logical sector size shapes the block map (2.6.2.4); the physical one is a hint
+        # that Hyper-V lets differ along a chain (New-VHD -Differencing -PhysicalSectorSizeBytes).
+        if parent.logical_sector_size != disk.logical_sector_size:
+            raise ParentError(f"{image.path}: parent {parent_path} has {parent.logical_sector_size}-byte "
+                              f"logical sectors, the child {disk.logical_sector_size}-byte ones")
     except BaseException:
         parent.close()
         raise

@@ -12,6 +12,21 @@ import pytest
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (the wider producers matrix); scripts/test.sh --slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run only with ``--slow``: deselected, not skipped, so the report stays short."""
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 def unpack_fixture(name: str, dest_dir: Path) -> Path:
     """Copy ``fixtures/NAME`` (or ``NAME.gz``, decompressed, kept sparse) into ``dest_dir``."""
     src = FIXTURES / name

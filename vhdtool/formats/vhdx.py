@@ -281,11 +281,16 @@ def read_regions(view: ReplayedFile, warnings: list[str]) -> dict[uuid.UUID, Reg
             continue
         if region.guid in found:
             raise ImageError(view.path, "VHDX region table", table_offset, f"{name} region listed twice")
-        if (region.file_offset % MiB or region.length % MiB or region.length == 0
-                or region.file_offset < HEADER_AREA_SIZE or region.file_offset + region.length > view.size):
+        if (region.length == 0 or region.file_offset < HEADER_AREA_SIZE
+                or region.file_offset + region.length > view.size):
             raise ImageError(view.path, f"VHDX {name} region", region.file_offset,
-                             f"length {region.length} is not a 1 MiB aligned range inside the file "
+                             f"length {region.length} is not a range after the header area inside the file "
                              f"of {view.size} bytes")
+        if region.file_offset % MiB or region.length % MiB:
+            # 2.2.3.2 asks for 1 MiB multiples; the region is read where it is all the same (as
+            # qemu-img and libvhdi do): only space outside the file or shared would misread.
+            warnings.append(f"VHDX {name} region at byte {region.file_offset}, length {region.length}, "
+                            "is not aligned to 1 MiB")
         found[region.guid] = region
     for guid, name in _KNOWN_REGIONS.items():
         if guid not in found:
@@ -333,7 +338,7 @@ def _parse_parent_locator(raw: bytes, path: str, offset: int) -> dict[str, str]:
     return result
 
 
-def read_metadata(view: ReplayedFile, region: Region) -> VhdxMetadata:
+def read_metadata(view: ReplayedFile, region: Region, warnings: list[str]) -> VhdxMetadata:
     """The metadata table and its system items (2.6), validated; unknown required items refused."""
     path = view.path
     base = region.file_offset
@@ -396,7 +401,9 @@ def read_metadata(view: ReplayedFile, region: Region) -> VhdxMetadata:
     data, at = need(PHYSICAL_SECTOR_SIZE_GUID, 4)
     physical = _item_u32(data)
     if physical not in SECTOR_SIZES:
-        raise ImageError(path, "VHDX physical sector size", at, f"{physical} is neither 512 nor 4096")
+        # A hint to the guest (2.6.2.5) that no read depends on: qemu-img reads such a disk too.
+        warnings.append(f"VHDX physical sector size at byte {at} is {physical}, neither 512 nor 4096; "
+                        "it does not change how the disk reads")
     data, at = need(VIRTUAL_DISK_SIZE_GUID, 8)
     virtual_size = int.from_bytes(data[:8], "little")
     if not 0 < virtual_size <= MAX_VIRTUAL_SIZE or virtual_size % logical:
@@ -839,17 +846,23 @@ def open_vhdx(image: ImageFile, options: OpenOptions) -> VirtualDisk:
     header_offset = HEADER1_OFFSET if header.index == 1 else HEADER2_OFFSET
     reserved: list[tuple[int, int, str]] = [(0, HEADER_AREA_SIZE, "header area")]
     sequence = None
+    log_length = header.log_length  # 0 when the log is left out of the layout checks
     if header.log_length or header.log_guid != NULL_GUID:
         # 2.2.2: LogOffset and LogLength are 1 MiB multiples, the log lies after the header area.
         if (header.log_offset % MiB or header.log_length % MiB or header.log_offset < HEADER_AREA_SIZE
                 or header.log_offset + header.log_length > image.size):
-            raise ImageError(path, f"VHDX header {header.index}", header_offset,
-                             f"log at {header.log_offset} length {header.log_length} is not a 1 MiB aligned "
-                             f"range inside the file of {image.size} bytes")
+            problem = (f"log at {header.log_offset} length {header.log_length} is not a 1 MiB aligned "
+                       f"range inside the file of {image.size} bytes")
+            if header.log_guid != NULL_GUID:
+                raise ImageError(path, f"VHDX header {header.index}", header_offset, problem)
+            # A clean log (LogGuid zero) is never read, so its range cannot make a read wrong.
+            warnings.append(f"VHDX header {header.index}: {problem}; the log is clean, so it is ignored")
+            log_length = 0
         if header.log_version != 0:
             raise UnsupportedImageError(f"{path}: VHDX header {header.index} at byte {header_offset}: "
                                         f"log version {header.log_version} is not supported (only 0)")
-        reserved.append((header.log_offset, header.log_offset + header.log_length, "log"))
+        if log_length:
+            reserved.append((header.log_offset, header.log_offset + log_length, "log"))
     if header.log_guid != NULL_GUID:
         if header.log_length == 0:
             warnings.append("the header names a log (LogGuid set) but its length is 0; nothing to replay")
@@ -867,13 +880,13 @@ def open_vhdx(image: ImageFile, options: OpenOptions) -> VirtualDisk:
     view = ReplayedFile(image, sequence)
     regions = read_regions(view, warnings)
     for region in regions.values():
-        if header.log_length and (region.file_offset < header.log_offset + header.log_length
+        if log_length and (region.file_offset < header.log_offset + log_length
                                   and header.log_offset < region.file_offset + region.length):
             raise ImageError(path, f"VHDX {_KNOWN_REGIONS[region.guid]} region", region.file_offset,
                              "overlaps the log")
         reserved.append((region.file_offset, region.file_offset + region.length,
                          f"{_KNOWN_REGIONS[region.guid]} region"))
-    meta = read_metadata(view, regions[METADATA_REGION_GUID])
+    meta = read_metadata(view, regions[METADATA_REGION_GUID], warnings)
     bat = read_bat(view, regions[BAT_REGION_GUID], meta, reserved, warnings)
     disk = VhdxDisk(image, view, header, meta, bat, sequence is not None, warnings)
     if meta.has_parent:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the tests need, then run the static checks and the whole test suite.
+# Arguments go to pytest; --slow also runs the tests marked slow (the full producers matrix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test

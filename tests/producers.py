@@ -70,8 +70,9 @@ QEMU_AUTO_BLOCK = 8 * MiB
 VPC_BLOCK = 2 * MiB  # qemu's dynamic VHD block size
 # Creators of fixed VHDs: qemu-img trusts the footer's current size for some and the CHS
 # geometry for the others; Hyper-V, Azure, VirtualBox and libvhdi always take the current size.
-CREATORS = [b"win ", b"d2v ", b"vbox", b"qem2", b"tap\0", b"wa  ", b"vpc "]
-QEMU_TRUSTS_CURRENT_SIZE = {b"win ", b"d2v ", b"qem2", b"tap\0"}
+# ``wa\0\0`` is how qemu's sources name Azure's creator, ``CTXS`` is XenConverter.
+CREATORS = [b"win ", b"d2v ", b"vbox", b"qem2", b"tap\0", b"wa  ", b"wa\0\0", b"CTXS", b"vpc "]
+QEMU_TRUSTS_CURRENT_SIZE = {b"win ", b"d2v ", b"qem2", b"tap\0", b"CTXS"}
 
 
 @dataclass(frozen=True)

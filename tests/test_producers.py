@@ -104,6 +104,8 @@ def test_docs_list_every_producer_of_the_matrix() -> None:
     section = text[text.index("## Producers checked"):]
     for producer in PRODUCERS:
         assert f"`{producer}`" in section, producer
+    default, slow = len(matrix()), len(matrix(slow=True))
+    assert f"{default} images" in section and f"{slow} more images" in section and f"{default + slow} in all" in section
     for creator in CREATORS:
         assert f"`{creator.decode('latin-1').replace(chr(0), chr(92) + '0')}`" in section, creator
 

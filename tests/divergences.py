@@ -349,6 +349,29 @@ def vhdx_region_unaligned(built: Built) -> None:
                      (METADATA_GUID, built.metadata_offset, 512 * KiB, True)])
 
 
+def vhdx_regions_overlap(built: Built) -> None:
+    _regions(built, [(BAT_GUID, built.bat_offset, built.bat_length, True),
+                     (METADATA_GUID, built.bat_offset, MiB, True)])
+
+
+def _item_entry(built: Built, index: int) -> int:
+    """File offset of metadata table entry ``index`` (the builder lists file parameters, virtual size,
+    page 83, logical and physical sector size, in that order)."""
+    return built.metadata_offset + 32 + 32 * index
+
+
+def vhdx_item_missing(built: Built) -> None:
+    patch(built.path, _item_entry(built, 3), uuid.uuid4().bytes_le + struct.pack("<III", 64 * KiB + 32, 4, 0))
+
+
+def vhdx_item_outside(built: Built) -> None:
+    patch(built.path, _item_entry(built, 3) + 16, struct.pack("<I", MiB - 2))
+
+
+def vhdx_bat_region_small(built: Built) -> None:
+    _item(built, ITEM_VIRTUAL_SIZE, struct.pack("<Q", 1 << 40))
+
+
 def vhdx_block_size(built: Built) -> None:
     _item(built, ITEM_FILE_PARAMETERS, struct.pack("<I", 3 * MiB))
 
@@ -443,6 +466,12 @@ def _vhdx_chain(folder: Path, parent: dict[str, object], child: dict[str, object
     return [Path(base.path), Path(kid.path)]
 
 
+def vhdx_no_linkage(folder: Path) -> list[Path]:
+    base = _vhdx(folder, "base.vhdx")
+    child = build_vhdx(folder / "child.vhdx", VHDX_SIZE, parent_locator={"relative_path": ".\\base.vhdx"})
+    return [Path(base.path), Path(child.path)]
+
+
 def vhdx_parent_linkage(folder: Path) -> list[Path]:
     paths = _vhdx_chain(folder, {})
     base = _vhdx(folder, "base.vhdx")  # rebuilt: a new DataWriteGuid, as after the parent was changed
@@ -503,6 +532,16 @@ CONDITIONS: list[Condition] = [
               _vhdx_one(vhdx_unknown_optional_region, spare=MiB)),
     Condition("vhdx-region-unaligned", "vhdx", "a region whose offset or length is not a multiple of 1 MiB",
               WARNS, _vhdx_one(vhdx_region_unaligned)),
+    Condition("vhdx-regions-overlap", "vhdx", "the BAT and metadata regions overlap", REFUSED,
+              _vhdx_one(vhdx_regions_overlap)),
+    Condition("vhdx-unknown-required-item", "vhdx", "an unknown metadata item marked required", REFUSED,
+              _vhdx_one(lambda built: None, extra_items=[(uuid.UUID(int=7), 4, bytes(8))])),
+    Condition("vhdx-item-missing", "vhdx", "a system metadata item is missing (here the logical sector size)",
+              REFUSED, _vhdx_one(vhdx_item_missing)),
+    Condition("vhdx-item-outside", "vhdx", "a metadata item lies outside the metadata region", REFUSED,
+              _vhdx_one(vhdx_item_outside)),
+    Condition("vhdx-bat-region-small", "vhdx", "the BAT region is too small for the virtual size", REFUSED,
+              _vhdx_one(vhdx_bat_region_small)),
     Condition("vhdx-block-size", "vhdx", "block size not a power of two from 1 MiB to 256 MiB", REFUSED,
               _vhdx_one(vhdx_block_size)),
     Condition("vhdx-logical-1024", "vhdx", "logical sector size neither 512 nor 4096", REFUSED,
@@ -535,6 +574,8 @@ CONDITIONS: list[Condition] = [
               WARNS, _vhdx_one(vhdx_log_outside)),
     Condition("vhdx-parent-linkage", "vhdx", "differencing VHDX: the parent's DataWriteGuid is not the linkage",
               REFUSED, vhdx_parent_linkage),
+    Condition("vhdx-no-linkage", "vhdx", "differencing VHDX: the parent locator has no `parent_linkage`", REFUSED,
+              vhdx_no_linkage),
     Condition("vhdx-parent-size", "vhdx", "differencing VHDX: the parent's virtual size differs", REFUSED,
               lambda folder: _vhdx_chain(folder, {}, {"size": VHDX_SIZE - 4 * KiB})),
     Condition("vhdx-parent-logical", "vhdx", "differencing VHDX: the parent's logical sector size differs",

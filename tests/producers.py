@@ -81,7 +81,6 @@ class Case:
 
     producer: str
     options: tuple[tuple[str, Any], ...]
-    slow: bool = False
 
     @property
     def opts(self) -> dict[str, Any]:
@@ -155,7 +154,7 @@ def _qemu_cases(producer: str, dims: dict[str, list[Any]], slow: bool) -> list[C
     if not slow:
         return [Case(producer, opts) for opts in default]
     every = [tuple(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
-    return [Case(producer, opts, slow=True) for opts in every if opts not in default]
+    return [Case(producer, opts) for opts in every if opts not in default]
 
 
 def builder_cases() -> list[Case]:

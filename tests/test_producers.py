@@ -43,7 +43,7 @@ CASES = ([pytest.param(case, id=case.id) for case in matrix()]
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
     """``cli("info", path)`` -> (exit code, stdout, stderr) of the real entry point, in process."""
     def call(*args: str) -> tuple[int, str, str]:
         with pytest.raises(SystemExit) as stop:

@@ -20,6 +20,7 @@ from conftest import qemu_img, qemu_raw_bytes
 from vhdtool import fileio, open_image
 from vhdtool.convert import convert
 from vhdtool.disk import ImageFile
+from vhdtool.errors import OutputError
 from vhdtool.fix import apply_fix, plan_fix
 
 
@@ -97,3 +98,42 @@ def test_convert_and_fix_without_positional_calls(tmp_path: Path, no_positional_
     with open_image(unaligned) as repaired:
         assert repaired.virtual_size % (1024 * 1024) == 0
         assert repaired.read(0, len(expected)) == expected
+
+
+def test_pwrite_all_loops_over_short_writes_and_refuses_no_progress(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(64))
+    real = fileio.pwrite
+    fd = os.open(path, os.O_RDWR)
+    try:
+        # Three bytes a call: the helper keeps going until everything is written.
+        monkeypatch.setattr(fileio, "pwrite", lambda f, v, o: real(f, v[:3], o))
+        assert fileio.pwrite_all(fd, b"0123456789", 20) == 10
+        assert fileio.pread(fd, 12, 19) == b"\x000123456789\x00"
+        monkeypatch.setattr(fileio, "pwrite", lambda f, v, o: 0)
+        with pytest.raises(OSError, match="no progress"):
+            fileio.pwrite_all(fd, b"abc", 0)
+    finally:
+        os.close(fd)
+
+
+def test_fix_and_convert_fail_cleanly_when_writes_make_no_progress(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``pwrite`` that returns 0 (a full FUSE mount, a broken network filesystem) ends both writers
+    with one error instead of a loop; the image to fix is left as it was."""
+    image = tmp_path / "qemu.vhd"
+    qemu_img("create", "-q", "-f", "vpc", "-o", "subformat=fixed", str(image), "5000k")
+    before = image.read_bytes()
+    plan = plan_fix(str(image))
+    assert plan.needed
+    monkeypatch.setattr(fileio, "pwrite", lambda fd, view, offset: 0)
+    with pytest.raises(OutputError, match="no progress"):
+        apply_fix(plan)
+    assert image.read_bytes() == before
+    src = tmp_path / "src.vhdx"
+    qemu_img("create", "-q", "-f", "vhdx", str(src), "3M")
+    subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P 0x5a 0 64k", str(src)], check=True, capture_output=True)
+    with open_image(src) as disk, pytest.raises(OutputError, match="no progress"):
+        convert(disk, tmp_path / "out.vhd")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qemu.vhd", "src.vhdx"]  # no output, no temporary

@@ -322,22 +322,27 @@ def test_locator_to_fifo_does_not_hang(tmp_path: Path) -> None:
         open_image(child)
 
 
-def test_locator_data_past_end_of_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    (16, struct.pack(">Q", 1 << 30), "lies past the data area"),
+    (8, struct.pack(">I", 0xFFFFFFF0), "too long for a path"),
+])
+def test_a_broken_locator_is_skipped_and_the_others_find_the_parent(tmp_path: Path, field: int, value: bytes,
+                                                                   problem: str) -> None:
+    """A locator only helps find the parent, which the unique id then proves (qemu-img and libvhdi read
+    such a child too): the broken one is named in a warning and left out; the parent's name finds it."""
     child, layout = chain(tmp_path)
     entry = layout.locator_entry_offsets[0]
-    patch_header(tmp_path / "c.vhd", layout.header_offset, entry - layout.header_offset + 16,
-                 struct.pack(">Q", 1 << 30))
-    with pytest.raises(ImageError, match="parent locator 0") as err:
-        open_image(child)
-    assert err.value.offset == entry
-
-
-def test_locator_absurd_length(tmp_path: Path) -> None:
-    child, layout = chain(tmp_path)
+    patch_header(tmp_path / "c.vhd", layout.header_offset, entry - layout.header_offset + field, value)
+    with open_image(child) as disk:
+        assert disk.parent is not None
+        assert [loc.index for loc in disk.header.locators] == [1]
+        assert any(w.startswith(f"VHD parent locator 0 ('W2ru') at byte {entry}: ") and problem in w
+                   for w in disk.warnings), disk.warnings
+    # With every locator broken and no name to fall back on, the parent is not found: one clear error.
     entry = layout.locator_entry_offsets[1]
-    patch_header(tmp_path / "c.vhd", layout.header_offset, entry - layout.header_offset + 8,
-                 struct.pack(">I", 0xFFFFFFF0))
-    with pytest.raises(ImageError, match="too long"):
+    patch_header(tmp_path / "c.vhd", layout.header_offset, entry - layout.header_offset + field, value)
+    patch_header(tmp_path / "c.vhd", layout.header_offset, 64, bytes(512))  # no parent name either
+    with pytest.raises(ParentError, match="parent disk not found"):
         open_image(child)
 
 

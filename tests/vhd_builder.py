@@ -36,13 +36,20 @@ def ones_complement_checksum(raw: bytes | bytearray, field_at: int) -> int:
 
 
 def footer_bytes(*, size: int, disk_type: int, data_offset: int, unique_id: bytes,
-                 timestamp: int = 0, creator: bytes = b"vtst", saved_state: int = 0) -> bytes:
-    """A 512-byte hard disk footer with a correct checksum (spec: "Hard Disk Footer Format")."""
-    sectors = size // SECTOR
-    heads, spt = 16, 63
-    cylinders = min(65535, sectors // (heads * spt))
-    raw = bytearray(_FOOTER.pack(b"conectix", 2, 0x00010000, data_offset, timestamp, creator, 0x00010000,
-                                 b"Wi2k", size, size, cylinders, heads, spt, disk_type, 0, unique_id,
+                 timestamp: int = 0, creator: bytes = b"vtst", saved_state: int = 0,
+                 geometry: tuple[int, int, int] | None = None, host_os: bytes = b"Wi2k",
+                 creator_version: int = 0x00010000) -> bytes:
+    """A 512-byte hard disk footer with a correct checksum (spec: "Hard Disk Footer Format").
+
+    ``geometry`` is (cylinders, heads, sectors per track); the default is 16 heads of 63 sectors,
+    whose product falls short of most sizes, as real footers' geometry does.
+    """
+    if geometry is None:
+        sectors = size // SECTOR
+        geometry = (min(65535, sectors // (16 * 63)), 16, 63)
+    cylinders, heads, spt = geometry
+    raw = bytearray(_FOOTER.pack(b"conectix", 2, 0x00010000, data_offset, timestamp, creator, creator_version,
+                                 host_os, size, size, cylinders, heads, spt, disk_type, 0, unique_id,
                                  saved_state))
     raw[64:68] = ones_complement_checksum(raw, 64).to_bytes(4, "big")
     return bytes(raw)
@@ -71,13 +78,16 @@ def build_vhd(path: str | os.PathLike[str], size: int, sectors: Mapping[int, byt
               parent_id: bytes = bytes(16), parent_name: str = "",
               locators: Iterable[tuple[bytes, bytes]] = (), empty_blocks: Iterable[int] = (),
               block_order: Iterable[int] | None = None, max_table_entries: int | None = None,
-              fill: int = GARBAGE) -> Layout:
+              fill: int = GARBAGE, footer_copy: bool = True, truncate_last: bool = False,
+              creator: bytes = b"vtst") -> Layout:
     """Write a dynamic (3) or differencing (4) VHD of ``size`` bytes holding ``sectors``.
 
     ``empty_blocks`` are allocated with an all-clear bitmap; ``block_order`` is the order blocks are
     laid out in the file (default ascending); ``locators`` are ``(platform_code, data)`` pairs.
     ``fill`` is the byte stored under clear bitmap bits (libvhdi reads it on dynamic disks, where
     vhdtool, like Hyper-V, reads zeros: use ``fill=0`` when libvhdi is the oracle).
+    Without ``footer_copy`` the first 512 bytes stay zero; with ``truncate_last`` the block laid
+    out last, which must be the disk's last block, stops at the disk's end and the footer follows.
     """
     uid = uuid.uuid4().bytes if unique_id is None else unique_id
     blocks = -(-size // block_size)
@@ -102,9 +112,13 @@ def build_vhd(path: str | os.PathLike[str], size: int, sectors: Mapping[int, byt
     for index in order:
         block_offsets[index] = position
         position += bitmap_size + block_size
+    if truncate_last:
+        assert order and order[-1] == blocks - 1, "truncate_last needs the disk's last block laid out last"
+        position -= blocks * block_size - size
     footer_offset = position
 
-    footer = footer_bytes(size=size, disk_type=disk_type, data_offset=header_offset, unique_id=uid)
+    footer = footer_bytes(size=size, disk_type=disk_type, data_offset=header_offset, unique_id=uid,
+                          creator=creator)
     header = bytearray(_HEADER.pack(b"cxsparse", 0xFFFFFFFFFFFFFFFF, bat_offset, 0x00010000, entries,
                                     block_size, 0, parent_id, 0, 0,
                                     parent_name.encode("utf-16-be")[:512]))
@@ -124,7 +138,7 @@ def build_vhd(path: str | os.PathLike[str], size: int, sectors: Mapping[int, byt
     for index, offset in block_offsets.items():
         bat[index] = offset // SECTOR
     with open(path, "wb") as f:
-        f.write(footer)
+        f.write(footer if footer_copy else bytes(SECTOR))
         f.write(header)
         for _code, offset, data in locator_data:
             f.seek(offset)
@@ -141,11 +155,33 @@ def build_vhd(path: str | os.PathLike[str], size: int, sectors: Mapping[int, byt
                     content[k * SECTOR:(k + 1) * SECTOR] = present
             f.seek(offset)
             f.write(bitmap)
-            f.write(content)
+            f.write(content[:footer_offset - offset - bitmap_size])
         f.seek(footer_offset)
         f.write(footer)
     return Layout(footer_offset + SECTOR, header_offset, bat_offset, bitmap_size, block_offsets,
                   entry_offsets, footer_offset, uid)
+
+
+def build_fixed_vhd(path: str | os.PathLike[str], size: int, writes: Iterable[tuple[int, bytes]] = (), *,
+                    creator: bytes = b"win ", geometry: tuple[int, int, int] | None = None,
+                    host_os: bytes = b"Wi2k", creator_version: int = 0x000A0000,
+                    unique_id: bytes | None = None) -> bytes:
+    """Write a fixed VHD of ``size`` bytes (sparse, ``writes`` are ``(offset, data)``) and a footer
+    naming ``creator``; returns the disk's bytes."""
+    disk = bytearray(size)
+    for offset, data in writes:
+        disk[offset:offset + len(data)] = data
+    footer = footer_bytes(size=size, disk_type=2, data_offset=0xFFFFFFFFFFFFFFFF,
+                          unique_id=uuid.uuid4().bytes if unique_id is None else unique_id, creator=creator,
+                          geometry=geometry, host_os=host_os, creator_version=creator_version)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in writes:
+            f.seek(offset)
+            f.write(data)
+        f.seek(size)
+        f.write(footer)
+    return bytes(disk)
 
 
 def read_identity(path: str | os.PathLike[str]) -> tuple[bytes, int]:

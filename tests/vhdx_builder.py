@@ -54,7 +54,7 @@ class Built:
     metadata_offset: int
     log_offset: int
     log_length: int
-    end: int  # first free, 1 MiB aligned offset after everything written
+    end: int  # first free, 1 MiB aligned offset after everything written (the file size)
     data_write_guid: uuid.UUID
     file_write_guid: uuid.UUID
     block_offsets: dict[int, int] = field(default_factory=dict)
@@ -118,10 +118,12 @@ def build_vhdx(path: str | os.PathLike[str], virtual_size: int, *, block_size: i
                leave_blocks_allocated: bool = False, data_write_guid: uuid.UUID | None = None,
                log_length: int = 1 * MiB, extra_items: list[tuple[uuid.UUID, int, bytes]] | None = None,
                extra_regions: list[tuple[uuid.UUID, int, int, bool]] | None = None,
-               spare: int = 0) -> Built:
+               spare: int = 0, truncate_last: bool = False) -> Built:
     """Write a VHDX file. ``blocks`` maps payload block numbers to their state and content;
     with ``parent_locator`` the file is a differencing disk. ``spare`` bytes of free space are
-    left after the payload (tests put replayed-log blocks there)."""
+    left after the payload (tests put replayed-log blocks there). With ``truncate_last`` the file
+    ends where the virtual disk does inside its last payload block, which must be present and
+    laid out last (as qemu-img writes a fixed disk of an unaligned size)."""
     path = os.fspath(path)
     blocks = blocks or {}
     has_parent = parent_locator is not None
@@ -168,6 +170,12 @@ def build_vhdx(path: str | os.PathLike[str], virtual_size: int, *, block_size: i
         struct.pack_into("<Q", bat, 8 * (chunk * (chunk_ratio + 1) + chunk_ratio), SB_PRESENT | position)
         position += MiB
     built.end = position + -(-spare // MiB) * MiB
+    if truncate_last:
+        last = payload_blocks - 1
+        assert not bitmaps and not spare and built.block_offsets and max(built.block_offsets) == last, \
+            "truncate_last needs the disk's last block present, laid out last"
+        built.end = built.block_offsets[last] + virtual_size - last * block_size
+        writes = [(at, data[:built.end - at]) for at, data in writes]
 
     items: list[tuple[uuid.UUID, int, bytes]] = [
         (FILE_PARAMETERS, 4, struct.pack("<II", block_size,
@@ -199,6 +207,21 @@ def build_vhdx(path: str | os.PathLike[str], virtual_size: int, *, block_size: i
             f.write(data)
     write_headers(path, built)
     return built
+
+
+def current_data_write_guid(path: str | os.PathLike[str]) -> uuid.UUID:
+    """DataWriteGuid of the current header of any VHDX (e.g. one qemu-img made), for a child's
+    ``parent_linkage``: the valid header with the higher sequence number (2.2.2)."""
+    best: tuple[int, uuid.UUID] | None = None
+    with open(path, "rb") as f:
+        for offset in (64 * KiB, 128 * KiB):
+            f.seek(offset)
+            raw = f.read(4 * KiB)
+            signature, checksum, sequence = struct.unpack_from("<4sIQ", raw)
+            if signature == b"head" and checksum == crc(raw, 4) and (best is None or sequence > best[0]):
+                best = (sequence, uuid.UUID(bytes_le=raw[32:48]))
+    assert best is not None, f"{path}: no valid VHDX header"
+    return best[1]
 
 
 # --- the log (2.3) ---------------------------------------------------------------------------

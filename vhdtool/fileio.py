@@ -5,11 +5,13 @@ descriptor. Windows Python has none of them; there each descriptor gets a lock a
 back to ``lseek`` + ``read``/``write`` under it, which keeps them correct (one cursor move and
 transfer at a time per descriptor), if less concurrent.
 
-Every function returns what one system call did (a short count is possible); the callers loop.
+Every function but :func:`pwrite_all` returns what one system call did (a short count is possible);
+:func:`pwrite_all` is the one loop over ``pwrite`` that every writer uses.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -60,3 +62,18 @@ def pwrite(fd: int, view: memoryview | bytes, offset: int) -> int:
     with _lock_for(fd):
         os.lseek(fd, offset, os.SEEK_SET)
         return os.write(fd, view)
+
+
+def pwrite_all(fd: int, view: memoryview | bytes, offset: int) -> int:
+    """Write all of ``view`` at ``offset``, looping over short writes; the number of bytes written.
+
+    A write that makes no progress raises :class:`OSError` (``EIO``) instead of looping forever.
+    """
+    data = memoryview(view).cast("B")
+    done = 0
+    while done < len(data):
+        n = pwrite(fd, data[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, f"write at byte {offset + done} made no progress")
+        done += n
+    return done

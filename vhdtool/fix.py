@@ -229,18 +229,12 @@ def apply_fix(plan: FixPlan) -> None:
             raise OutputError(f"{plan.path}: changed since the fix was planned; run vhdtool fix again")
         for write in plan.writes:
             if write.offset == plan.new_virtual_size and write.length == FOOTER_SIZE:
-                _pwrite_all(fd, plan.new_footer_raw, write.offset)
+                fileio.pwrite_all(fd, plan.new_footer_raw, write.offset)
             else:
-                _pwrite_all(fd, bytes(write.length), write.offset)
+                fileio.pwrite_all(fd, bytes(write.length), write.offset)
             os.fsync(fd)
     except OSError as err:
         raise describe_os_error(plan.path, err, "write the fix") from err
     finally:
         os.close(fd)
 
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = fileio.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n

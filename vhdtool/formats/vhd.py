@@ -108,6 +108,7 @@ class VhdDynamicHeader:
     parent_timestamp: int
     parent_name: str
     locators: tuple[VhdParentLocator, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def bitmap_size(self) -> int:
@@ -264,6 +265,7 @@ def read_dynamic_header(image: ImageFile, footer: VhdFooter, data_end: int) -> V
                          f"block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} "
                          f"and {MAX_BLOCK_SIZE} bytes")
     locators: list[VhdParentLocator] = []
+    warnings: list[str] = []
     if footer.disk_type == DISK_TYPE_DIFFERENCING:
         # Dynamic disks leave these entries unused; only a differencing disk's are read.
         for index, entry in enumerate(c.parent_locators):
@@ -272,13 +274,18 @@ def read_dynamic_header(image: ImageFile, footer: VhdFooter, data_end: int) -> V
                 continue
             entry_offset = offset + _LOCATOR_TABLE_OFFSET + 24 * index
             structure = f"VHD parent locator {index} ({code.decode('latin-1')!r})"
+            # A locator only helps find the parent (the unique id proves it): a broken one is
+            # skipped, as qemu-img and libvhdi skip it, and the other locators, the parent's name
+            # or --parent still find the parent.
             if entry.data_length > MAX_LOCATOR_LENGTH:
-                raise ImageError(image.path, structure, entry_offset,
-                                 f"data length {entry.data_length} is too long for a path")
+                warnings.append(f"{structure} at byte {entry_offset}: data length {entry.data_length} is "
+                                "too long for a path; locator ignored")
+                continue
             if entry.data_offset + entry.data_length > data_end:
-                raise ImageError(image.path, structure, entry_offset,
-                                 f"data at byte {entry.data_offset} ({entry.data_length} bytes) lies "
-                                 f"past the data area, which ends at byte {data_end}")
+                warnings.append(f"{structure} at byte {entry_offset}: data at byte {entry.data_offset} "
+                                f"({entry.data_length} bytes) lies past the data area, which ends at byte "
+                                f"{data_end}; locator ignored")
+                continue
             data = image.pread(entry.data_offset, entry.data_length, structure) if entry.data_length else b""
             locators.append(VhdParentLocator(index, code, entry.data_space, entry.data_length,
                                              entry.data_offset, _decode_locator(code, data)))
@@ -296,6 +303,7 @@ def read_dynamic_header(image: ImageFile, footer: VhdFooter, data_end: int) -> V
         parent_timestamp=c.parent_timestamp,
         parent_name=name,
         locators=tuple(locators),
+        warnings=tuple(warnings),
     )
 
 
@@ -517,6 +525,7 @@ class SparseVhd(VhdDisk):
         self._bits: OrderedDict[int, npt.NDArray[np.uint8]] = OrderedDict()
         self._lock = threading.Lock()
         self._extents: list[Extent] | None = None
+        self.warnings.extend(header.warnings)
         if parent is not None:
             self.warnings.extend(f"parent {parent_path}: {w}" for w in parent.warnings)
 

@@ -281,11 +281,16 @@ def read_regions(view: ReplayedFile, warnings: list[str]) -> dict[uuid.UUID, Reg
             continue
         if region.guid in found:
             raise ImageError(view.path, "VHDX region table", table_offset, f"{name} region listed twice")
-        if (region.file_offset % MiB or region.length % MiB or region.length == 0
-                or region.file_offset < HEADER_AREA_SIZE or region.file_offset + region.length > view.size):
+        if (region.length == 0 or region.file_offset < HEADER_AREA_SIZE
+                or region.file_offset + region.length > view.size):
             raise ImageError(view.path, f"VHDX {name} region", region.file_offset,
-                             f"length {region.length} is not a 1 MiB aligned range inside the file "
+                             f"length {region.length} is not a range after the header area inside the file "
                              f"of {view.size} bytes")
+        if region.file_offset % MiB or region.length % MiB:
+            # 2.2.3.2 asks for 1 MiB multiples; the region is read where it is all the same (as
+            # qemu-img and libvhdi do): only space outside the file or shared would misread.
+            warnings.append(f"VHDX {name} region at byte {region.file_offset}, length {region.length}, "
+                            "is not aligned to 1 MiB")
         found[region.guid] = region
     for guid, name in _KNOWN_REGIONS.items():
         if guid not in found:
@@ -333,7 +338,7 @@ def _parse_parent_locator(raw: bytes, path: str, offset: int) -> dict[str, str]:
     return result
 
 
-def read_metadata(view: ReplayedFile, region: Region) -> VhdxMetadata:
+def read_metadata(view: ReplayedFile, region: Region, warnings: list[str]) -> VhdxMetadata:
     """The metadata table and its system items (2.6), validated; unknown required items refused."""
     path = view.path
     base = region.file_offset
@@ -396,7 +401,9 @@ def read_metadata(view: ReplayedFile, region: Region) -> VhdxMetadata:
     data, at = need(PHYSICAL_SECTOR_SIZE_GUID, 4)
     physical = _item_u32(data)
     if physical not in SECTOR_SIZES:
-        raise ImageError(path, "VHDX physical sector size", at, f"{physical} is neither 512 nor 4096")
+        # A hint to the guest (2.6.2.5) that no read depends on: qemu-img reads such a disk too.
+        warnings.append(f"VHDX physical sector size at byte {at} is {physical}, neither 512 nor 4096; "
+                        "it does not change how the disk reads")
     data, at = need(VIRTUAL_DISK_SIZE_GUID, 8)
     virtual_size = int.from_bytes(data[:8], "little")
     if not 0 < virtual_size <= MAX_VIRTUAL_SIZE or virtual_size % logical:
@@ -533,21 +540,25 @@ def read_bat(view: ReplayedFile, region: Region, meta: VhdxMetadata,
     b_offsets = cat([b[1] for b in bitmap_parts])
     bitmaps = {int(i) // group: int(o) for i, o in zip(b_index, b_offsets, strict=True)}
 
-    # Every present block needs file space: its whole block (the last one only what the disk
-    # uses, rounded to the 1 MiB allocation unit), and sector bitmaps 1 MiB.
-    used = np.minimum(meta.block_size, meta.virtual_size - pr_blocks * meta.block_size)
-    pr_end = pr_start + ((used + MiB - 1) // MiB) * MiB
+    # Every present block must hold, inside the file and clear of everything else, the bytes a
+    # read takes from it: a whole block, but the last one only up to the virtual size (qemu writes
+    # a fixed disk of an unaligned size exactly that long), and a sector bitmap block 1 MiB, the
+    # last chunk's only the bits of the blocks it has.
+    pr_end = pr_start + np.minimum(meta.block_size, meta.virtual_size - pr_blocks * meta.block_size)
+    sectors_per_block = meta.block_size // meta.logical_sector_size
+    chunk_blocks = np.minimum(chunk_ratio, payload_blocks - (b_index // group) * chunk_ratio)
+    b_end = b_offsets + np.minimum(SECTOR_BITMAP_BLOCK_SIZE, chunk_blocks * sectors_per_block // 8)
     all_index = np.concatenate([pr_index, b_index])
     all_start = np.concatenate([pr_start, b_offsets])
-    all_end = np.concatenate([pr_end, b_offsets + SECTOR_BITMAP_BLOCK_SIZE])
+    all_end = np.concatenate([pr_end, b_end])
     zero = np.flatnonzero(all_start == 0)
     if zero.size:
         raise fail(int(all_index[zero[0]]), "block is present but its file offset is 0")
     past = np.flatnonzero(all_end > view.size)
     if past.size:
         i = int(past[0])
-        raise fail(int(all_index[i]), f"block at file offset {int(all_start[i])} ends past the end of the "
-                   f"file ({view.size} bytes)")
+        raise fail(int(all_index[i]), f"block at file offset {int(all_start[i])} needs the bytes up to "
+                   f"{int(all_end[i])}, past the end of the file ({view.size} bytes)")
     for lo, hi, what in reserved:
         inside = np.flatnonzero((all_start < hi) & (all_end > lo))
         if inside.size:
@@ -813,11 +824,11 @@ def _open_parent(disk: VhdxDisk, image: ImageFile, options: OpenOptions) -> None
         if parent.virtual_size != disk.virtual_size:
             raise ParentError(f"{image.path}: parent {parent_path} is {parent.virtual_size} bytes, the child "
                               f"{disk.virtual_size}")
-        if (parent.logical_sector_size != disk.logical_sector_size
-                or parent.physical_sector_size != disk.physical_sector_size):
-            raise ParentError(f"{image.path}: parent {parent_path} has {parent.logical_sector_size}/"
-                              f"{parent.physical_sector_size}-byte sectors, the child "
-                              f"{disk.logical_sector_size}/{disk.physical_sector_size}")
+        # Only the logical sector size shapes the block map (2.6.2.4); the physical one is a hint
+        # that Hyper-V lets differ along a chain (New-VHD -Differencing -PhysicalSectorSizeBytes).
+        if parent.logical_sector_size != disk.logical_sector_size:
+            raise ParentError(f"{image.path}: parent {parent_path} has {parent.logical_sector_size}-byte "
+                              f"logical sectors, the child {disk.logical_sector_size}-byte ones")
     except BaseException:
         parent.close()
         raise
@@ -835,17 +846,23 @@ def open_vhdx(image: ImageFile, options: OpenOptions) -> VirtualDisk:
     header_offset = HEADER1_OFFSET if header.index == 1 else HEADER2_OFFSET
     reserved: list[tuple[int, int, str]] = [(0, HEADER_AREA_SIZE, "header area")]
     sequence = None
+    log_length = header.log_length  # 0 when the log is left out of the layout checks
     if header.log_length or header.log_guid != NULL_GUID:
         # 2.2.2: LogOffset and LogLength are 1 MiB multiples, the log lies after the header area.
         if (header.log_offset % MiB or header.log_length % MiB or header.log_offset < HEADER_AREA_SIZE
                 or header.log_offset + header.log_length > image.size):
-            raise ImageError(path, f"VHDX header {header.index}", header_offset,
-                             f"log at {header.log_offset} length {header.log_length} is not a 1 MiB aligned "
-                             f"range inside the file of {image.size} bytes")
+            problem = (f"log at {header.log_offset} length {header.log_length} is not a 1 MiB aligned "
+                       f"range inside the file of {image.size} bytes")
+            if header.log_guid != NULL_GUID:
+                raise ImageError(path, f"VHDX header {header.index}", header_offset, problem)
+            # A clean log (LogGuid zero) is never read, so its range cannot make a read wrong.
+            warnings.append(f"VHDX header {header.index}: {problem}; the log is clean, so it is ignored")
+            log_length = 0
         if header.log_version != 0:
             raise UnsupportedImageError(f"{path}: VHDX header {header.index} at byte {header_offset}: "
                                         f"log version {header.log_version} is not supported (only 0)")
-        reserved.append((header.log_offset, header.log_offset + header.log_length, "log"))
+        if log_length:
+            reserved.append((header.log_offset, header.log_offset + log_length, "log"))
     if header.log_guid != NULL_GUID:
         if header.log_length == 0:
             warnings.append("the header names a log (LogGuid set) but its length is 0; nothing to replay")
@@ -863,13 +880,13 @@ def open_vhdx(image: ImageFile, options: OpenOptions) -> VirtualDisk:
     view = ReplayedFile(image, sequence)
     regions = read_regions(view, warnings)
     for region in regions.values():
-        if header.log_length and (region.file_offset < header.log_offset + header.log_length
+        if log_length and (region.file_offset < header.log_offset + log_length
                                   and header.log_offset < region.file_offset + region.length):
             raise ImageError(path, f"VHDX {_KNOWN_REGIONS[region.guid]} region", region.file_offset,
                              "overlaps the log")
         reserved.append((region.file_offset, region.file_offset + region.length,
                          f"{_KNOWN_REGIONS[region.guid]} region"))
-    meta = read_metadata(view, regions[METADATA_REGION_GUID])
+    meta = read_metadata(view, regions[METADATA_REGION_GUID], warnings)
     bat = read_bat(view, regions[BAT_REGION_GUID], meta, reserved, warnings)
     disk = VhdxDisk(image, view, header, meta, bat, sequence is not None, warnings)
     if meta.has_parent:

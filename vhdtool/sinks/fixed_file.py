@@ -161,13 +161,7 @@ class FixedFileSink:
             raise
 
     def _pwrite(self, offset: int, view: memoryview) -> None:
-        done = 0
-        while done < len(view):
-            n = fileio.pwrite(self.fd, view[done:], offset + done)
-            if n <= 0:
-                raise OSError(errno.EIO, "write returned no progress")
-            done += n
-        self.bytes_written += done
+        self.bytes_written += fileio.pwrite_all(self.fd, view, offset)
 
     def data(self, offset: int, view: memoryview) -> None:
         """Write the non-zero granules of ``view``; all-zero granules stay holes."""

@@ -57,7 +57,8 @@ def check_command(
     ready = not any(f.severity == ERROR for f in findings)
     if junit:
         try:
-            Path(junit).write_text(junit_xml(results, image if isinstance(source, str) else source.path), encoding="utf-8")
+            name = image if isinstance(source, str) else source.path  # a blob's URL without its SAS token
+            Path(junit).write_text(junit_xml(results, name), encoding="utf-8")
         except OSError as err:
             raise OutputError(f"{junit}: {err.strerror or err}") from err
     if as_json:

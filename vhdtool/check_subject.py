@@ -13,7 +13,7 @@ from typing import Any
 from construct import ConstructError
 
 from .checks import FIXED_DATA_OFFSET, FOOTER_SIZE, Facts
-from .disk import ByteSource, ImageFile, VirtualDisk
+from .disk import BorrowedSource, ByteSource, ImageFile, VirtualDisk
 from .errors import ImageError
 from .extents import Extent, extents_from_ranges
 from .formats.vhd_footer import (
@@ -143,31 +143,6 @@ class CheckSubject:
         self.close()
 
 
-class _Borrowed:
-    """A byte source lent to a reader: the reader's ``close`` leaves it open for a second look."""
-
-    def __init__(self, inner: ByteSource) -> None:
-        self.inner = inner
-        self.path = inner.path
-        self.size = inner.size
-        self.identity = inner.identity
-
-    def pread(self, offset: int, length: int, structure: str) -> bytes:
-        return self.inner.pread(offset, length, structure)
-
-    def preadinto(self, offset: int, view: memoryview, structure: str) -> None:
-        self.inner.preadinto(offset, view, structure)
-
-    def data_ranges(self, limit: int) -> list[tuple[int, int]]:
-        return self.inner.data_ranges(limit)
-
-    def holes(self) -> list[tuple[int, int]]:
-        return self.inner.holes()
-
-    def close(self) -> None:
-        pass
-
-
 class _Owning(_DataPart):
     """A disk that also closes the byte source it was read from (a blob opened once for ``check``)."""
 
@@ -237,12 +212,12 @@ def _open_source_for_check(source: ByteSource, *, parent: str | None,
 
     try:
         try:
-            inner = open_image(_Borrowed(source), parent=parent, allow_absolute_parent=allow_absolute_parent)
+            inner = open_image(BorrowedSource(source), parent=parent, allow_absolute_parent=allow_absolute_parent)
         except ImageError:
             salvaged = salvage_footer(source)
             if salvaged is None:
                 raise
-            inner = RawDisk(_Borrowed(source))
+            inner = RawDisk(BorrowedSource(source))
         else:
             salvaged = salvage_footer(source) if inner.format == "raw" else None
         disk = _Owning(inner, source)

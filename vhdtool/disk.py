@@ -45,6 +45,31 @@ class ByteSource(Protocol):
     def close(self) -> None: ...
 
 
+class BorrowedSource:
+    """A byte source lent to a reader: the reader's ``close`` leaves it open for the lender."""
+
+    def __init__(self, inner: ByteSource) -> None:
+        self.inner = inner
+        self.path = inner.path
+        self.size = inner.size
+        self.identity = inner.identity
+
+    def pread(self, offset: int, length: int, structure: str) -> bytes:
+        return self.inner.pread(offset, length, structure)
+
+    def preadinto(self, offset: int, view: memoryview, structure: str) -> None:
+        self.inner.preadinto(offset, view, structure)
+
+    def data_ranges(self, limit: int) -> list[tuple[int, int]]:
+        return self.inner.data_ranges(limit)
+
+    def holes(self) -> list[tuple[int, int]]:
+        return self.inner.holes()
+
+    def close(self) -> None:
+        pass
+
+
 class ImageFile:
     """An image file opened read-only, read with complete positional reads.
 

@@ -12,17 +12,20 @@ Nothing here writes to a source: it is only ever sent HEAD and GET requests.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .blob_source import BlobSource
 
 
 def open_remote(spec: str, *, connection_string: str | None = None, account_url: str | None = None,
-                timeout: float = 120.0) -> BlobSource:
-    """Open the blob ``spec`` names (see :mod:`.address`) as a byte source for :func:`vhdtool.open_image`."""
+                timeout: float = 120.0, **options: Any) -> BlobSource:
+    """Open the blob ``spec`` names (see :mod:`.address`) as a byte source for :func:`vhdtool.open_image`.
+
+    ``options`` go to :class:`~.blob_source.BlobSource` (threads, cache granule, retry policy).
+    """
     from .address import blob_address
     from .blob_source import BlobSource
 
     return BlobSource(blob_address(spec, connection_string=connection_string, account_url=account_url),
-                      timeout=timeout)
+                      timeout=timeout, **options)

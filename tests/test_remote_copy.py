@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, Rule, running_azurite

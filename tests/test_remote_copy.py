@@ -144,6 +144,13 @@ def test_server_side_copy_through_the_stand_in(blobs: dict[str, bytes], src: Sto
     assert json_of(proc)["mode"] == "server"
     assert dst.client("server2.vhd").download_blob().readall() == blobs["sdk.vhd"]
     assert all("sig=" in (r.copy_source or "") for r in copy_requests(proxy))  # type: ignore[attr-defined]
+    # SAS URLs on both sides, as in the README.
+    proxy.clear()
+    dest_url = dst.sas_url("server4.vhd", read=True, write=True, create=True)
+    proc = vhdtool("copy", url, dest_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json_of(proc)["mode"] == "server" and sig_of(dest_url) not in proc.stdout + proc.stderr
+    assert dst.client("server4.vhd").download_blob().readall() == blobs["disk.vhd"]
     forced = cross(src, dst, "disk.vhdx", "server3.vhd", "--mode", "server")
     assert forced.returncode == 2 and "converted" in forced.stderr
 

@@ -199,6 +199,9 @@ def test_destination_rules(blobs: dict[str, bytes], src: Store, dst: Store, prox
     stale = dst.client("busy.vhd")
     stale.create_page_blob(size)
     stale.upload_page(b"\x5a" * 4 * MiB, 40 * MiB, 4 * MiB)  # where the source holds (almost) nothing
+    same = vhdtool("copy", src.spec("disk.vhd"), src.spec("disk.vhd"), "--overwrite",
+                   connection_string=src.connection_string)
+    assert same.returncode == 2 and "same blob" in same.stderr
     refused = cross(src, dst, "disk.vhd", "busy.vhd")
     assert refused.returncode == 1 and "--overwrite" in refused.stderr
     proc = cross(src, dst, "disk.vhd", "busy.vhd", "--overwrite", "--json", "--verify")

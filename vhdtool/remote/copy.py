@@ -110,6 +110,8 @@ def copy(source: BlobSource, dest: Destination, *, threads: int = 8, mode: str =
     if threads < 1:
         raise UsageError("--threads must be at least 1")
     started = time.monotonic()
+    if source.path.rstrip("/") == dest.describe().rstrip("/"):
+        raise UsageError(f"{source.path}: the source and the destination are the same blob")
     fmt, disk_type, virtual_size = describe(source)
     as_is = (fmt == "vhd" and disk_type == "fixed" and virtual_size % MiB == 0
              and source.size == virtual_size + 512)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import http.client
 import http.server
+import os
 import random
 import shutil
 import socket
@@ -30,6 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
 # Azurite's documented, public development key (not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# A second account (its key made up here, base64 of a fixed text), for copies across accounts.
+SECOND_ACCOUNT = "secondaccount"
+SECOND_KEY = base64.b64encode(b"vhdtool test key of the second Azurite account, not a secret").decode()
 
 
 def azurite_binary() -> str | None:
@@ -48,18 +52,25 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Azurite:
-    """A running Azurite blob service."""
+    """A running Azurite blob service (``accounts``: name -> key; the first is the default)."""
 
     port: int
+    accounts: tuple[tuple[str, str], ...] = ((ACCOUNT, ACCOUNT_KEY),)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
 
-    def connection_string(self, endpoint: str | None = None) -> str:
-        """A connection string for this service, or for ``endpoint`` (e.g. a proxy in front of it)."""
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={endpoint or self.endpoint};")
+    def connection_string(self, endpoint: str | None = None, account: str = ACCOUNT) -> str:
+        """A connection string for ``account`` on this service, or at ``endpoint`` (a proxy's ``http://host:port``
+        followed by the account, as :attr:`RecordingProxy.endpoint` gives it for the default account)."""
+        key = dict(self.accounts)[account]
+        if endpoint is None:
+            endpoint = f"http://127.0.0.1:{self.port}/{account}"
+        elif account != ACCOUNT and endpoint.endswith(f"/{ACCOUNT}"):
+            endpoint = endpoint[: -len(ACCOUNT)] + account
+        return (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+                f"BlobEndpoint={endpoint};")
 
 
 def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -75,8 +86,12 @@ def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: fl
 
 
 @contextmanager
-def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
-    """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards."""
+def running_azurite(timeout: float = 30.0, second_account: bool = False) -> Iterator[Azurite]:
+    """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards.
+
+    ``second_account`` adds :data:`SECOND_ACCOUNT` (Azurite's ``AZURITE_ACCOUNTS``, which then
+    has to list the default account too), so copies can cross accounts.
+    """
     binary = azurite_binary()
     if binary is None:
         raise FileNotFoundError("azurite-blob not found: run scripts/setup.sh "
@@ -86,11 +101,15 @@ def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     args = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
             "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent"]
+    accounts = ((ACCOUNT, ACCOUNT_KEY),) + (((SECOND_ACCOUNT, SECOND_KEY),) if second_account else ())
+    env = dict(os.environ)
+    if second_account:
+        env["AZURITE_ACCOUNTS"] = ";".join(f"{name}:{key}" for name, key in accounts)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=workdir)
+                            cwd=workdir, env=env)
     try:
         _wait_until_listening(port, proc, time.monotonic() + timeout)
-        yield Azurite(port)
+        yield Azurite(port, accounts)
     finally:
         proc.terminate()
         try:
@@ -138,6 +157,9 @@ class Recorded:
     md5_ok: bool | None = None
     fault: str | None = None  # what the proxy did instead of (or after) forwarding; "incomplete": body cut
     status: int | None = None
+    response_length: int = 0  # body bytes of the answer Azurite gave (what crossed the wire to the client)
+    copy_source: str | None = None  # Put Page From URL: the x-ms-copy-source URL
+    copy_source_authorization: str | None = None  # and its x-ms-copy-source-authorization, if any
 
     @property
     def is_put_page(self) -> bool:
@@ -154,6 +176,7 @@ class Rule:
     times: int = 1
     retry_after: float | None = None
     seconds: float = 0.0
+    code: str = "Injected"  # the x-ms-error-code of an answered status
 
 
 def _every_request(rec: Recorded) -> bool:
@@ -197,6 +220,13 @@ class RecordingProxy:
         # Called with each request as soon as it is recorded, before it is answered or forwarded
         # (from the proxy's thread): a soak uses it to kill the client at an exact request.
         self.on_request: Callable[[Recorded], None] | None = None
+        # Get Page Ranges paging, as the service does it from REST version 2020-10-02 (``maxresults``
+        # and ``marker``, answers linked by ``NextMarker``) and Azurite does not (it lists every
+        # range in one answer): at most this many ranges per answer when set.
+        self.page_list_limit: int | None = None
+        # Put Page From URL, which Azurite answers with 501: when set (account name -> key), the
+        # proxy stands in for the service (see _put_page_from_url) instead of forwarding.
+        self.copy_from_url_keys: dict[str, str] | None = None
         self._faults: RandomFaults | None = None
         self._rng = random.Random(0)
         self._deck: list[str] = []
@@ -320,7 +350,9 @@ class RecordingProxy:
             if spec.startswith("bytes="):
                 a, _, b = spec[6:].partition("-")
                 rec.offset, rec.length = int(a), int(b) - int(a) + 1
-            if rec.page_write == "update":
+            rec.copy_source = headers.get("x-ms-copy-source")
+            rec.copy_source_authorization = headers.get("x-ms-copy-source-authorization")
+            if rec.page_write == "update" and rec.copy_source is None:
                 sent = headers.get("content-md5")
                 rec.md5_ok = sent is not None and base64.b64decode(sent) == hashlib.md5(body).digest()
         with self._lock:
@@ -345,12 +377,19 @@ class RecordingProxy:
                 return
             status = int(rule.action)
             extra = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
-            message = b"<?xml version='1.0'?><Error><Code>Injected</Code><Message>injected</Message></Error>"
-            self._reply(h, status, {"Content-Type": "application/xml", **extra}, message)
+            message = (f"<?xml version='1.0'?><Error><Code>{rule.code}</Code><Message>injected</Message>"
+                       "</Error>").encode()
+            self._reply(h, status, {"Content-Type": "application/xml", "x-ms-error-code": rule.code, **extra},
+                        message)
             rec.status = status
             return
         if rule is not None and rule.action == "delay":
             time.sleep(rule.seconds)
+        if rec.copy_source is not None and self.copy_from_url_keys is not None:
+            status, reply_headers, reply = self._put_page_from_url(rec, parts.path, self.copy_from_url_keys)
+            rec.status = status
+            self._reply(h, status, reply_headers, reply)
+            return
         if rec.is_put_page:
             with self._lock:
                 self.in_flight += 1
@@ -361,7 +400,10 @@ class RecordingProxy:
             if rec.is_put_page:
                 with self._lock:
                     self.in_flight -= 1
+        if status == 200 and query.get("comp") == "pagelist" and self.page_list_limit:
+            reply = self._page(reply, query, self.page_list_limit)
         rec.status = status
+        rec.response_length = len(reply) if h.command != "HEAD" else 0
         if rule is not None and rule.action == "drop-after":
             rec.fault = rule.action  # Azurite applied it; the client never hears so
             self._drop(h)
@@ -390,6 +432,76 @@ class RecordingProxy:
             return response.status, reply, data
         finally:
             conn.close()
+
+    def _put_page_from_url(self, rec: Recorded, path: str,
+                           keys: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """A stand-in for the service's Put Page From URL, following its REST reference for x-ms-version
+        2020-10-02 and later: the source range (``x-ms-source-range``) and the destination range
+        (``x-ms-range``) are the same length, at most 4 MiB, in whole 512-byte pages, and the body is
+        empty; the service reads the range from ``x-ms-copy-source`` (authorized by the URL's SAS;
+        an ``x-ms-copy-source-authorization`` bearer token is recorded, not checked: Azurite takes
+        no tokens over HTTP), answers 201 when the pages are written, and a 4xx with the code
+        CannotVerifyCopySource when it cannot read the source. The pages are written with an
+        ordinary Put Page signed with the destination account's key; the source is read straight
+        from Azurite, so neither leg is recorded as traffic of the client.
+        """
+        def error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
+            body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
+            return status, {"Content-Type": "application/xml", "x-ms-error-code": code}, body
+
+        def span(spec: str | None) -> tuple[int, int] | None:
+            if not spec or not spec.startswith("bytes="):
+                return None
+            a, _, b = spec[6:].partition("-")
+            return int(a), int(b) + 1
+
+        source_range = span(rec.headers.get("x-ms-source-range"))
+        dest_range = span(rec.headers.get("x-ms-range") or rec.headers.get("range"))
+        if source_range is None or dest_range is None or rec.body_length:
+            return error(400, "InvalidHeaderValue")
+        length = dest_range[1] - dest_range[0]
+        if (source_range[1] - source_range[0] != length or length > 4 * 1024 * 1024 or length <= 0
+                or dest_range[0] % 512 or length % 512):
+            return error(400, "InvalidPageRange")
+        rec.offset, rec.length = dest_range[0], length
+        source = urllib.parse.urlsplit(rec.copy_source or "")
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            target = source.path + (f"?{source.query}" if source.query else "")
+            conn.request("GET", target, headers={"x-ms-range": f"bytes={source_range[0]}-{source_range[1] - 1}",
+                                                 "x-ms-version": "2021-08-06"})
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status not in (200, 206) or len(data) != length:
+            return error(response.status if 400 <= response.status < 500 else 403, "CannotVerifyCopySource")
+        from azure.storage.blob import BlobClient
+
+        account, _, rest = path.lstrip("/").partition("/")
+        container, _, blob = rest.partition("/")
+        if account not in keys:
+            return error(403, "AuthenticationFailed")
+        connection = (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={keys[account]};"
+                      f"BlobEndpoint=http://127.0.0.1:{self.upstream_port}/{account};")
+        client = BlobClient.from_connection_string(connection, container, urllib.parse.unquote(blob))
+        result = client.upload_page(data, dest_range[0], length)
+        return 201, {"ETag": str(result.get("etag")), "x-ms-request-server-encrypted": "false"}, b""
+
+    @staticmethod
+    def _page(reply: bytes, query: dict[str, str], limit: int) -> bytes:
+        """One page of a Get Page Ranges answer: ranges from ``marker`` on, at most ``maxresults``/``limit``."""
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(reply)
+        ranges = [(int(r.findtext("Start") or 0), int(r.findtext("End") or 0)) for r in root.iter("PageRange")]
+        start = int(query.get("marker") or 0)
+        count = min(limit, int(query.get("maxresults") or limit))
+        chosen = [r for r in ranges if r[0] >= start]
+        page, rest = chosen[:count], chosen[count:]
+        body = "".join(f"<PageRange><Start>{a}</Start><End>{b}</End></PageRange>" for a, b in page)
+        marker = f"<NextMarker>{rest[0][0]}</NextMarker>" if rest else "<NextMarker />"
+        return f'<?xml version="1.0" encoding="utf-8"?><PageList>{body}{marker}</PageList>'.encode()
 
     @staticmethod
     def _reply(h: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str],

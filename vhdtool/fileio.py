@@ -77,3 +77,43 @@ def pwrite_all(fd: int, view: memoryview | bytes, offset: int) -> int:
             raise OSError(errno.EIO, f"write at byte {offset + done} made no progress")
         done += n
     return done
+
+
+def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges holding data, from ``SEEK_DATA``/``SEEK_HOLE``.
+
+    Where the platform or filesystem cannot tell, the whole file counts as data.
+    """
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None or size == 0:
+        return [(0, size)] if size else []
+    ranges: list[tuple[int, int]] = []
+    position = 0
+    try:
+        while position < size:
+            try:
+                start = os.lseek(fd, position, seek_data)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data after position
+                    break
+                raise
+            end = min(os.lseek(fd, start, seek_hole), size)
+            ranges.append((start, end))
+            position = end
+    except OSError:
+        return [(0, size)]
+    return ranges
+
+
+def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges of a file that are holes (read as zeros, no storage)."""
+    holes: list[tuple[int, int]] = []
+    position = 0
+    for start, end in data_ranges(fd, size):
+        if start > position:
+            holes.append((position, start))
+        position = end
+    if position < size:
+        holes.append((position, size))
+    return holes

@@ -40,6 +40,8 @@ COMMANDS = {
     "upload": "upload",
     "prepare": "prepare",
     "verify": "verify",
+    "download": "download",
+    "copy": "copy",
 }
 
 

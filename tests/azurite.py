@@ -2,6 +2,9 @@
 
 Installed by ``scripts/setup.sh`` (``npm install --prefix . azurite@3``). The blob service runs in
 memory and is stopped when the context ends. Used by the tests and by ``benchmarks/upload_bench.py``.
+With a certificate it serves HTTPS, and with ``oauth`` it also accepts Microsoft Entra ID bearer
+tokens (``--oauth basic``: audience, issuer and lifetime checked, signature not; bearer tokens are
+refused over HTTP).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import http.server
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -24,7 +28,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from identity import Certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
@@ -51,14 +58,15 @@ class Azurite:
     """A running Azurite blob service."""
 
     port: int
+    scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     def connection_string(self, endpoint: str | None = None) -> str:
         """A connection string for this service, or for ``endpoint`` (e.g. a proxy in front of it)."""
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        return (f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
                 f"BlobEndpoint={endpoint or self.endpoint};")
 
 
@@ -75,8 +83,14 @@ def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: fl
 
 
 @contextmanager
-def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
-    """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards."""
+def running_azurite(timeout: float = 30.0, *, certificate: Certificate | None = None,
+                    oauth: bool = False) -> Iterator[Azurite]:
+    """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards.
+
+    With ``certificate`` it serves HTTPS (``--cert --key``); ``oauth`` adds ``--oauth basic``.
+    """
+    if oauth and certificate is None:
+        raise ValueError("Azurite accepts bearer tokens only over HTTPS: give a certificate")
     binary = azurite_binary()
     if binary is None:
         raise FileNotFoundError("azurite-blob not found: run scripts/setup.sh "
@@ -86,11 +100,15 @@ def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     args = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
             "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent"]
+    if certificate is not None:
+        args += ["--cert", str(certificate.cert), "--key", str(certificate.key)]
+    if oauth:
+        args += ["--oauth", "basic"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=workdir)
     try:
         _wait_until_listening(port, proc, time.monotonic() + timeout)
-        yield Azurite(port)
+        yield Azurite(port, "https" if certificate is not None else "http")
     finally:
         proc.terminate()
         try:
@@ -144,16 +162,34 @@ class Recorded:
         return self.page_write == "update"
 
 
+# What an "answer" rule says instead of Azurite: status, headers, body.
+Answer = tuple[int, dict[str, str], bytes]
+
+
 @dataclass
 class Rule:
-    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, or any HTTP status)
-    for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"`` after."""
+    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, any HTTP status, or
+    ``"answer"``) for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"``
+    after; ``"answer"`` calls ``answer`` with the request: what it returns is sent in Azurite's place
+    (``None``: the request is forwarded as usual)."""
 
     match: Callable[[Recorded], bool]
     action: str
     times: int = 1
     retry_after: float | None = None
     seconds: float = 0.0
+    answer: Callable[[Recorded], Answer | None] | None = None
+
+
+def storage_error(status: int, code: str, message: str, detail: str | None = None,
+                  headers: dict[str, str] | None = None) -> Answer:
+    """An error as Azure Storage sends it: ``x-ms-error-code`` and an XML body (with
+    ``AuthenticationErrorDetail`` for a refused credential, as Azure adds it)."""
+    extra = f"<AuthenticationErrorDetail>{detail}</AuthenticationErrorDetail>" if detail else ""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z", time.gmtime())
+    body = (f"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}\n"
+            f"RequestId:00000000-0000-0000-0000-000000000000\nTime:{when}</Message>{extra}</Error>").encode()
+    return status, {"Content-Type": "application/xml", "x-ms-error-code": code, **(headers or {})}, body
 
 
 def _every_request(rec: Recorded) -> bool:
@@ -183,10 +219,18 @@ class RandomFaults:
 
 
 class RecordingProxy:
-    """A threaded HTTP/1.1 reverse proxy on 127.0.0.1 forwarding to ``upstream_port``."""
+    """A threaded HTTP/1.1 reverse proxy on 127.0.0.1 forwarding to ``upstream_port``.
 
-    def __init__(self, upstream_port: int) -> None:
+    With ``certificate`` it serves HTTPS; ``upstream_tls`` (a client context trusting Azurite's
+    certificate) makes it talk HTTPS to Azurite. ``rewrite`` may change the headers it forwards.
+    """
+
+    def __init__(self, upstream_port: int, *, certificate: Certificate | None = None,
+                 upstream_tls: ssl.SSLContext | None = None) -> None:
         self.upstream_port = upstream_port
+        self.upstream_tls = upstream_tls
+        self.scheme = "https" if certificate is not None else "http"
+        self.rewrite: Callable[[Recorded, dict[str, str]], dict[str, str]] | None = None
         self.requests: list[Recorded] = []
         self.rules: list[Rule] = []
         self.in_flight = 0
@@ -229,6 +273,12 @@ class RecordingProxy:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(certificate.cert), str(certificate.key))
+            # The handshake happens in each connection's own thread, on its first read.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
         # A client that went away (killed, timed out) makes the reply fail: expected, not worth a traceback.
         self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.port = int(self.server.server_address[1])
@@ -237,7 +287,7 @@ class RecordingProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     def put_pages(self) -> list[Recorded]:
         """The Put Page (update) requests Azurite applied, in arrival order."""
@@ -263,6 +313,7 @@ class RecordingProxy:
             self.injected.clear()
             self._faults = None
             self.on_request = None
+            self.rewrite = None
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Once the clients have exited: wait until their connections are closed and no request is being
@@ -335,6 +386,17 @@ class RecordingProxy:
         if hook is not None:
             hook(rec)
         rule = self._match(rec)
+        if rule is not None and rule.action == "answer":
+            answer = rule.answer(rec) if rule.answer is not None else None
+            if answer is None:
+                rule = None  # nothing to say: forwarded as usual
+            else:
+                with self._lock:
+                    self.injected["answer"] += 1
+                rec.fault = "answer"
+                rec.status = answer[0]
+                self._reply(h, *answer)
+                return
         if rule is not None and rule.action != "delay":
             with self._lock:
                 self.injected[rule.action] += 1
@@ -356,7 +418,7 @@ class RecordingProxy:
                 self.in_flight += 1
                 self.max_in_flight_puts = max(self.max_in_flight_puts, self.in_flight)
         try:
-            status, reply_headers, reply = self._forward(h.command, h.path, h.headers, body)
+            status, reply_headers, reply = self._forward(h.command, h.path, h.headers, body, rec)
         finally:
             if rec.is_put_page:
                 with self._lock:
@@ -375,11 +437,18 @@ class RecordingProxy:
             rec.fault = rule.action
         self._reply(h, status, reply_headers, reply)
 
-    def _forward(self, method: str, path: str, headers: Any,
-                 body: bytes) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+    def _forward(self, method: str, path: str, headers: Any, body: bytes,
+                 rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if self.upstream_tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.upstream_port, timeout=60, context=self.upstream_tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             forward = {k: v for k, v in headers.items() if k.lower() not in ("connection", "keep-alive")}
+            rewrite = self.rewrite
+            if rewrite is not None:
+                forward = rewrite(rec, forward)
             conn.request(method, path, body=body if body else None, headers=forward)
             response = conn.getresponse()
             data = response.read()

@@ -379,8 +379,9 @@ class PageBlobTarget:
             # No HTTP answer: the credential chain found nothing usable.
             return PermanentError(self._clean(f"{where}: {signin.no_credential_message(err, self._challenge)}"),
                                   reason="signin-needed")
-        if isinstance(err, ServiceRequestError) and "non-TLS" in str(err):
-            # azure-core refuses to send a bearer token over plain HTTP.
+        if isinstance(err, (ServiceRequestError, ValueError)) and \
+                re.search(r"non-TLS|only supported with HTTPS", str(err)):
+            # The SDK refuses to send a bearer token over plain HTTP (as the client is made, or as it sends).
             return PermanentError(self._clean(f"{where}: a Microsoft Entra ID token is sent only over HTTPS; "
                                               "use an https:// URL"), reason="token-needs-https")
         if isinstance(err, DecodeError) or (isinstance(err, HttpResponseError) and err.status_code is None):

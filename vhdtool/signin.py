@@ -359,12 +359,13 @@ def _explain_sas(sas: SasToken, code: str, detail: str, what: str, managed_disk:
         needed = NEEDED_PERMISSIONS.get(verb)
         wants = (" or ".join(_letters(p) for p in needed)) if needed else "a permission it lacks"
         if sas.permissions is not None:
-            grants = f"it grants {_letters(sas.permissions)} (sp={sas.permissions})"
+            grants = f"grants only {_letters(sas.permissions)} (sp={sas.permissions})"
         elif sas.policy:
             grants = f"its stored access policy (si={sas.policy}) does not grant it"
         else:
-            grants = "it grants no such permission"
-        return Refusal(f"the SAS token does not allow {what}: that needs {wants}; {grants}", "sas-permission")
+            grants = "grants no such permission"
+        return Refusal(f"the SAS token lacks the permission for this: it needs {wants} and {grants}",
+                       "sas-permission")
     if code == "AuthorizationResourceTypeMismatch":
         return Refusal(f"the account SAS's resource types (srt={sas.resource_types}) do not cover {what}: it needs "
                        "o (object) for blobs and c (container) for listings", "sas-permission")
@@ -390,11 +391,12 @@ def _explain_sas(sas: SasToken, code: str, detail: str, what: str, managed_disk:
                        "was revoked", "sas-revoked")
     if sas.resource == "b":
         return Refusal("the SAS token was refused: it is a blob SAS (sr=b), valid only for the one blob it was "
-                       "made for (this one? a container SAS serves any blob of its container), or its account "
-                       "key was rotated", "sas-scope")
+                       "made for (is it this blob's?), or the account key it was signed with was rotated",
+                       "sas-scope")
     if sas.resource == "c":
         return Refusal("the SAS token was refused: it is a container SAS (sr=c), valid only for the container "
-                       "it was made for (this one?), or its account key was rotated", "sas-scope")
+                       "it was made for (is it this one's?), or the account key it was signed with was rotated",
+                       "sas-scope")
     return Refusal(f"the {sas.kind} was refused: its signature does not match this account and resource "
                    "(made for another, or the account key was rotated)", "sas-scope")
 

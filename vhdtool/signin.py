@@ -333,6 +333,15 @@ def explain_refusal(status: int, code: str | None, detail: str | None, what: str
     detail = (detail or "").strip()
     now = now or dt.datetime.now(dt.timezone.utc)
     sas = credential.sas
+    if credential.bearer and credential.resource and code == "AuthorizationPermissionMismatch":
+        # Challenged for a token on top of the SAS (an Entra ID disk): the token's identity is the
+        # likelier culprit; a grant-access SAS for reading cannot write either.
+        found = _explain_bearer(code, detail, what, credential)
+        needs_write = "r" not in NEEDED_PERMISSIONS.get(what.split(" ", 1)[0], "r")
+        if found is not None and needs_write and sas is not None and "w" not in (sas.permissions or ""):
+            found = Refusal(found.text + "; or the SAS is for reading only (`az disk grant-access --access-level "
+                            "Write` gives one for uploads)", found.reason)
+        return found
     if sas is not None:
         found = _explain_sas(sas, code, detail, what, credential.managed_disk, now)
         if found is not None:

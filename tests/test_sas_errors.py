@@ -19,16 +19,19 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from azure.storage.blob import (
     AccessPolicy,
+    AccountSasPermissions,
     BlobSasPermissions,
     BlobServiceClient,
     ContainerSasPermissions,
+    ResourceTypes,
+    generate_account_sas,
     generate_blob_sas,
     generate_container_sas,
 )
@@ -63,9 +66,9 @@ class Spot:
         return sas
 
     def blob_sas(self, blob: str = "disk.vhd", container: str | None = None, expiry: dt.datetime | None = None,
-                 policy: str | None = None, **permissions: bool) -> str:
+                 policy: str | None = None, start: dt.datetime | None = None, **permissions: bool) -> str:
         return self._keep(generate_blob_sas(
-            ACCOUNT, container or self.container, blob, account_key=ACCOUNT_KEY, policy_id=policy,
+            ACCOUNT, container or self.container, blob, account_key=ACCOUNT_KEY, policy_id=policy, start=start,
             permission=BlobSasPermissions(**permissions) if permissions else None,
             expiry=None if policy else expiry or dt.datetime.now(dt.timezone.utc) + HOUR))
 
@@ -251,3 +254,27 @@ def test_revoked_managed_disk_sas_says_grant_access_again(tmp_path: Path, spot: 
            "(`az disk revoke-access`, or the upload was finished) or its --duration-in-seconds ran out; run " \
            "`az disk grant-access` again for a fresh SAS" in line, line
     assert [r.status for r in proxy.requests if r.is_put_page].count(403) >= 1
+
+
+def _account_sas(spot: Spot, **kwargs: object) -> str:
+    options: dict[str, object] = {"resource_types": ResourceTypes(object=True),
+                                  "permission": AccountSasPermissions(read=True, write=True, create=True),
+                                  "expiry": dt.datetime.now(dt.timezone.utc) + HOUR, **kwargs}
+    return spot._keep(generate_account_sas(ACCOUNT, ACCOUNT_KEY, **options))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("make", "refused"), [
+    (lambda spot: spot.blob_sas(read=True, create=True, write=True, start=dt.datetime.now(dt.timezone.utc) + HOUR),
+     "HTTP 403 AuthorizationFailure: the SAS token is not valid before "),
+    (lambda spot: _account_sas(spot, resource_types=ResourceTypes(container=True)),
+     "HTTP 403 AuthorizationResourceTypeMismatch: the account SAS's resource types (srt=c) do not cover reading "
+     "blob properties: it needs o (object) for blobs"),
+    (lambda spot: _account_sas(spot, protocol="https"),
+     "HTTP 403 AuthorizationProtocolMismatch: the SAS token allows only https (spr=): use an https:// URL"),
+], ids=["not-yet-valid", "account-sas-without-objects", "https-only-over-http"])
+def test_other_sas_limits_are_named(make: Callable[[Spot], str], refused: str, tmp_path: Path, spot: Spot,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2)
+    code, out, err = run_cli(["upload", str(image), spot.url(make(spot))], capsys)
+    line = refusal(code, err, spot)
+    assert refused in line, line

@@ -156,6 +156,7 @@ class Recorded:
     md5_ok: bool | None = None
     fault: str | None = None  # what the proxy did instead of (or after) forwarding; "incomplete": body cut
     status: int | None = None
+    response_length: int = 0  # body bytes of the answer Azurite gave (what crossed the wire to the client)
 
     @property
     def is_put_page(self) -> bool:
@@ -241,6 +242,10 @@ class RecordingProxy:
         # Called with each request as soon as it is recorded, before it is answered or forwarded
         # (from the proxy's thread): a soak uses it to kill the client at an exact request.
         self.on_request: Callable[[Recorded], None] | None = None
+        # Get Page Ranges paging, as the service does it from REST version 2020-10-02 (``maxresults``
+        # and ``marker``, answers linked by ``NextMarker``) and Azurite does not (it lists every
+        # range in one answer): at most this many ranges per answer when set.
+        self.page_list_limit: int | None = None
         self._faults: RandomFaults | None = None
         self._rng = random.Random(0)
         self._deck: list[str] = []
@@ -423,7 +428,10 @@ class RecordingProxy:
             if rec.is_put_page:
                 with self._lock:
                     self.in_flight -= 1
+        if status == 200 and query.get("comp") == "pagelist" and self.page_list_limit:
+            reply = self._page(reply, query, self.page_list_limit)
         rec.status = status
+        rec.response_length = len(reply) if h.command != "HEAD" else 0
         if rule is not None and rule.action == "drop-after":
             rec.fault = rule.action  # Azurite applied it; the client never hears so
             self._drop(h)
@@ -459,6 +467,21 @@ class RecordingProxy:
             return response.status, reply, data
         finally:
             conn.close()
+
+    @staticmethod
+    def _page(reply: bytes, query: dict[str, str], limit: int) -> bytes:
+        """One page of a Get Page Ranges answer: ranges from ``marker`` on, at most ``maxresults``/``limit``."""
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(reply)
+        ranges = [(int(r.findtext("Start") or 0), int(r.findtext("End") or 0)) for r in root.iter("PageRange")]
+        start = int(query.get("marker") or 0)
+        count = min(limit, int(query.get("maxresults") or limit))
+        chosen = [r for r in ranges if r[0] >= start]
+        page, rest = chosen[:count], chosen[count:]
+        body = "".join(f"<PageRange><Start>{a}</Start><End>{b}</End></PageRange>" for a, b in page)
+        marker = f"<NextMarker>{rest[0][0]}</NextMarker>" if rest else "<NextMarker />"
+        return f'<?xml version="1.0" encoding="utf-8"?><PageList>{body}{marker}</PageList>'.encode()
 
     @staticmethod
     def _reply(h: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str],

@@ -217,6 +217,7 @@ class BlobState:
     size: int = 0
     blob_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -437,7 +438,8 @@ class PageBlobTarget:
             raise RetryableError(self._clean(f"{self.name}: reading blob properties: answer cut short "
                                              "(no size or blob type)"))
         blob_type = str(getattr(props.blob_type, "value", props.blob_type))
-        return BlobState(True, int(props.size), blob_type, dict(props.metadata or {}))
+        return BlobState(True, int(props.size), blob_type, dict(props.metadata or {}),
+                         str(props.etag) if props.etag else None)
 
     def create(self, size: int, metadata: dict[str, str]) -> None:
         """Put Blob: a new (or replacing) page blob of ``size`` bytes, all pages zero."""
@@ -471,6 +473,26 @@ class PageBlobTarget:
             return found
         return self._guard("listing page ranges", listing)
 
+    def page_ranges_page(self, marker: str | None, *, per_page: int | None = None,
+                         etag: str | None = None) -> tuple[list[tuple[int, int]], str | None]:
+        """One request of a paged Get Page Ranges: the written ranges it lists and the next marker.
+
+        A fragmented blob lists its ranges in several answers linked by continuation markers;
+        taking them one request at a time lets each be retried alone. ``etag`` makes the listing
+        conditional (412 if the blob changed).
+        """
+        from azure.core import MatchConditions
+
+        def one() -> tuple[list[tuple[int, int]], str | None]:
+            kwargs: dict[str, Any] = {"results_per_page": per_page}
+            if etag:
+                kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+            pages = self._client.list_page_ranges(**kwargs).by_page(continuation_token=marker)
+            page = next(pages)
+            found = [(int(r.start or 0), int(r.end or 0) + 1) for r in page if not getattr(r, "cleared", False)]
+            return found, getattr(pages, "continuation_token", None) or None
+        return self._guard("listing page ranges", one)
+
     def set_metadata(self, metadata: dict[str, str]) -> None:
         """Set Blob Metadata (replaces all of it)."""
         self._call("setting blob metadata", lambda: self._client.set_blob_metadata(metadata))
@@ -488,8 +510,10 @@ class PageBlobTarget:
         value = props.content_settings.content_md5
         return bytes(value) if value else None
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int, *, if_match: str | None = None) -> bytes:
         """Get Blob of ``[offset, offset + length)``: one ranged request (``x-ms-range``), not retried here.
+
+        ``if_match`` (an ETag) makes the read conditional: a blob changed since is a 412, not mixed data.
 
         Not the SDK's ``download_blob``: on a page blob that also sends a Get Page Ranges for the whole
         blob with every read (ignoring its failure) and re-reads a body cut short by itself after a
@@ -500,21 +524,29 @@ class PageBlobTarget:
         if length <= 0:
             return b""
         if self._fast is not None:
-            return self._fast.get(offset, length)
-        return self._guard(f"reading bytes at {offset}", lambda: self._pipeline_read(offset, length))
+            return self._fast.get(offset, length, if_match=if_match)
+        return self._guard(f"reading bytes at {offset}", lambda: self._pipeline_read(offset, length, if_match))
 
-    def _pipeline_read(self, offset: int, length: int) -> bytes:
+    def _pipeline_read(self, offset: int, length: int, if_match: str | None = None) -> bytes:
         from azure.core.exceptions import HttpResponseError
         from azure.core.rest import HttpRequest
 
         headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}",
                    "x-ms-version": str(self._client.api_version)}
+        if if_match:
+            headers["If-Match"] = if_match
         # stream=True, as the SDK's own downloads: the response policies leave the body alone (with
         # stream=False they try to decode the disk's bytes as text), and a body cut short comes out of
         # stream_download as an IncompleteReadError (retryable), not a bare urllib3 error.
         pipeline = getattr(self._client, "_pipeline", None)  # not public API: fall back if an SDK lacks it
         if pipeline is None:  # the SDK's own download: the same bytes, plus a page listing per read
-            return bytes(self._client.download_blob(offset=offset, length=length, validate_content=False).readall())
+            kwargs: dict[str, Any] = {}
+            if if_match:
+                from azure.core import MatchConditions
+
+                kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
+            return bytes(self._client.download_blob(offset=offset, length=length, validate_content=False,
+                                                    **kwargs).readall())
         response = pipeline.run(HttpRequest("GET", self._client.url, headers=headers), stream=True).http_response
         try:
             if response.status_code not in (200, 206):
@@ -616,11 +648,12 @@ class _FastPutPage:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _sign(self, verb: str, headers: dict[str, str], length: int, md5: str, query: dict[str, str]) -> str:
+    def _sign(self, verb: str, headers: dict[str, str], length: int, md5: str, query: dict[str, str],
+              if_match: str = "") -> str:
         # Authorize with Shared Key: VERB, then 11 standard headers (Content-Length empty when 0),
         # then the x-ms-* headers sorted, then /account/path and the sorted query parameters.
         assert self.account is not None and self.key is not None
-        standard = [verb, "", "", str(length) if length else "", md5, "", "", "", "", "", "", ""]
+        standard = [verb, "", "", str(length) if length else "", md5, "", "", "", if_match, "", "", ""]
         ms_headers = sorted((k.lower(), v.strip()) for k, v in headers.items() if k.lower().startswith("x-ms-"))
         resource = f"/{self.account}{self.path}" + "".join(f"\n{k.lower()}:{v}" for k, v in sorted(query.items()))
         text = "\n".join(standard) + "\n" + "".join(f"{k}:{v}\n" for k, v in ms_headers) + resource
@@ -652,13 +685,15 @@ class _FastPutPage:
             return
         raise self._failure(what, response, body)
 
-    def get(self, offset: int, length: int) -> bytes:
+    def get(self, offset: int, length: int, *, if_match: str | None = None) -> bytes:
         """Get Blob of ``[offset, offset + length)``: one ranged request; a short body is retryable."""
         headers = {"x-ms-version": self.api_version, "x-ms-date": email.utils.formatdate(usegmt=True),
                    "x-ms-range": f"bytes={offset}-{offset + length - 1}"}
+        if if_match:
+            headers["If-Match"] = if_match
         target = self.path + (f"?{self.sas}" if self.sas else "")
         if self.key is not None:
-            headers["Authorization"] = self._sign("GET", headers, 0, "", {})
+            headers["Authorization"] = self._sign("GET", headers, 0, "", {}, if_match or "")
         if self.bearer is not None:
             headers["Authorization"] = self._authorization()
         what = f"{self._name}: reading bytes at {offset}"

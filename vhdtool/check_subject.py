@@ -13,7 +13,7 @@ from typing import Any
 from construct import ConstructError
 
 from .checks import FIXED_DATA_OFFSET, FOOTER_SIZE, Facts
-from .disk import ImageFile, VirtualDisk
+from .disk import BorrowedSource, ByteSource, ImageFile, VirtualDisk
 from .errors import ImageError
 from .extents import Extent, extents_from_ranges
 from .formats.vhd_footer import (
@@ -56,7 +56,7 @@ class _DataPart(VirtualDisk):
         self.inner.close()
 
 
-def salvage_footer(path: str) -> VhdFooter | None:
+def salvage_footer(path: str | ByteSource) -> VhdFooter | None:
     """The VHD footer at the end of ``path`` when the readers refuse it or take the file for raw.
 
     Two cases: a footer with the ``conectix`` cookie but a disk type that is not 2, 3 or 4; and a
@@ -64,10 +64,13 @@ def salvage_footer(path: str) -> VhdFooter | None:
     type 2, data offset all 0xFF, a current size that fits the file) - too many exact values for
     the last sector of a raw image to match by chance. ``None`` otherwise.
     """
-    try:
-        image = ImageFile(path)  # refuses FIFOs and the like without blocking
-    except (OSError, ImageError):
-        return None
+    if isinstance(path, str):
+        try:
+            image: ByteSource = ImageFile(path)  # refuses FIFOs and the like without blocking
+        except (OSError, ImageError):
+            return None
+    else:
+        image = path
     try:
         size = image.size
         if size < 2 * FOOTER_SIZE:
@@ -76,7 +79,9 @@ def salvage_footer(path: str) -> VhdFooter | None:
     except (OSError, ImageError):
         return None
     finally:
-        image.close()
+        if isinstance(path, str):
+            image.close()
+    path = image.path
     try:
         fields = Footer.parse(raw)
     except ConstructError:
@@ -138,11 +143,50 @@ class CheckSubject:
         self.close()
 
 
-def open_for_check(path: str, *, parent: str | None = None, allow_absolute_parent: bool = False) -> CheckSubject:
-    """Open ``path`` for ``check``: as the readers open it, or from a footer they refuse (:func:`salvage_footer`)."""
+class _Owning(_DataPart):
+    """A disk that also closes the byte source it was read from (a blob opened once for ``check``)."""
+
+    def __init__(self, inner: VirtualDisk, source: ByteSource) -> None:
+        super().__init__(inner, inner.virtual_size, inner.disk_type)
+        self.format = inner.format
+        self.source = source
+        self.warnings = inner.warnings
+
+    def extents(self) -> list[Extent]:
+        return self.inner.extents()
+
+    def details(self) -> dict[str, Any]:
+        return self.inner.details()
+
+    @property
+    def parent(self) -> VirtualDisk | None:
+        return self.inner.parent
+
+    @property
+    def log_state(self) -> str | None:
+        return self.inner.log_state
+
+    def parent_info(self) -> dict[str, Any] | None:
+        return self.inner.parent_info()
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.source.close()
+
+
+def open_for_check(path: str | ByteSource, *, parent: str | None = None,
+                   allow_absolute_parent: bool = False) -> CheckSubject:
+    """Open ``path`` for ``check``: as the readers open it, or from a footer they refuse (:func:`salvage_footer`).
+
+    ``path`` may be an opened byte source (a blob), which the subject then owns.
+    """
     from .formats.raw import RawDisk
     from .open import open_image
 
+    if not isinstance(path, str):
+        return _open_source_for_check(path, parent=parent, allow_absolute_parent=allow_absolute_parent)
     try:
         disk = open_image(path, parent=parent, allow_absolute_parent=allow_absolute_parent)
     except ImageError:
@@ -158,6 +202,36 @@ def open_for_check(path: str, *, parent: str | None = None, allow_absolute_paren
             return CheckSubject(
                 path, disk, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size, footer
             )
+    return _salvaged_subject(path, disk, salvaged)
+
+
+def _open_source_for_check(source: ByteSource, *, parent: str | None,
+                           allow_absolute_parent: bool) -> CheckSubject:
+    from .formats.raw import RawDisk
+    from .open import open_image
+
+    try:
+        try:
+            inner = open_image(BorrowedSource(source), parent=parent, allow_absolute_parent=allow_absolute_parent)
+        except ImageError:
+            salvaged = salvage_footer(source)
+            if salvaged is None:
+                raise
+            inner = RawDisk(BorrowedSource(source))
+        else:
+            salvaged = salvage_footer(source) if inner.format == "raw" else None
+        disk = _Owning(inner, source)
+    except BaseException:
+        source.close()
+        raise
+    if salvaged is None:
+        details = disk.details()
+        footer = details.get("footer") if disk.format == "vhd" else None
+        return CheckSubject(source.path, disk, disk.format, disk.disk_type, disk.virtual_size, source.size, footer)
+    return _salvaged_subject(source.path, disk, salvaged)
+
+
+def _salvaged_subject(path: str, disk: VirtualDisk, salvaged: VhdFooter) -> CheckSubject:
     file_size = disk.virtual_size
     data: VirtualDisk | None = None
     if salvaged.data_offset == FIXED_DATA_OFFSET and 0 < salvaged.current_size <= file_size - FOOTER_SIZE:

@@ -1,8 +1,10 @@
-"""The virtual disk every format reader produces, positional file access, and a file-like view.
+"""The virtual disk every format reader produces, the byte sources it reads, and a file-like view.
 
-Reads are positional (:mod:`vhdtool.fileio`: ``pread`` where the OS has it) so many threads can
-share one open image; nothing here keeps a seek cursor except :class:`DiskReader`, which each thread
-creates for itself.
+A format reader reads its container through a :class:`ByteSource`: a local file
+(:class:`ImageFile`) or a page blob (:class:`vhdtool.remote.blob_source.BlobSource`), so every
+format reads the same from either. Reads are positional (:mod:`vhdtool.fileio`: ``pread`` where
+the OS has it) so many threads can share one open image; nothing here keeps a seek cursor except
+:class:`DiskReader`, which each thread creates for itself.
 """
 
 from __future__ import annotations
@@ -12,11 +14,60 @@ import os
 import stat
 import threading
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 from . import fileio
 from .errors import ImageError
 from .extents import Extent, allocated_bytes
+
+
+class ByteSource(Protocol):
+    """What a format reader reads: a read-only sequence of ``size`` bytes, and where its data lies.
+
+    ``path`` names it in messages (a file path, or a blob URL without its query string);
+    ``identity`` tells two opened sources apart (parent-chain loops). ``data_ranges`` and ``holes``
+    come from metadata (``SEEK_DATA``/``SEEK_HOLE``, Get Page Ranges): bytes outside the data
+    ranges read as zeros.
+    """
+
+    path: str
+    size: int
+    identity: tuple[int, int]
+
+    def pread(self, offset: int, length: int, structure: str) -> bytes: ...
+
+    def preadinto(self, offset: int, view: memoryview, structure: str) -> None: ...
+
+    def data_ranges(self, limit: int) -> list[tuple[int, int]]: ...
+
+    def holes(self) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None: ...
+
+
+class BorrowedSource:
+    """A byte source lent to a reader: the reader's ``close`` leaves it open for the lender."""
+
+    def __init__(self, inner: ByteSource) -> None:
+        self.inner = inner
+        self.path = inner.path
+        self.size = inner.size
+        self.identity = inner.identity
+
+    def pread(self, offset: int, length: int, structure: str) -> bytes:
+        return self.inner.pread(offset, length, structure)
+
+    def preadinto(self, offset: int, view: memoryview, structure: str) -> None:
+        self.inner.preadinto(offset, view, structure)
+
+    def data_ranges(self, limit: int) -> list[tuple[int, int]]:
+        return self.inner.data_ranges(limit)
+
+    def holes(self) -> list[tuple[int, int]]:
+        return self.inner.holes()
+
+    def close(self) -> None:
+        pass
 
 
 class ImageFile:
@@ -77,6 +128,14 @@ class ImageFile:
             if n <= 0:
                 raise ImageError(self.path, structure, offset + done, "unexpected end of file")
             done += n
+
+    def data_ranges(self, limit: int) -> list[tuple[int, int]]:
+        """The ``(start, end)`` ranges of ``[0, limit)`` that hold data (the whole range where unknown)."""
+        return fileio.data_ranges(self.fd, limit)
+
+    def holes(self) -> list[tuple[int, int]]:
+        """The ranges of the file that are holes (read as zeros, no storage)."""
+        return fileio.file_holes(self.fd, self.size)
 
     def close(self) -> None:
         with self._lock:

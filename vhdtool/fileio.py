@@ -10,6 +10,7 @@ Every function returns what one system call did (a short count is possible); the
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -60,3 +61,43 @@ def pwrite(fd: int, view: memoryview | bytes, offset: int) -> int:
     with _lock_for(fd):
         os.lseek(fd, offset, os.SEEK_SET)
         return os.write(fd, view)
+
+
+def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges holding data, from ``SEEK_DATA``/``SEEK_HOLE``.
+
+    Where the platform or filesystem cannot tell, the whole file counts as data.
+    """
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None or size == 0:
+        return [(0, size)] if size else []
+    ranges: list[tuple[int, int]] = []
+    position = 0
+    try:
+        while position < size:
+            try:
+                start = os.lseek(fd, position, seek_data)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data after position
+                    break
+                raise
+            end = min(os.lseek(fd, start, seek_hole), size)
+            ranges.append((start, end))
+            position = end
+    except OSError:
+        return [(0, size)]
+    return ranges
+
+
+def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges of a file that are holes (read as zeros, no storage)."""
+    holes: list[tuple[int, int]] = []
+    position = 0
+    for start, end in data_ranges(fd, size):
+        if start > position:
+            holes.append((position, start))
+        position = end
+    if position < size:
+        holes.append((position, size))
+    return holes

@@ -1,25 +1,29 @@
-"""``open_image``: the one entry point from a path to a :class:`VirtualDisk`."""
+"""``open_image``: the one entry point from a path (or an opened byte source) to a :class:`VirtualDisk`."""
 
 from __future__ import annotations
 
 import os
 
-from .disk import ImageFile, VirtualDisk
+from .disk import ByteSource, ImageFile, VirtualDisk
 from .errors import ImageError
 from .formats.detect import sniff
 from .formats.parent import OpenOptions
 
 
-def open_image(path: str | os.PathLike[str], *, parent: str | None = None,
+def open_image(path: str | os.PathLike[str] | ByteSource, *, parent: str | None = None,
                allow_absolute_parent: bool = False) -> VirtualDisk:
     """Open a VHD, VHDX or raw image read-only, resolving differencing parents.
 
-    ``parent`` overrides where the (first) parent is looked for; ``allow_absolute_parent`` lets
-    the image's absolute parent locators be followed outside its folder.
+    ``path`` is a file, or a :class:`~vhdtool.disk.ByteSource` already opened (a blob: see
+    :func:`vhdtool.remote.open_remote`), which the disk then owns. ``parent`` overrides where the
+    (first) parent is looked for; ``allow_absolute_parent`` lets the image's absolute parent
+    locators be followed outside its folder.
     """
     options = OpenOptions(parent=os.fspath(parent) if parent is not None else None,
                           allow_absolute_parent=allow_absolute_parent)
-    return open_with_options(os.fspath(path), options)
+    if isinstance(path, (str, os.PathLike)):
+        return open_with_options(os.fspath(path), options)
+    return open_source(path, options)
 
 
 def open_with_options(path: str, options: OpenOptions) -> VirtualDisk:
@@ -28,6 +32,11 @@ def open_with_options(path: str, options: OpenOptions) -> VirtualDisk:
         image = ImageFile(path)
     except OSError as err:
         raise ImageError(path, "file", None, err.strerror or str(err)) from err
+    return open_source(image, options)
+
+
+def open_source(image: ByteSource, options: OpenOptions) -> VirtualDisk:
+    """Read the format of ``image`` and open it; ``image`` is closed if that fails."""
     try:
         kind = sniff(image)
         if kind == "vhdx":

@@ -39,6 +39,7 @@ COMMANDS = {
     "upload": "upload",
     "prepare": "prepare",
     "verify": "verify",
+    "download": "download",
 }
 
 

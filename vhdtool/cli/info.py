@@ -8,21 +8,31 @@ import click
 
 from ..open import open_image
 from . import absolute_parent_option, emit_json, human_size, main, parent_option
+from .sources import echo_read_cost, open_argument, read_cost, source_options
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema in docs/info.md).")
 @parent_option
 @absolute_parent_option
-def info(image: str, as_json: bool, parent: str | None, allow_absolute_parent: bool) -> None:
-    """Describe IMAGE: format, type, sizes, allocation, parent chain, log state, footer."""
-    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+@source_options
+def info(image: str, as_json: bool, parent: str | None, allow_absolute_parent: bool,
+         connection_string: str | None, account_url: str | None) -> None:
+    """Describe IMAGE: format, type, sizes, allocation, parent chain, log state, footer.
+
+    IMAGE is a file, or a page blob / managed disk: a URL (with a SAS token, or signed in with
+    DefaultAzureCredential) or CONTAINER/BLOB with --connection-string / --account-url.
+    """
+    source = open_argument(image, connection_string, account_url)
+    with open_image(source, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         facts = disk.info()
+    cost = read_cost(source)
     if as_json:
-        emit_json(facts)
+        emit_json(facts if cost is None else {**facts, "read": cost})
     else:
         _print_human(facts)
+        echo_read_cost(cost)
 
 
 def _print_human(facts: dict[str, Any]) -> None:

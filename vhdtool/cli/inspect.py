@@ -7,21 +7,30 @@ import click
 from ..inspect.report import LVM_LV_TYPE, DiskReport, inspect_disk
 from ..open import open_image
 from . import absolute_parent_option, emit_json, human_size, main, parent_option
+from .sources import echo_read_cost, open_argument, read_cost, source_options
 
 
 @main.command("inspect")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema in docs/inspect.md).")
 @parent_option
 @absolute_parent_option
-def inspect_command(image: str, as_json: bool, parent: str | None, allow_absolute_parent: bool) -> None:
-    """Read IMAGE (any format) without mounting it: partitions, filesystems, OS and its state."""
-    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+@source_options
+def inspect_command(image: str, as_json: bool, parent: str | None, allow_absolute_parent: bool,
+                    connection_string: str | None, account_url: str | None) -> None:
+    """Read IMAGE (any format) without mounting it: partitions, filesystems, OS and its state.
+
+    IMAGE is a file or a blob (a URL, or CONTAINER/BLOB with --connection-string / --account-url).
+    """
+    source = open_argument(image, connection_string, account_url)
+    with open_image(source, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         report = inspect_disk(disk)
+    cost = read_cost(source)
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report.to_json() if cost is None else {**report.to_json(), "read": cost})
     else:
         print_report(report)
+        echo_read_cost(cost)
 
 
 def print_report(report: DiskReport) -> None:

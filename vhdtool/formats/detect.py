@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..disk import ImageFile
+from ..disk import ByteSource
 from ..errors import UnsupportedImageError
 
 VHDX_SIGNATURE = b"vhdxfile"
@@ -36,7 +36,7 @@ _REFUSED: list[tuple[bytes, int, str, str]] = [
 ]
 
 
-def sniff(image: ImageFile) -> str:
+def sniff(image: ByteSource) -> str:
     """Return ``"vhdx"``, ``"vhd"`` or ``"raw"``; raise :class:`UnsupportedImageError` for refused formats."""
     head = image.pread(0, min(image.size, 512), "file header")
     if head.startswith(VHDX_SIGNATURE):

@@ -2,66 +2,27 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..disk import ImageFile, VirtualDisk
+from ..disk import ByteSource, VirtualDisk
 from ..extents import Extent, extents_from_ranges, merge_ranges
+from ..fileio import data_ranges, file_holes
+
+__all__ = ["RawDisk", "data_ranges", "file_holes", "holes_in_blocks"]
 
 
-def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
-    """The ``(start, end)`` ranges holding data, from ``SEEK_DATA``/``SEEK_HOLE``.
-
-    Where the platform or filesystem cannot tell, the whole file counts as data.
-    """
-    seek_data = getattr(os, "SEEK_DATA", None)
-    seek_hole = getattr(os, "SEEK_HOLE", None)
-    if seek_data is None or seek_hole is None or size == 0:
-        return [(0, size)] if size else []
-    ranges: list[tuple[int, int]] = []
-    position = 0
-    try:
-        while position < size:
-            try:
-                start = os.lseek(fd, position, seek_data)
-            except OSError as err:
-                if err.errno == errno.ENXIO:  # no data after position
-                    break
-                raise
-            end = min(os.lseek(fd, start, seek_hole), size)
-            ranges.append((start, end))
-            position = end
-    except OSError:
-        return [(0, size)]
-    return ranges
-
-
-def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
-    """The ``(start, end)`` ranges of a file that are holes (read as zeros, no storage)."""
-    holes: list[tuple[int, int]] = []
-    position = 0
-    for start, end in data_ranges(fd, size):
-        if start > position:
-            holes.append((position, start))
-        position = end
-    if position < size:
-        holes.append((position, size))
-    return holes
-
-
-def holes_in_blocks(fd: int, file_size: int, blocks: npt.NDArray[Any], file_offsets: npt.NDArray[Any],
+def holes_in_blocks(holes: list[tuple[int, int]], blocks: npt.NDArray[Any], file_offsets: npt.NDArray[Any],
                     block_size: int) -> list[tuple[int, int]]:
     """Disk byte ranges of stored blocks whose bytes are holes in the image file.
 
     ``blocks[i]`` (a block number) is stored at ``file_offsets[i]``. A block's never-written bytes are
-    often a hole in a sparse VHD/VHDX (qemu, ``cp --sparse``): they read as zeros, so convert and
-    upload need not touch them. Uses ``SEEK_HOLE`` only: file metadata, no data read.
+    often a hole in a sparse VHD/VHDX (qemu, ``cp --sparse``) or unwritten pages of a page blob: they
+    read as zeros, so convert and upload need not touch them. ``holes`` come from the byte source's
+    metadata (``SEEK_HOLE``, Get Page Ranges), no data read.
     """
-    holes = file_holes(fd, file_size)
     if not holes or not len(blocks):
         return []
     order = np.argsort(file_offsets, kind="stable")
@@ -85,7 +46,7 @@ class RawDisk(VirtualDisk):
     format = "raw"
     disk_type = "fixed"
 
-    def __init__(self, image: ImageFile, virtual_size: int | None = None) -> None:
+    def __init__(self, image: ByteSource, virtual_size: int | None = None) -> None:
         super().__init__()
         self.image = image
         self.path = image.path
@@ -94,7 +55,7 @@ class RawDisk(VirtualDisk):
 
     def extents(self) -> list[Extent]:
         if self._extents is None:
-            ranges = data_ranges(self.image.fd, self.image.size)
+            ranges = self.image.data_ranges(self.image.size)
             # Holes are reported in filesystem blocks; align out to 512-byte sectors.
             aligned = [(s - s % 512, -(-e // 512) * 512) for s, e in ranges]
             self._extents = extents_from_ranges(aligned, self.virtual_size)

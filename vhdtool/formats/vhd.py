@@ -22,11 +22,11 @@ import numpy as np
 import numpy.typing as npt
 from construct import ConstructError
 
-from ..disk import ImageFile, VirtualDisk
+from ..disk import ByteSource, VirtualDisk
 from ..errors import ImageError, ParentError
 from ..extents import Extent, align_up, allocated_ranges, extents_from_ranges, merge_ranges, subtract_ranges
 from .parent import Locator, OpenOptions, resolve_parent
-from .raw import data_ranges, holes_in_blocks
+from .raw import holes_in_blocks
 from .vhd_footer import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -159,7 +159,7 @@ def _checksum_note(raw: bytes, footer: VhdFooter) -> str:
     return f"stored 0x{footer.checksum:08x}, computed 0x{computed:08x}"
 
 
-def read_footer(image: ImageFile) -> FooterChoice:
+def read_footer(image: ByteSource) -> FooterChoice:
     """Find the footer: at the end (512 or, from old tools, 511 bytes), else the copy at offset 0.
 
     Dynamic and differencing disks keep a copy of the footer at offset 0 so that a damaged end
@@ -237,7 +237,7 @@ def _decode_locator(code: bytes, data: bytes) -> str | None:
     return text.split("\0", 1)[0]
 
 
-def read_dynamic_header(image: ImageFile, footer: VhdFooter, data_end: int) -> VhdDynamicHeader:
+def read_dynamic_header(image: ByteSource, footer: VhdFooter, data_end: int) -> VhdDynamicHeader:
     """Read and validate the dynamic disk header at the footer's data offset (spec: "Dynamic Disk Header")."""
     offset = footer.data_offset
     if offset + DYNAMIC_HEADER_SIZE > data_end:
@@ -323,7 +323,7 @@ class VhdBlockTable:
 _BAT_CHUNK_ENTRIES = 1 << 18  # BAT entries read at a time: 1 MiB of table, a few MiB of temporaries
 
 
-def read_block_table(image: ImageFile, footer: VhdFooter, header: VhdDynamicHeader,
+def read_block_table(image: ByteSource, footer: VhdFooter, header: VhdDynamicHeader,
                      data_end: int) -> VhdBlockTable:
     """Read the BAT entries the disk needs and check that every block lies alone inside the file.
 
@@ -437,7 +437,7 @@ class VhdDisk(VirtualDisk):
 
     format = "vhd"
 
-    def __init__(self, image: ImageFile, choice: FooterChoice) -> None:
+    def __init__(self, image: ByteSource, choice: FooterChoice) -> None:
         super().__init__()
         self.image = image
         self.path = image.path
@@ -469,7 +469,7 @@ class VhdDisk(VirtualDisk):
 class FixedVhd(VhdDisk):
     """A fixed VHD: the disk is the first ``current_size`` bytes of the file (spec: "Fixed Hard Disk")."""
 
-    def __init__(self, image: ImageFile, choice: FooterChoice) -> None:
+    def __init__(self, image: ByteSource, choice: FooterChoice) -> None:
         super().__init__(image, choice)
         size = self.virtual_size
         if size > choice.data_end:
@@ -483,7 +483,7 @@ class FixedVhd(VhdDisk):
 
     def extents(self) -> list[Extent]:
         if self._extents is None:
-            ranges = data_ranges(self.image.fd, self.virtual_size)
+            ranges = self.image.data_ranges(self.virtual_size)
             aligned = [(s - s % SECTOR_SIZE, align_up(e, SECTOR_SIZE)) for s, e in ranges]
             self._extents = extents_from_ranges(aligned, self.virtual_size)
         return self._extents
@@ -501,7 +501,7 @@ class SparseVhd(VhdDisk):
     bytes on a differencing disk (spec: "Block Format", "Differencing Hard Disk").
     """
 
-    def __init__(self, image: ImageFile, choice: FooterChoice, header: VhdDynamicHeader,
+    def __init__(self, image: ByteSource, choice: FooterChoice, header: VhdDynamicHeader,
                  bat: VhdBlockTable, parent: VirtualDisk | None = None,
                  parent_path: str | None = None) -> None:
         super().__init__(image, choice)
@@ -593,7 +593,7 @@ class SparseVhd(VhdDisk):
     def _data_holes(self) -> list[tuple[int, int]]:
         """Disk ranges inside allocated blocks whose data is a hole in the (sparse) image file."""
         data_offsets = self._bat.sectors.astype(np.int64) * SECTOR_SIZE + self._bitmap_size
-        return holes_in_blocks(self.image.fd, self.image.size, self._bat.used.astype(np.int64), data_offsets,
+        return holes_in_blocks(self.image.holes(), self._bat.used.astype(np.int64), data_offsets,
                                self._block_size)
 
     def extents(self) -> list[Extent]:
@@ -705,7 +705,7 @@ def _locators(header: VhdDynamicHeader) -> list[Locator]:
     return result
 
 
-def _open_parent(image: ImageFile, footer: VhdFooter, header: VhdDynamicHeader,
+def _open_parent(image: ByteSource, footer: VhdFooter, header: VhdDynamicHeader,
                  options: OpenOptions) -> tuple[VirtualDisk, str]:
     """Resolve, open and verify a differencing disk's parent (its unique id and size must match)."""
     from ..open import open_with_options
@@ -733,7 +733,7 @@ def _open_parent(image: ImageFile, footer: VhdFooter, header: VhdDynamicHeader,
     return parent, used
 
 
-def open_vhd(image: ImageFile, options: OpenOptions) -> VirtualDisk:
+def open_vhd(image: ByteSource, options: OpenOptions) -> VirtualDisk:
     """Open a VHD of any type from ``image`` (which the returned disk then owns)."""
     choice = read_footer(image)
     footer = choice.footer

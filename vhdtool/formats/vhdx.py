@@ -19,7 +19,7 @@ import crc32c
 import numpy as np
 from construct import Construct, ConstructError
 
-from ..disk import ImageFile, VirtualDisk
+from ..disk import ByteSource, VirtualDisk
 from ..errors import ImageError, ParentError, UnsupportedImageError
 from ..extents import Extent, extents_from_ranges, merge_ranges, subtract_ranges
 from .parent import Locator, OpenOptions, resolve_parent
@@ -202,7 +202,7 @@ def _checksum_ok(block: bytes, checksum_offset: int, stored: int) -> bool:
 # Headers (2.2.2)
 
 
-def _read_header_copy(image: ImageFile, index: int) -> tuple[VhdxHeader | None, str]:
+def _read_header_copy(image: ByteSource, index: int) -> tuple[VhdxHeader | None, str]:
     offset = HEADER1_OFFSET if index == 1 else HEADER2_OFFSET
     if image.size < offset + HEADER_SIZE:
         return None, "beyond the end of the file"
@@ -218,7 +218,7 @@ def _read_header_copy(image: ImageFile, index: int) -> tuple[VhdxHeader | None, 
                       log_length=hdr.log_length, log_offset=hdr.log_offset), ""
 
 
-def read_current_header(image: ImageFile, warnings: list[str]) -> VhdxHeader:
+def read_current_header(image: ByteSource, warnings: list[str]) -> VhdxHeader:
     """The current header: the valid copy with the higher SequenceNumber (2.2.2)."""
     first, why1 = _read_header_copy(image, 1)
     second, why2 = _read_header_copy(image, 2)
@@ -590,7 +590,7 @@ class VhdxDisk(VirtualDisk):
 
     format = "vhdx"
 
-    def __init__(self, image: ImageFile, view: ReplayedFile, header: VhdxHeader, meta: VhdxMetadata,
+    def __init__(self, image: ByteSource, view: ReplayedFile, header: VhdxHeader, meta: VhdxMetadata,
                  bat: BatMap, log_dirty: bool, warnings: list[str]) -> None:
         super().__init__()
         self.warnings.extend(warnings)
@@ -691,7 +691,7 @@ class VhdxDisk(VirtualDisk):
         if self.view.replayed:
             return []
         full = self.bat.present_states == PAYLOAD_BLOCK_FULLY_PRESENT
-        return holes_in_blocks(self.image.fd, self.image.size, self.bat.present_blocks[full],
+        return holes_in_blocks(self.image.holes(), self.bat.present_blocks[full],
                                self.bat.present_offsets[full], self.meta.block_size)
 
     def readinto(self, offset: int, view: memoryview) -> None:
@@ -784,7 +784,7 @@ def _parent_locators(locator: dict[str, str]) -> list[Locator]:
     return result
 
 
-def _open_parent(disk: VhdxDisk, image: ImageFile, options: OpenOptions) -> None:
+def _open_parent(disk: VhdxDisk, image: ByteSource, options: OpenOptions) -> None:
     from ..open import open_with_options
 
     locator = disk.meta.parent_locator or {}
@@ -824,7 +824,7 @@ def _open_parent(disk: VhdxDisk, image: ImageFile, options: OpenOptions) -> None
     disk.attach_parent(parent, parent_path, parent.data_write_guid)
 
 
-def open_vhdx(image: ImageFile, options: OpenOptions) -> VirtualDisk:
+def open_vhdx(image: ByteSource, options: OpenOptions) -> VirtualDisk:
     """Open a VHDX image read-only: headers, log replay in memory, regions, metadata, BAT, parent."""
     path = image.path
     signature = image.pread(0, 8, "VHDX file identifier")

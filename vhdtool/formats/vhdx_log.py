@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import crc32c
 from construct import ConstructError
 
-from ..disk import ImageFile
+from ..disk import ByteSource
 from ..errors import ImageError
 from .vhdx_layout import (
     ALIGNMENT,
@@ -85,7 +85,7 @@ class LogSequence:
 class _LogArea:
     """Reads from the circular log at ``log_offset`` (2.3: the log wraps to its start)."""
 
-    def __init__(self, image: ImageFile, log_offset: int, log_length: int) -> None:
+    def __init__(self, image: ByteSource, log_offset: int, log_length: int) -> None:
         self.image = image
         self.offset = log_offset
         self.length = log_length
@@ -206,7 +206,7 @@ def _candidate_positions(area: _LogArea) -> list[int]:
     return positions
 
 
-def find_active_sequence(image: ImageFile, log_offset: int, log_length: int,
+def find_active_sequence(image: ByteSource, log_offset: int, log_length: int,
                          log_guid: uuid.UUID) -> LogSequence | None:
     """The active log sequence (2.3.3), or ``None`` when the log holds no valid sequence.
 
@@ -251,13 +251,13 @@ def find_active_sequence(image: ImageFile, log_offset: int, log_length: int,
 class ReplayedFile:
     """An image file as it is after the log replay, without writing anything.
 
-    Offers the read interface of :class:`~vhdtool.disk.ImageFile` (``path``, ``size``,
+    Offers the read interface of :class:`~vhdtool.disk.ByteSource` (``path``, ``size``,
     ``pread``, ``preadinto``); reads are positional and thread-safe. The size is the larger of
     the real size and the LastFileOffset the log recorded (the replay would extend the file);
     bytes past the real end read as zeros.
     """
 
-    def __init__(self, image: ImageFile, sequence: LogSequence | None = None) -> None:
+    def __init__(self, image: ByteSource, sequence: LogSequence | None = None) -> None:
         self.image = image
         self.path = image.path
         self.size = image.size

@@ -1,0 +1,92 @@
+"""Helpers of the tests of disks already in Azure: blobs put in Azurite without vhdtool, CLI runs.
+
+``sdk_upload`` writes a file to a page blob with the Azure SDK alone (``upload_blob`` for small
+files, ``create_page_blob`` + ``upload_page`` of the written ranges for large sparse ones), as
+someone who never used vhdtool would, so the remote readers are tested on blobs vhdtool did not make.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
+from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
+
+from vhdtool.fileio import data_ranges
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def sdk_upload(client: BlobClient, path: Path, *, whole: bool | None = None) -> None:
+    """Put ``path`` in a page blob with the SDK: ``upload_blob`` (small files) or page by page (sparse ones)."""
+    size = path.stat().st_size
+    padded = size + (-size % 512)
+    if whole or (whole is None and size <= 256 * MiB):
+        data = path.read_bytes() + bytes(padded - size)
+        client.upload_blob(data, blob_type="PageBlob", overwrite=True)
+        return
+    client.create_page_blob(padded)
+    with open(path, "rb") as f:
+        for start, end in data_ranges(f.fileno(), size):
+            start -= start % 512
+            for a in range(start, end, 4 * MiB):
+                f.seek(a)
+                chunk = f.read(min(4 * MiB, end - a))
+                chunk += bytes(-len(chunk) % 512)
+                if chunk.count(0) != len(chunk):
+                    client.upload_page(chunk, a, len(chunk))
+
+
+class Store:
+    """A fresh container in Azurite, reached through ``proxy`` (counted) or directly (for setup)."""
+
+    def __init__(self, azurite: Azurite, proxy: RecordingProxy) -> None:
+        self.azurite = azurite
+        self.proxy = proxy
+        self.container = "r" + uuid.uuid4().hex[:12]
+        self.service = BlobServiceClient.from_connection_string(azurite.connection_string())
+        self.service.create_container(self.container)
+        self.connection_string = azurite.connection_string(proxy.endpoint)
+
+    def client(self, blob: str) -> BlobClient:
+        return self.service.get_blob_client(self.container, blob)
+
+    def spec(self, blob: str) -> str:
+        return f"{self.container}/{blob}"
+
+    def sas_url(self, blob: str, **permissions: bool) -> str:
+        """A blob URL through the proxy with a SAS token (read-only unless told otherwise)."""
+        perms = BlobSasPermissions(**(permissions or {"read": True}))
+        sas = generate_blob_sas(ACCOUNT, self.container, blob, account_key=ACCOUNT_KEY, permission=perms,
+                                expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
+        return f"{self.proxy.endpoint}/{self.container}/{urllib.parse.quote(blob)}?{sas}"
+
+
+def sig_of(url: str) -> str:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["sig"]
+
+
+def vhdtool(*args: str, connection_string: str | None = None, cwd: Path | None = None,
+            env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would (``python -m vhdtool``), with this checkout first on the path."""
+    environ = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
+    if connection_string:
+        environ["AZURE_STORAGE_CONNECTION_STRING"] = connection_string
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True,
+                          cwd=cwd, env=environ, timeout=timeout)
+
+
+def json_of(proc: subprocess.CompletedProcess[str]) -> Any:
+    assert proc.stdout, proc.stderr
+    return json.loads(proc.stdout)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, running_azurite
+from azurite import Azurite, RecordingProxy, running_azurite
 from identity import CLEARED_ENV, Certificate, IdentityEndpoint, make_certificate
+from signin_helpers import Box
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -75,6 +77,30 @@ def azurite_oauth(certificate: Certificate) -> Iterator[Azurite]:
     """A second Azurite, over HTTPS, that also accepts Microsoft Entra ID tokens (``--oauth basic``)."""
     with running_azurite(certificate=certificate, oauth=True) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def https_proxy(azurite_oauth: Azurite, certificate: Certificate) -> Iterator[RecordingProxy]:
+    """A recording proxy speaking HTTPS on both sides, in front of the OAuth Azurite."""
+    upstream = ssl.create_default_context(cafile=str(certificate.cert))
+    proxy = RecordingProxy(azurite_oauth.port, certificate=certificate, upstream_tls=upstream)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def box(azurite_oauth: Azurite, certificate: Certificate, https_proxy: RecordingProxy) -> Box:
+    """A fresh container in the OAuth Azurite; the HTTPS proxy's record cleared."""
+    https_proxy.clear()
+    return Box(azurite_oauth, certificate)
+
+
+@pytest.fixture(scope="session")
+def md_host(azurite: Azurite, certificate: Certificate) -> Iterator[RecordingProxy]:
+    """The stand-in for a managed disk's ``md-`` host (see ``tests/signin_helpers.py``): HTTPS, Azurite behind."""
+    proxy = RecordingProxy(azurite.port, certificate=certificate)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture

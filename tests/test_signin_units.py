@@ -12,6 +12,7 @@ import pytest
 from azure.core.credentials import AccessTokenInfo
 from azure.core.pipeline.policies._authentication import _should_refresh_token
 
+import vhdtool.azure
 from vhdtool import signin
 from vhdtool.signin import (
     STORAGE_SCOPE,
@@ -228,3 +229,15 @@ def test_not_every_refusal_is_about_the_credential() -> None:
     assert explain_refusal(404, "BlobNotFound", None, "reading", none) is None
     assert explain_refusal(403, "AccountIsDisabled", None, "reading", none) is None
     assert explain_refusal(409, "LeaseIdMissing", None, "writing", Credential(bearer=True)) is None
+
+
+def test_bearer_tokens_are_scrubbed_from_any_text() -> None:
+    from identity import IdentityEndpoint
+
+    endpoint = IdentityEndpoint()
+    try:
+        token, _, _ = endpoint.mint("https://storage.azure.com")
+    finally:
+        endpoint.close()
+    text = vhdtool.azure.scrub(f"refused: Bearer {token} (and again {token})")
+    assert token not in text and token.split(".")[1] not in text and text.count("REDACTED") == 2

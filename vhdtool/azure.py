@@ -54,11 +54,13 @@ _SECRET_PATTERNS = [
     (re.compile(r"(?i)(AccountKey=)[^;\s\"'<>]+"), r"\1REDACTED"),
     (re.compile(r"(?i)(SharedAccessSignature=)[^;\s\"'<>]+"), r"\1REDACTED"),
     (re.compile(r"(?i)(Authorization:\s*\S+\s+)\S+"), r"\1REDACTED"),
+    # A bearer token (a JWT: base64url header "{"..., payload, signature), wherever it appears.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "REDACTED"),
 ]
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with SAS signatures, account keys and each of ``secrets`` replaced by ``REDACTED``."""
+    """``text`` with SAS signatures, account keys, bearer tokens and each of ``secrets`` replaced by ``REDACTED``."""
     for secret in secrets:
         if secret and len(secret) >= 8:
             for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}:

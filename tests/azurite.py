@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import http.server
+import os
 import random
 import shutil
 import socket
@@ -37,6 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
 # Azurite's documented, public development key (not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# A second account (its key made up here, base64 of a fixed text), for copies across accounts.
+SECOND_ACCOUNT = "secondaccount"
+SECOND_KEY = base64.b64encode(b"vhdtool test key of the second Azurite account, not a secret").decode()
 
 
 def azurite_binary() -> str | None:
@@ -55,19 +59,26 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Azurite:
-    """A running Azurite blob service."""
+    """A running Azurite blob service (``accounts``: name -> key; the first is the default)."""
 
     port: int
+    accounts: tuple[tuple[str, str], ...] = ((ACCOUNT, ACCOUNT_KEY),)
     scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
-    def connection_string(self, endpoint: str | None = None) -> str:
-        """A connection string for this service, or for ``endpoint`` (e.g. a proxy in front of it)."""
-        return (f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={endpoint or self.endpoint};")
+    def connection_string(self, endpoint: str | None = None, account: str = ACCOUNT) -> str:
+        """A connection string for ``account`` on this service, or at ``endpoint`` (a proxy's ``http://host:port``
+        followed by the account, as :attr:`RecordingProxy.endpoint` gives it for the default account)."""
+        key = dict(self.accounts)[account]
+        if endpoint is None:
+            endpoint = f"{self.scheme}://127.0.0.1:{self.port}/{account}"
+        elif account != ACCOUNT and endpoint.endswith(f"/{ACCOUNT}"):
+            endpoint = endpoint[: -len(ACCOUNT)] + account
+        return (f"DefaultEndpointsProtocol={self.scheme};AccountName={account};AccountKey={key};"
+                f"BlobEndpoint={endpoint};")
 
 
 def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -83,11 +94,13 @@ def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: fl
 
 
 @contextmanager
-def running_azurite(timeout: float = 30.0, *, certificate: Certificate | None = None,
+def running_azurite(timeout: float = 30.0, second_account: bool = False, *, certificate: Certificate | None = None,
                     oauth: bool = False) -> Iterator[Azurite]:
     """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards.
 
-    With ``certificate`` it serves HTTPS (``--cert --key``); ``oauth`` adds ``--oauth basic``.
+    ``second_account`` adds :data:`SECOND_ACCOUNT` (Azurite's ``AZURITE_ACCOUNTS``, which then
+    has to list the default account too), so copies can cross accounts. With ``certificate`` it
+    serves HTTPS (``--cert --key``); ``oauth`` adds ``--oauth basic``.
     """
     if oauth and certificate is None:
         raise ValueError("Azurite accepts bearer tokens only over HTTPS: give a certificate")
@@ -104,11 +117,15 @@ def running_azurite(timeout: float = 30.0, *, certificate: Certificate | None = 
         args += ["--cert", str(certificate.cert), "--key", str(certificate.key)]
     if oauth:
         args += ["--oauth", "basic"]
+    accounts = ((ACCOUNT, ACCOUNT_KEY),) + (((SECOND_ACCOUNT, SECOND_KEY),) if second_account else ())
+    env = dict(os.environ)
+    if second_account:
+        env["AZURITE_ACCOUNTS"] = ";".join(f"{name}:{key}" for name, key in accounts)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=workdir)
+                            cwd=workdir, env=env)
     try:
         _wait_until_listening(port, proc, time.monotonic() + timeout)
-        yield Azurite(port, "https" if certificate is not None else "http")
+        yield Azurite(port, accounts, "https" if certificate is not None else "http")
     finally:
         proc.terminate()
         try:
@@ -157,6 +174,8 @@ class Recorded:
     fault: str | None = None  # what the proxy did instead of (or after) forwarding; "incomplete": body cut
     status: int | None = None
     response_length: int = 0  # body bytes of the answer Azurite gave (what crossed the wire to the client)
+    copy_source: str | None = None  # Put Page From URL: the x-ms-copy-source URL
+    copy_source_authorization: str | None = None  # and its x-ms-copy-source-authorization, if any
 
     @property
     def is_put_page(self) -> bool:
@@ -179,6 +198,7 @@ class Rule:
     times: int = 1
     retry_after: float | None = None
     seconds: float = 0.0
+    code: str = "Injected"  # the x-ms-error-code of an answered status
     answer: Callable[[Recorded], Answer | None] | None = None
 
 
@@ -246,6 +266,9 @@ class RecordingProxy:
         # and ``marker``, answers linked by ``NextMarker``) and Azurite does not (it lists every
         # range in one answer): at most this many ranges per answer when set.
         self.page_list_limit: int | None = None
+        # Put Page From URL, which Azurite answers with 501: when set (account name -> key), the
+        # proxy stands in for the service (see _put_page_from_url) instead of forwarding.
+        self.copy_from_url_keys: dict[str, str] | None = None
         self._faults: RandomFaults | None = None
         self._rng = random.Random(0)
         self._deck: list[str] = []
@@ -376,7 +399,9 @@ class RecordingProxy:
             if spec.startswith("bytes="):
                 a, _, b = spec[6:].partition("-")
                 rec.offset, rec.length = int(a), int(b) - int(a) + 1
-            if rec.page_write == "update":
+            rec.copy_source = headers.get("x-ms-copy-source")
+            rec.copy_source_authorization = headers.get("x-ms-copy-source-authorization")
+            if rec.page_write == "update" and rec.copy_source is None:
                 sent = headers.get("content-md5")
                 rec.md5_ok = sent is not None and base64.b64decode(sent) == hashlib.md5(body).digest()
         with self._lock:
@@ -412,12 +437,19 @@ class RecordingProxy:
                 return
             status = int(rule.action)
             extra = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
-            message = b"<?xml version='1.0'?><Error><Code>Injected</Code><Message>injected</Message></Error>"
-            self._reply(h, status, {"Content-Type": "application/xml", **extra}, message)
+            message = (f"<?xml version='1.0'?><Error><Code>{rule.code}</Code><Message>injected</Message>"
+                       "</Error>").encode()
+            self._reply(h, status, {"Content-Type": "application/xml", "x-ms-error-code": rule.code, **extra},
+                        message)
             rec.status = status
             return
         if rule is not None and rule.action == "delay":
             time.sleep(rule.seconds)
+        if rec.copy_source is not None and self.copy_from_url_keys is not None:
+            status, reply_headers, reply = self._put_page_from_url(rec, parts.path, self.copy_from_url_keys)
+            rec.status = status
+            self._reply(h, status, reply_headers, reply)
+            return
         if rec.is_put_page:
             with self._lock:
                 self.in_flight += 1
@@ -467,6 +499,70 @@ class RecordingProxy:
             return response.status, reply, data
         finally:
             conn.close()
+
+    def _put_page_from_url(self, rec: Recorded, path: str,
+                           keys: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """A stand-in for the service's Put Page From URL, following its REST reference for x-ms-version
+        2020-10-02 and later: the source range (``x-ms-source-range``) and the destination range
+        (``x-ms-range``) are the same length, at most 4 MiB, in whole 512-byte pages, and the body is
+        empty; the service reads the range from ``x-ms-copy-source`` (authorized by the URL's SAS, or
+        by the ``x-ms-copy-source-authorization`` bearer token, which the stand-in passes on as the
+        read's ``Authorization``: checked by an Azurite serving HTTPS with ``--oauth basic``, refused by
+        one over HTTP), answers 201 when the pages are written, and a 4xx with the code
+        CannotVerifyCopySource when it cannot read the source. The pages are written with an
+        ordinary Put Page signed with the destination account's key; the source is read straight
+        from Azurite, so neither leg is recorded as traffic of the client. Behind an HTTPS Azurite
+        (``upstream_tls``) both legs use HTTPS, the write trusting ``REQUESTS_CA_BUNDLE``.
+        """
+        def error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
+            body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
+            return status, {"Content-Type": "application/xml", "x-ms-error-code": code}, body
+
+        def span(spec: str | None) -> tuple[int, int] | None:
+            if not spec or not spec.startswith("bytes="):
+                return None
+            a, _, b = spec[6:].partition("-")
+            return int(a), int(b) + 1
+
+        source_range = span(rec.headers.get("x-ms-source-range"))
+        dest_range = span(rec.headers.get("x-ms-range") or rec.headers.get("range"))
+        if source_range is None or dest_range is None or rec.body_length:
+            return error(400, "InvalidHeaderValue")
+        length = dest_range[1] - dest_range[0]
+        if (source_range[1] - source_range[0] != length or length > 4 * 1024 * 1024 or length <= 0
+                or dest_range[0] % 512 or length % 512):
+            return error(400, "InvalidPageRange")
+        rec.offset, rec.length = dest_range[0], length
+        source = urllib.parse.urlsplit(rec.copy_source or "")
+        if self.upstream_tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.upstream_port, timeout=60, context=self.upstream_tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            target = source.path + (f"?{source.query}" if source.query else "")
+            read = {"x-ms-range": f"bytes={source_range[0]}-{source_range[1] - 1}", "x-ms-version": "2021-08-06"}
+            if rec.copy_source_authorization:
+                read["Authorization"] = rec.copy_source_authorization
+            conn.request("GET", target, headers=read)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status not in (200, 206) or len(data) != length:
+            return error(response.status if 400 <= response.status < 500 else 403, "CannotVerifyCopySource")
+        from azure.storage.blob import BlobClient
+
+        account, _, rest = path.lstrip("/").partition("/")
+        container, _, blob = rest.partition("/")
+        if account not in keys:
+            return error(403, "AuthenticationFailed")
+        scheme = "https" if self.upstream_tls is not None else "http"
+        connection = (f"DefaultEndpointsProtocol={scheme};AccountName={account};AccountKey={keys[account]};"
+                      f"BlobEndpoint={scheme}://127.0.0.1:{self.upstream_port}/{account};")
+        client = BlobClient.from_connection_string(connection, container, urllib.parse.unquote(blob))
+        result = client.upload_page(data, dest_range[0], length)
+        return 201, {"ETag": str(result.get("etag")), "x-ms-request-server-encrypted": "false"}, b""
 
     @staticmethod
     def _page(reply: bytes, query: dict[str, str], limit: int) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
+from azurite import ACCOUNT, Azurite, RecordingProxy
 
 from vhdtool.fileio import data_ranges
 
@@ -49,13 +49,16 @@ def sdk_upload(client: BlobClient, path: Path, *, whole: bool | None = None) -> 
 class Store:
     """A fresh container in Azurite, reached through ``proxy`` (counted) or directly (for setup)."""
 
-    def __init__(self, azurite: Azurite, proxy: RecordingProxy) -> None:
+    def __init__(self, azurite: Azurite, proxy: RecordingProxy, account: str = ACCOUNT) -> None:
         self.azurite = azurite
         self.proxy = proxy
+        self.account = account
+        self.key = dict(azurite.accounts)[account]
         self.container = "r" + uuid.uuid4().hex[:12]
-        self.service = BlobServiceClient.from_connection_string(azurite.connection_string())
+        self.service = BlobServiceClient.from_connection_string(azurite.connection_string(account=account))
         self.service.create_container(self.container)
-        self.connection_string = azurite.connection_string(proxy.endpoint)
+        self.connection_string = azurite.connection_string(proxy.endpoint, account=account)
+        self.endpoint = f"http://127.0.0.1:{proxy.port}/{account}"
 
     def client(self, blob: str) -> BlobClient:
         return self.service.get_blob_client(self.container, blob)
@@ -66,9 +69,9 @@ class Store:
     def sas_url(self, blob: str, **permissions: bool) -> str:
         """A blob URL through the proxy with a SAS token (read-only unless told otherwise)."""
         perms = BlobSasPermissions(**(permissions or {"read": True}))
-        sas = generate_blob_sas(ACCOUNT, self.container, blob, account_key=ACCOUNT_KEY, permission=perms,
+        sas = generate_blob_sas(self.account, self.container, blob, account_key=self.key, permission=perms,
                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
-        return f"{self.proxy.endpoint}/{self.container}/{urllib.parse.quote(blob)}?{sas}"
+        return f"{self.endpoint}/{self.container}/{urllib.parse.quote(blob)}?{sas}"
 
 
 def sig_of(url: str) -> str:

@@ -163,6 +163,15 @@ def test_a_sas_url_is_read_and_its_token_never_shown(blobs: dict[str, tuple[str,
     assert missing.returncode == 1 and "no such blob" in missing.stderr
 
 
+def test_a_block_blob_is_read_and_named(blobs: dict[str, tuple[str, Path]], store: Store) -> None:
+    _, local = blobs["sdk-dynamic"]
+    store.client("block.vhd").upload_blob(local.read_bytes(), overwrite=True)  # a block blob, by mistake
+    proc = vhdtool("info", "--json", store.spec("block.vhd"), connection_string=store.connection_string)
+    assert proc.returncode == 0, proc.stderr
+    assert json_of(proc)["type"] == "dynamic"
+    assert "BlockBlob" in proc.stderr and "page blobs only" in proc.stderr
+
+
 def test_a_local_file_wins_over_container_slash_blob(blobs: dict[str, tuple[str, Path]], store: Store,
                                                      tmp_path: Path, proxy: RecordingProxy) -> None:
     spec, local = blobs["sdk-dynamic"]

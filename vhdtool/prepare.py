@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .disk import VirtualDisk
@@ -293,10 +293,14 @@ def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
     Returns the blob URL without token, the MD5 and SHA-256 of the fixed VHD, and the blob size.
     Both digests come from the upload's own walk of the source: nothing is read twice.
     """
+    from .remote import blob_of
+    from .remote.copy import copy_identity
     from .upload import upload
 
+    blob = blob_of(disk)  # read from a blob: no files to name the resume key after
     result = upload(disk, destination.for_blob(blob_name), hashes=HASHES,
-                    progress=lambda sent, skipped: progress(sent + skipped))
+                    progress=lambda sent, skipped: progress(sent + skipped),
+                    identity=None if blob is None else copy_identity(blob))
     return strip_token(result.blob), {name: result.digests[name] for name in HASHES}, result.blob_size
 
 
@@ -394,7 +398,23 @@ def _validate(request: PrepareRequest) -> None:
         raise UsageError(f"{request.output_dir}: not a folder (-o names the folder for the VHDs and the manifest)")
 
 
+def _open_input(path: str) -> Any:
+    """A local image's path as it is; a blob URL (a disk already in Azure) opened as a remote source."""
+    from .remote.address import is_url
+
+    if not is_url(path):
+        return path
+    from .remote import open_remote
+
+    return open_remote(path)
+
+
 def _source_record(disk: VirtualDisk) -> SourceRecord:
+    from .remote import blob_of
+
+    blob = blob_of(disk)
+    if blob is not None:  # a disk already in Azure: its URL (never a token) and the blob's size
+        return SourceRecord(blob.path, disk.format, disk.disk_type, disk.virtual_size, blob.size)
     path = os.path.abspath(disk.path)
     return SourceRecord(path, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size)
 
@@ -444,7 +464,7 @@ def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None
     with ExitStack() as stack:
         disks: list[VirtualDisk] = []
         for item in items:
-            disks.append(stack.enter_context(open_image(item.path)))
+            disks.append(stack.enter_context(open_image(_open_input(item.path))))
         views = [FixedVhdView(d) for d in disks]
         passes = (0 if request.no_local_copy else 1) + (1 if request.destination else 0)
         tracker = _Tracker(progress, sum(v.size for v in views) * passes)

@@ -283,7 +283,8 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
            progress: Progress | None = None, managed_disk: bool | None = None,
            retry: RetryPolicy | None = None, timeout: float = 120.0, size: int | None = None,
            unique_id: bytes | None = None, timestamp: int | None = None,
-           max_put: int = MAX_PUT_PAGE, hashes: Sequence[str] = ("md5",)) -> UploadResult:
+           max_put: int = MAX_PUT_PAGE, hashes: Sequence[str] = ("md5",),
+           identity: str | None = None) -> UploadResult:
     """Upload ``disk`` to the page blob ``dest`` as a fixed VHD (virtual size rounded up to a MiB + footer).
 
     ``threads`` requests run at once and at most ``window`` (default ``2 × threads``) request
@@ -294,6 +295,7 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
     compared) or ``"full"`` (bytes read back too). ``unique_id``/``timestamp`` fix the footer's
     fields (a resumed upload reuses the ones recorded on the blob). ``hashes`` names more digests of
     the fixed VHD to compute in the same pass (MD5 always is), returned in ``UploadResult.digests``.
+    ``identity`` replaces the resume key made from the image's files (a disk read from a blob has none).
     """
     if threads < 1:
         raise UsageError("--threads must be at least 1")
@@ -305,7 +307,7 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
     started = time.monotonic()
     virtual_size = azure_virtual_size(disk.virtual_size, size)
     blob_size = virtual_size + FOOTER_SIZE
-    identity = image_identity(disk, virtual_size)
+    identity = identity or image_identity(disk, virtual_size)
     abort = threading.Event()
     retrier = Retrier(retry or RetryPolicy(), abort)
     warnings: list[str] = []

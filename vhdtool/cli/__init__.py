@@ -40,6 +40,7 @@ COMMANDS = {
     "prepare": "prepare",
     "verify": "verify",
     "download": "download",
+    "copy": "copy",
 }
 
 

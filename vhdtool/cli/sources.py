@@ -34,8 +34,13 @@ def open_argument(image: str, connection_string: str | None, account_url: str | 
     if not is_remote(image, connection_string=connection_string, account_url=account_url):
         return image
     from ..remote import open_remote
+    from ..remote.blob_source import PAGE_BLOB
 
-    return open_remote(image, connection_string=connection_string, account_url=account_url)
+    source = open_remote(image, connection_string=connection_string, account_url=account_url)
+    if source.blob_type != PAGE_BLOB:
+        click.echo(f"vhdtool: warning: {source.path} is a {source.blob_type}: Azure makes disks and images "
+                   "from page blobs only (vhdtool copy writes one)", err=True)
+    return source
 
 
 def read_cost(source: str | ByteSource) -> dict[str, int] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..disk import VirtualDisk
     from .blob_source import BlobSource
 
 
@@ -29,3 +30,14 @@ def open_remote(spec: str, *, connection_string: str | None = None, account_url:
 
     return BlobSource(blob_address(spec, connection_string=connection_string, account_url=account_url),
                       timeout=timeout, **options)
+
+
+def blob_of(disk: VirtualDisk) -> BlobSource | None:
+    """The blob ``disk`` is read from, or ``None`` for a disk read from a local file."""
+    from ..disk import BorrowedSource
+    from .blob_source import BlobSource
+
+    image = getattr(disk, "image", None)
+    if isinstance(image, BorrowedSource):
+        image = image.inner
+    return image if isinstance(image, BlobSource) else None

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, RecordingProxy, Rule
+from azurite import Azurite, Recorded, RecordingProxy, Rule
 from identity import DISK_RESOURCE, STORAGE_RESOURCE, IdentityEndpoint, claims_of
 from signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_entra, run_cli, without_token
 
@@ -74,3 +74,54 @@ def test_download_of_an_entra_id_disk_answers_its_challenge(tmp_path: Path, azur
         assert claims_of(rec.headers["authorization"].removeprefix("Bearer "))["aud"] == DISK_RESOURCE
     assert [r.resource for r in signed_in.requests] == [DISK_RESOURCE]
     assert disk.signature not in out + err
+
+
+def test_server_side_copy_sends_the_source_token_as_copy_source_authorization(
+        tmp_path: Path, box: Box, https_proxy: RecordingProxy, azurite_oauth: Azurite, signed_in: IdentityEndpoint,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``copy URL CONTAINER/BLOB --account-url``, both sides signed in: the destination's requests carry a
+    token, and each Put Page From URL carries one for the source in ``x-ms-copy-source-authorization``,
+    which the stand-in service uses to read the source from the OAuth Azurite (so Azurite checks it)."""
+    image = make_raw(tmp_path / "disk.raw", 12 * MiB, runs=10, run_length=64 * 1024)
+    with open_image(str(image)) as disk:
+        upload(disk, Destination(connection_string=azurite_oauth.connection_string(), container=box.container,
+                                 blob="src.vhd"))
+    https_proxy.clear()
+    https_proxy.copy_from_url_keys = dict(azurite_oauth.accounts)
+    try:
+        code, out, err = run_cli(["copy", f"{https_proxy.endpoint}/{box.container}/src.vhd", f"{box.container}/dst.vhd",
+                                  "--account-url", https_proxy.endpoint, "--mode", "server", "--json"], capsys)
+    finally:
+        https_proxy.copy_from_url_keys = None
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["mode"] == "server" and result["bytes_sent"] == 0
+    assert box.download("dst.vhd") == box.download("src.vhd")
+    assert_signed_in_only(https_proxy)
+    copies = [r for r in https_proxy.requests if r.copy_source is not None]
+    assert copies and all(r.status == 201 for r in copies)
+    for rec in copies:
+        assert "sig=" not in (rec.copy_source or "")
+        scheme, _, token = (rec.copy_source_authorization or "").partition(" ")
+        assert scheme == "Bearer" and claims_of(token)["aud"] == STORAGE_RESOURCE
+    assert len(signed_in.requests) == 1  # the source's token and the destination's: one, from the cache
+    assert all(r.copy_source_authorization.removeprefix("Bearer ") not in out + err  # type: ignore[union-attr]
+               for r in copies)
+
+    # The check is real: a source token spoiled on the way (a token for another audience) is refused by Azurite.
+    https_proxy.clear()
+    https_proxy.copy_from_url_keys = dict(azurite_oauth.accounts)
+    other, _, _ = signed_in.mint("https://management.azure.com/")
+
+    def spoil(rec: Recorded) -> None:
+        if rec.copy_source_authorization:
+            rec.copy_source_authorization = f"Bearer {other}"
+
+    https_proxy.on_request = spoil
+    try:
+        code, out, err = run_cli(["copy", f"{https_proxy.endpoint}/{box.container}/src.vhd", f"{box.container}/x.vhd",
+                                  "--account-url", https_proxy.endpoint, "--mode", "server"], capsys)
+    finally:
+        https_proxy.copy_from_url_keys = None
+        https_proxy.on_request = None
+    assert code == 1 and "CannotVerifyCopySource" in err, err

@@ -2,6 +2,9 @@
 
 Installed by ``scripts/setup.sh`` (``npm install --prefix . azurite@3``). The blob service runs in
 memory and is stopped when the context ends. Used by the tests and by ``benchmarks/upload_bench.py``.
+With a certificate it serves HTTPS, and with ``oauth`` it also accepts Microsoft Entra ID bearer
+tokens (``--oauth basic``: audience, issuer and lifetime checked, signature not; bearer tokens are
+refused over HTTP).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -25,7 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from identity import Certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
@@ -56,20 +63,21 @@ class Azurite:
 
     port: int
     accounts: tuple[tuple[str, str], ...] = ((ACCOUNT, ACCOUNT_KEY),)
+    scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     def connection_string(self, endpoint: str | None = None, account: str = ACCOUNT) -> str:
         """A connection string for ``account`` on this service, or at ``endpoint`` (a proxy's ``http://host:port``
         followed by the account, as :attr:`RecordingProxy.endpoint` gives it for the default account)."""
         key = dict(self.accounts)[account]
         if endpoint is None:
-            endpoint = f"http://127.0.0.1:{self.port}/{account}"
+            endpoint = f"{self.scheme}://127.0.0.1:{self.port}/{account}"
         elif account != ACCOUNT and endpoint.endswith(f"/{ACCOUNT}"):
             endpoint = endpoint[: -len(ACCOUNT)] + account
-        return (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+        return (f"DefaultEndpointsProtocol={self.scheme};AccountName={account};AccountKey={key};"
                 f"BlobEndpoint={endpoint};")
 
 
@@ -86,12 +94,16 @@ def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: fl
 
 
 @contextmanager
-def running_azurite(timeout: float = 30.0, second_account: bool = False) -> Iterator[Azurite]:
+def running_azurite(timeout: float = 30.0, second_account: bool = False, *, certificate: Certificate | None = None,
+                    oauth: bool = False) -> Iterator[Azurite]:
     """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards.
 
     ``second_account`` adds :data:`SECOND_ACCOUNT` (Azurite's ``AZURITE_ACCOUNTS``, which then
-    has to list the default account too), so copies can cross accounts.
+    has to list the default account too), so copies can cross accounts. With ``certificate`` it
+    serves HTTPS (``--cert --key``); ``oauth`` adds ``--oauth basic``.
     """
+    if oauth and certificate is None:
+        raise ValueError("Azurite accepts bearer tokens only over HTTPS: give a certificate")
     binary = azurite_binary()
     if binary is None:
         raise FileNotFoundError("azurite-blob not found: run scripts/setup.sh "
@@ -101,6 +113,10 @@ def running_azurite(timeout: float = 30.0, second_account: bool = False) -> Iter
     workdir = tempfile.mkdtemp(prefix="azurite-")
     args = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
             "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent"]
+    if certificate is not None:
+        args += ["--cert", str(certificate.cert), "--key", str(certificate.key)]
+    if oauth:
+        args += ["--oauth", "basic"]
     accounts = ((ACCOUNT, ACCOUNT_KEY),) + (((SECOND_ACCOUNT, SECOND_KEY),) if second_account else ())
     env = dict(os.environ)
     if second_account:
@@ -109,7 +125,7 @@ def running_azurite(timeout: float = 30.0, second_account: bool = False) -> Iter
                             cwd=workdir, env=env)
     try:
         _wait_until_listening(port, proc, time.monotonic() + timeout)
-        yield Azurite(port, accounts)
+        yield Azurite(port, accounts, "https" if certificate is not None else "http")
     finally:
         proc.terminate()
         try:
@@ -166,10 +182,16 @@ class Recorded:
         return self.page_write == "update"
 
 
+# What an "answer" rule says instead of Azurite: status, headers, body.
+Answer = tuple[int, dict[str, str], bytes]
+
+
 @dataclass
 class Rule:
-    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, or any HTTP status)
-    for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"`` after."""
+    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, any HTTP status, or
+    ``"answer"``) for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"``
+    after; ``"answer"`` calls ``answer`` with the request: what it returns is sent in Azurite's place
+    (``None``: the request is forwarded as usual)."""
 
     match: Callable[[Recorded], bool]
     action: str
@@ -177,6 +199,18 @@ class Rule:
     retry_after: float | None = None
     seconds: float = 0.0
     code: str = "Injected"  # the x-ms-error-code of an answered status
+    answer: Callable[[Recorded], Answer | None] | None = None
+
+
+def storage_error(status: int, code: str, message: str, detail: str | None = None,
+                  headers: dict[str, str] | None = None) -> Answer:
+    """An error as Azure Storage sends it: ``x-ms-error-code`` and an XML body (with
+    ``AuthenticationErrorDetail`` for a refused credential, as Azure adds it)."""
+    extra = f"<AuthenticationErrorDetail>{detail}</AuthenticationErrorDetail>" if detail else ""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z", time.gmtime())
+    body = (f"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}\n"
+            f"RequestId:00000000-0000-0000-0000-000000000000\nTime:{when}</Message>{extra}</Error>").encode()
+    return status, {"Content-Type": "application/xml", "x-ms-error-code": code, **(headers or {})}, body
 
 
 def _every_request(rec: Recorded) -> bool:
@@ -206,10 +240,18 @@ class RandomFaults:
 
 
 class RecordingProxy:
-    """A threaded HTTP/1.1 reverse proxy on 127.0.0.1 forwarding to ``upstream_port``."""
+    """A threaded HTTP/1.1 reverse proxy on 127.0.0.1 forwarding to ``upstream_port``.
 
-    def __init__(self, upstream_port: int) -> None:
+    With ``certificate`` it serves HTTPS; ``upstream_tls`` (a client context trusting Azurite's
+    certificate) makes it talk HTTPS to Azurite. ``rewrite`` may change the headers it forwards.
+    """
+
+    def __init__(self, upstream_port: int, *, certificate: Certificate | None = None,
+                 upstream_tls: ssl.SSLContext | None = None) -> None:
         self.upstream_port = upstream_port
+        self.upstream_tls = upstream_tls
+        self.scheme = "https" if certificate is not None else "http"
+        self.rewrite: Callable[[Recorded, dict[str, str]], dict[str, str]] | None = None
         self.requests: list[Recorded] = []
         self.rules: list[Rule] = []
         self.in_flight = 0
@@ -259,6 +301,12 @@ class RecordingProxy:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(certificate.cert), str(certificate.key))
+            # The handshake happens in each connection's own thread, on its first read.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
         # A client that went away (killed, timed out) makes the reply fail: expected, not worth a traceback.
         self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.port = int(self.server.server_address[1])
@@ -267,7 +315,7 @@ class RecordingProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     def put_pages(self) -> list[Recorded]:
         """The Put Page (update) requests Azurite applied, in arrival order."""
@@ -293,6 +341,7 @@ class RecordingProxy:
             self.injected.clear()
             self._faults = None
             self.on_request = None
+            self.rewrite = None
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Once the clients have exited: wait until their connections are closed and no request is being
@@ -367,6 +416,17 @@ class RecordingProxy:
         if hook is not None:
             hook(rec)
         rule = self._match(rec)
+        if rule is not None and rule.action == "answer":
+            answer = rule.answer(rec) if rule.answer is not None else None
+            if answer is None:
+                rule = None  # nothing to say: forwarded as usual
+            else:
+                with self._lock:
+                    self.injected["answer"] += 1
+                rec.fault = "answer"
+                rec.status = answer[0]
+                self._reply(h, *answer)
+                return
         if rule is not None and rule.action != "delay":
             with self._lock:
                 self.injected[rule.action] += 1
@@ -395,7 +455,7 @@ class RecordingProxy:
                 self.in_flight += 1
                 self.max_in_flight_puts = max(self.max_in_flight_puts, self.in_flight)
         try:
-            status, reply_headers, reply = self._forward(h.command, h.path, h.headers, body)
+            status, reply_headers, reply = self._forward(h.command, h.path, h.headers, body, rec)
         finally:
             if rec.is_put_page:
                 with self._lock:
@@ -417,11 +477,18 @@ class RecordingProxy:
             rec.fault = rule.action
         self._reply(h, status, reply_headers, reply)
 
-    def _forward(self, method: str, path: str, headers: Any,
-                 body: bytes) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+    def _forward(self, method: str, path: str, headers: Any, body: bytes,
+                 rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if self.upstream_tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.upstream_port, timeout=60, context=self.upstream_tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             forward = {k: v for k, v in headers.items() if k.lower() not in ("connection", "keep-alive")}
+            rewrite = self.rewrite
+            if rewrite is not None:
+                forward = rewrite(rec, forward)
             conn.request(method, path, body=body if body else None, headers=forward)
             response = conn.getresponse()
             data = response.read()
@@ -438,12 +505,14 @@ class RecordingProxy:
         """A stand-in for the service's Put Page From URL, following its REST reference for x-ms-version
         2020-10-02 and later: the source range (``x-ms-source-range``) and the destination range
         (``x-ms-range``) are the same length, at most 4 MiB, in whole 512-byte pages, and the body is
-        empty; the service reads the range from ``x-ms-copy-source`` (authorized by the URL's SAS;
-        an ``x-ms-copy-source-authorization`` bearer token is recorded, not checked: Azurite takes
-        no tokens over HTTP), answers 201 when the pages are written, and a 4xx with the code
+        empty; the service reads the range from ``x-ms-copy-source`` (authorized by the URL's SAS, or
+        by the ``x-ms-copy-source-authorization`` bearer token, which the stand-in passes on as the
+        read's ``Authorization``: checked by an Azurite serving HTTPS with ``--oauth basic``, refused by
+        one over HTTP), answers 201 when the pages are written, and a 4xx with the code
         CannotVerifyCopySource when it cannot read the source. The pages are written with an
         ordinary Put Page signed with the destination account's key; the source is read straight
-        from Azurite, so neither leg is recorded as traffic of the client.
+        from Azurite, so neither leg is recorded as traffic of the client. Behind an HTTPS Azurite
+        (``upstream_tls``) both legs use HTTPS, the write trusting ``REQUESTS_CA_BUNDLE``.
         """
         def error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
             body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
@@ -465,11 +534,17 @@ class RecordingProxy:
             return error(400, "InvalidPageRange")
         rec.offset, rec.length = dest_range[0], length
         source = urllib.parse.urlsplit(rec.copy_source or "")
-        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        if self.upstream_tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.upstream_port, timeout=60, context=self.upstream_tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             target = source.path + (f"?{source.query}" if source.query else "")
-            conn.request("GET", target, headers={"x-ms-range": f"bytes={source_range[0]}-{source_range[1] - 1}",
-                                                 "x-ms-version": "2021-08-06"})
+            read = {"x-ms-range": f"bytes={source_range[0]}-{source_range[1] - 1}", "x-ms-version": "2021-08-06"}
+            if rec.copy_source_authorization:
+                read["Authorization"] = rec.copy_source_authorization
+            conn.request("GET", target, headers=read)
             response = conn.getresponse()
             data = response.read()
         finally:
@@ -482,8 +557,9 @@ class RecordingProxy:
         container, _, blob = rest.partition("/")
         if account not in keys:
             return error(403, "AuthenticationFailed")
-        connection = (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={keys[account]};"
-                      f"BlobEndpoint=http://127.0.0.1:{self.upstream_port}/{account};")
+        scheme = "https" if self.upstream_tls is not None else "http"
+        connection = (f"DefaultEndpointsProtocol={scheme};AccountName={account};AccountKey={keys[account]};"
+                      f"BlobEndpoint={scheme}://127.0.0.1:{self.upstream_port}/{account};")
         client = BlobClient.from_connection_string(connection, container, urllib.parse.unquote(blob))
         result = client.upload_page(data, dest_range[0], length)
         return 201, {"ETag": str(result.get("etag")), "x-ms-request-server-encrypted": "false"}, b""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, running_azurite
+from azurite import Azurite, RecordingProxy, running_azurite
+from identity import CLEARED_ENV, Certificate, IdentityEndpoint, make_certificate
+from signin_helpers import Box
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -61,6 +64,64 @@ def azurite() -> Iterator[Azurite]:
     """One in-memory Azurite for the whole run; tests isolate themselves by container name."""
     with running_azurite() as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed certificate for 127.0.0.1, made for this run (trusted only where a test says so)."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def azurite_oauth(certificate: Certificate) -> Iterator[Azurite]:
+    """A second Azurite, over HTTPS, that also accepts Microsoft Entra ID tokens (``--oauth basic``)."""
+    with running_azurite(certificate=certificate, oauth=True) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def https_proxy(azurite_oauth: Azurite, certificate: Certificate) -> Iterator[RecordingProxy]:
+    """A recording proxy speaking HTTPS on both sides, in front of the OAuth Azurite."""
+    upstream = ssl.create_default_context(cafile=str(certificate.cert))
+    proxy = RecordingProxy(azurite_oauth.port, certificate=certificate, upstream_tls=upstream)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def box(azurite_oauth: Azurite, certificate: Certificate, https_proxy: RecordingProxy) -> Box:
+    """A fresh container in the OAuth Azurite; the HTTPS proxy's record cleared."""
+    https_proxy.clear()
+    return Box(azurite_oauth, certificate)
+
+
+@pytest.fixture(scope="session")
+def md_host(azurite: Azurite, certificate: Certificate) -> Iterator[RecordingProxy]:
+    """The stand-in for a managed disk's ``md-`` host (see ``tests/signin_helpers.py``): HTTPS, Azurite behind."""
+    proxy = RecordingProxy(azurite.port, certificate=certificate)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def identity() -> Iterator[IdentityEndpoint]:
+    """A fresh local managed-identity endpoint (App Service protocol) for one test."""
+    endpoint = IdentityEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture
+def signed_in(monkeypatch: pytest.MonkeyPatch, certificate: Certificate,
+              identity: IdentityEndpoint) -> IdentityEndpoint:
+    """This process signed in as on an App Service with a managed identity: ``identity`` is the endpoint,
+    the test certificate is trusted (``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``), and nothing else
+    DefaultAzureCredential looks at first is set. Undone after the test."""
+    for name in CLEARED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**certificate.environment(), **identity.environment()}.items():
+        monkeypatch.setenv(name, value)
+    return identity
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ Two rules hold for everything that leaves this module:
   know which failures are worth it, so SDK errors are translated into :class:`RetryableError`
   (timeouts, connection resets, answers cut short, 408/429/500/502/503/504) or
   :class:`~vhdtool.errors.TransferError`.
+
+Signing in (Entra ID tokens, the managed-disk bearer challenge, plain words for refused credentials)
+lives in :mod:`vhdtool.signin`; this module asks it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import email.utils
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import re
 import ssl
 import threading
@@ -32,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import signin
 from .errors import TransferError, UsageError
 
 if TYPE_CHECKING:
@@ -49,11 +54,13 @@ _SECRET_PATTERNS = [
     (re.compile(r"(?i)(AccountKey=)[^;\s\"'<>]+"), r"\1REDACTED"),
     (re.compile(r"(?i)(SharedAccessSignature=)[^;\s\"'<>]+"), r"\1REDACTED"),
     (re.compile(r"(?i)(Authorization:\s*\S+\s+)\S+"), r"\1REDACTED"),
+    # A bearer token (a JWT: base64url header "{"..., payload, signature), wherever it appears.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "REDACTED"),
 ]
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with SAS signatures, account keys and each of ``secrets`` replaced by ``REDACTED``."""
+    """``text`` with SAS signatures, account keys, bearer tokens and each of ``secrets`` replaced by ``REDACTED``."""
     for secret in secrets:
         if secret and len(secret) >= 8:
             for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}:
@@ -85,11 +92,19 @@ class RetryableError(TransferError):
 
 
 class PermanentError(TransferError):
-    """A failure that retrying cannot fix (403, 404, 409, 412, bad request): the upload stops at once."""
+    """A failure that retrying cannot fix (403, 404, 409, 412, bad request): the upload stops at once.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    ``reason`` names a refused credential (``"sas-expired"``, ``"sas-permission"``, ``"rbac"``...; see
+    :mod:`vhdtool.signin`) and ``advice`` what to do, so a command can give its own advice instead.
+    """
+
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None,
+                 advice: str | None = None) -> None:
+        super().__init__(f"{message}; {advice}" if advice else message)
         self.status = status
+        self.reason = reason
+        self.detail = message
+        self.advice = advice
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,13 @@ class Destination:
                     found += urllib.parse.parse_qs(value).get("sig", [])
         return found
 
+    def sas(self) -> signin.SasToken | None:
+        """The SAS token this destination carries (in its URL or connection string), if any."""
+        if self.url:
+            return signin.parse_sas(urllib.parse.urlsplit(self.url).query)
+        value = _connection_string_field(self.connection_string or "", "SharedAccessSignature")
+        return signin.parse_sas(value) if value else None
+
     def describe(self) -> str:
         """A name for messages: the blob URL or ``container/blob``, never a secret."""
         if self.url:
@@ -131,6 +153,17 @@ class Destination:
         endpoint = _connection_string_field(self.connection_string or "", "BlobEndpoint")
         prefix = f"{public_url(endpoint).rstrip('/')}/" if endpoint else ""
         return f"{prefix}{self.container}/{self.blob}"
+
+
+def _azurite_container_url(parts: urllib.parse.SplitResult) -> bool:
+    """``http://127.0.0.1:10000/ACCOUNT/CONTAINER``: Azurite's path-style URL of a container, not a blob."""
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host.lower() != "localhost":
+            return False
+    return parts.path.strip("/").count("/") < 2
 
 
 def _connection_string_field(connection_string: str, name: str) -> str | None:
@@ -153,7 +186,12 @@ def make_destination(dest: str | None, *, connection_string: str | None = None,
         if container or blob:
             raise UsageError("give either a blob URL or --container/--blob, not both")
         parts = urllib.parse.urlsplit(dest)
-        if parts.path.strip("/").count("/") < 1:
+        if parts.path.strip("/").count("/") < 1 or _azurite_container_url(parts):
+            sas = signin.parse_sas(parts.query)
+            if sas is not None and sas.resource == "c":
+                raise UsageError(f"{public_url(dest)}: this is a container URL with a container SAS (sr=c); give "
+                                 "the blob's URL: add /BLOB to the path, before the '?' (the same SAS serves "
+                                 "any blob of the container)")
             raise UsageError(f"{public_url(dest)}: a blob URL needs a container and a blob name")
         return Destination(url=dest)
     if dest:
@@ -213,6 +251,10 @@ class PageBlobTarget:
 
     :attr:`requests` counts every HTTP request sent (attempts, not operations); failures come out
     as :class:`RetryableError` or :class:`PermanentError`, scrubbed of secrets.
+
+    A SAS-only request answered with 401 and a bearer challenge (a managed disk whose data access
+    needs Entra ID) is sent again once with a token for the challenged resource, and every later
+    request carries one too (the SAS stays in the URL).
     """
 
     def __init__(self, dest: Destination, *, timeout: float = DEFAULT_TIMEOUT, pool_size: int = 16,
@@ -224,12 +266,24 @@ class PageBlobTarget:
             if managed_disk is None else managed_disk
         self._lock = threading.Lock()
         self.requests = 0
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._challenge: signin.BearerChallenge | None = None
+        self._sas = dest.sas()
         try:
             import azure.storage.blob  # noqa: F401
         except ImportError as err:
             raise UsageError("uploading needs the Azure SDK: pip install 'vhdtool[azure]'") from err
-        self._client = self._guard("connect", lambda: self._make_client(timeout, pool_size))
-        self._fast = _FastPutPage.for_client(self._client, timeout, self._clean, self.name, self._count)
+        # A blob URL without a query and --account-url sign in; SAS URLs and connection strings do not.
+        token = (dest.url is not None and not urllib.parse.urlsplit(dest.url).query) or \
+            (dest.url is None and dest.connection_string is None)
+        self._credential: Any = signin.ScopedCredential(signin.shared_credential()) if token else None
+        self._connect()
+
+    def _connect(self) -> None:
+        self._client = self._guard("connect", lambda: self._make_client(self._timeout, self._pool_size))
+        self._fast = _FastPutPage.for_client(self._client, self._timeout, self._clean, self.name, self._count,
+                                             self._refusal)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -254,27 +308,65 @@ class PageBlobTarget:
                                    "raw_request_hook": lambda request: self._count()}
         d = self.dest
         if d.url:
-            parts = urllib.parse.urlsplit(d.url)
-            credential = None if parts.query else _default_credential()
-            return BlobClient.from_blob_url(d.url, credential=credential, **options)
+            return BlobClient.from_blob_url(d.url, credential=self._credential, **options)
         if d.connection_string:
             return BlobClient.from_connection_string(d.connection_string, d.container or "", d.blob or "",
                                                      **options)
-        return BlobClient(d.account_url or "", d.container or "", d.blob or "",
-                          credential=_default_credential(), **options)
+        return BlobClient(d.account_url or "", d.container or "", d.blob or "", credential=self._credential,
+                          **options)
 
     def _count(self, n: int = 1) -> None:
         with self._lock:
             self.requests += n
 
     def _guard(self, what: str, call: Callable[[], T]) -> T:
-        """Run one SDK call, translating its exceptions into ours with secrets scrubbed."""
+        """Run one SDK call, translating its exceptions into ours with secrets scrubbed; a first bearer
+        challenge is answered (see the class) and the call sent once more."""
         try:
             return call()
         except TransferError:
             raise
         except Exception as err:  # the SDK raises many types; each is classified below
+            if not self._take_challenge(err):
+                raise self._translate(what, err) from None
+        try:
+            return call()
+        except TransferError:
+            raise
+        except Exception as err:
             raise self._translate(what, err) from None
+
+    def _take_challenge(self, err: Exception) -> bool:
+        """On a SAS-only request's 401 with a bearer challenge: sign in for the named resource."""
+        if getattr(err, "status_code", None) != 401 or self._credential is not None or self._sas is None:
+            return False
+        headers = getattr(getattr(err, "response", None), "headers", None) or {}
+        challenge = signin.parse_challenge(headers.get("WWW-Authenticate"))
+        if challenge is None:
+            return False
+        with self._lock:
+            if self._credential is None:
+                self._challenge = challenge
+                self._credential = signin.ScopedCredential(signin.shared_credential(), challenge.scope,
+                                                           challenge.tenant)
+                old = self._client
+                self._connect()
+                with contextlib.suppress(Exception):
+                    old.close()
+        return True
+
+    def _who(self) -> signin.Credential:
+        return signin.Credential(sas=self._sas, bearer=self._credential is not None,
+                                 managed_disk=self.managed_disk,
+                                 resource=self._challenge.resource if self._challenge else None)
+
+    def _refusal(self, what: str, status: int, code: str | None, detail: str | None) -> PermanentError | None:
+        """A 401/403 about the credential, said plainly (see :func:`vhdtool.signin.explain_refusal`)."""
+        found = signin.explain_refusal(status, code, detail, what, self._who())
+        if found is None:
+            return None
+        message = self._clean(f"{self.name}: {what}: HTTP {status} {code or ''}".rstrip() + f": {found.text}")
+        return PermanentError(message, status, found.reason, found.advice)
 
     def _translate(self, what: str, err: Exception) -> TransferError:
         from azure.core.exceptions import (
@@ -288,8 +380,13 @@ class PageBlobTarget:
         where = f"{self.name}: {what}"
         if isinstance(err, ClientAuthenticationError) and getattr(err, "status_code", None) is None:
             # No HTTP answer: the credential chain found nothing usable.
-            return PermanentError(self._clean(f"{where}: no usable Azure credential ({_first_line(err)}); "
-                                              "use a SAS URL, a connection string or `az login`"))
+            return PermanentError(self._clean(f"{where}: {signin.no_credential_message(err, self._challenge)}"),
+                                  reason="signin-needed")
+        if isinstance(err, (ServiceRequestError, ValueError)) and \
+                re.search(r"non-TLS|only supported with HTTPS", str(err)):
+            # The SDK refuses to send a bearer token over plain HTTP (as the client is made, or as it sends).
+            return PermanentError(self._clean(f"{where}: a Microsoft Entra ID token is sent only over HTTPS; "
+                                              "use an https:// URL"), reason="token-needs-https")
         if isinstance(err, DecodeError) or (isinstance(err, HttpResponseError) and err.status_code is None):
             # An answer cut short or garbled on the way: a body that ends before its Content-Length
             # (IncompleteReadError, a DecodeError), one that does not parse, or a failed download
@@ -298,11 +395,16 @@ class PageBlobTarget:
             return RetryableError(self._clean(f"{where}: answer cut short: {_first_line(err)}"))
         if isinstance(err, HttpResponseError) and err.status_code is not None:
             status = int(err.status_code)
-            code = getattr(err, "error_code", None) or getattr(err, "reason", None) or ""
+            error_code = getattr(err, "error_code", None)
+            error_code = str(getattr(error_code, "value", error_code) or "") or None  # an enum, or text
+            code = error_code or getattr(err, "reason", None) or ""
             message = self._clean(f"{where}: HTTP {status} {code}: {_first_line(err)}")
             if status in RETRYABLE_STATUS:
                 headers = getattr(err.response, "headers", None)
                 return RetryableError(message, status, _retry_after(headers))
+            refused = self._refusal(what, status, error_code, signin.authentication_detail(str(err)))
+            if refused is not None:
+                return refused
             return PermanentError(message + _hint(status), status)
         if isinstance(err, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
             return RetryableError(self._clean(f"{where}: connection failed: {_first_line(err)}"))
@@ -322,12 +424,15 @@ class PageBlobTarget:
         """Get Blob Properties: whether the blob exists, its size, type and metadata."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            props = self._client.get_blob_properties()
-        except ResourceNotFoundError:
+        def properties() -> Any:
+            try:
+                return self._client.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+
+        props = self._guard("reading blob properties", properties)
+        if props is None:
             return BlobState(exists=False)
-        except Exception as err:
-            raise self._translate("reading blob properties", err) from None
         if props.size is None or props.blob_type is None:
             # http.client takes a connection closed inside the header block for the end of the
             # headers, so an answer cut short arrives as a 200 without Content-Length or
@@ -416,7 +521,7 @@ class PageBlobTarget:
 
     def content_md5(self) -> bytes | None:
         """The blob's stored Content-MD5 property, if any."""
-        props = self._call("reading blob properties", self._client.get_blob_properties)
+        props = self._call("reading blob properties", lambda: self._client.get_blob_properties())
         value = props.content_settings.content_md5
         return bytes(value) if value else None
 
@@ -481,14 +586,18 @@ class _FastPutPage:
 
     Uploads are many Put Page requests; the SDK's pipeline costs about 1.5 ms of Python per request
     (measured against Azurite: 1,600 puts of 64 KiB took 5.3 s through the SDK, 2.1 s this way),
-    which on small scattered runs is the bottleneck. Used for SAS URLs and account keys (REST
-    "Authorize with Shared Key"), and only without an HTTP proxy in the environment; every other
-    case (tokens from DefaultAzureCredential, proxies) keeps the SDK path. Errors are classified as
-    for the SDK: 408/429/5xx and connection failures are retryable, the rest permanent.
+    which on small scattered runs is the bottleneck. Used for SAS URLs, account keys (REST
+    "Authorize with Shared Key") and, over HTTPS, Entra ID tokens from vhdtool's token cache (with
+    or without a SAS), and only without an HTTP proxy in the environment; every other case keeps
+    the SDK path. Errors are classified as for the SDK: 408/429/5xx and connection failures are
+    retryable, the rest permanent (a refused credential said plainly by ``explain``).
     """
 
     def __init__(self, url: str, api_version: str, timeout: float, clean: Callable[[str], str], name: str,
-                 count: Callable[[], None], account: str | None = None, key: bytes | None = None) -> None:
+                 count: Callable[[], None], account: str | None = None, key: bytes | None = None,
+                 bearer: Callable[[], str] | None = None,
+                 explain: Callable[[str, int, str | None, str | None], TransferError | None] | None = None
+                 ) -> None:
         parts = urllib.parse.urlsplit(url)
         self.https = parts.scheme.lower() == "https"
         self.host = parts.hostname or ""
@@ -499,6 +608,8 @@ class _FastPutPage:
         self.timeout = timeout
         self.account = account
         self.key = key
+        self.bearer = bearer
+        self._explain = explain
         self._clean = clean
         self._name = name
         self._count = count
@@ -506,7 +617,9 @@ class _FastPutPage:
 
     @classmethod
     def for_client(cls, client: Any, timeout: float, clean: Callable[[str], str], name: str,
-                   count: Callable[[], None]) -> _FastPutPage | None:
+                   count: Callable[[], None],
+                   explain: Callable[[str, int, str | None, str | None], TransferError | None] | None = None
+                   ) -> _FastPutPage | None:
         try:
             url = str(client.url)
             api_version = str(client.api_version)
@@ -518,12 +631,16 @@ class _FastPutPage:
             return None
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
         if "sig" in query and credential is None:
-            return cls(url, api_version, timeout, clean, name, count)
+            return cls(url, api_version, timeout, clean, name, count, explain=explain)
+        bearer = getattr(credential, "bearer", None)
+        if callable(bearer) and url.lower().startswith("https://"):  # a token never goes over plain HTTP
+            return cls(url, api_version, timeout, clean, name, count, bearer=bearer, explain=explain)
         account = getattr(credential, "account_name", None)
         key = getattr(credential, "account_key", None)
         if isinstance(account, str) and isinstance(key, str) and not query:
             try:
-                return cls(url, api_version, timeout, clean, name, count, account, base64.b64decode(key))
+                return cls(url, api_version, timeout, clean, name, count, account, base64.b64decode(key),
+                           explain=explain)
             except ValueError:
                 return None
         return None
@@ -567,19 +684,21 @@ class _FastPutPage:
         target = f"{self.path}?comp=page" + (f"&{self.sas}" if self.sas else "")
         if self.key is not None:
             headers["Authorization"] = self._sign("PUT", headers, length, md5, {"comp": "page"})
+        if self.bearer is not None:
+            headers["Authorization"] = self._authorization()
         what = f"{self._name}: writing pages at byte {offset}"
         self._count()
         try:
             conn = self._connection()
             conn.request("PUT", target, body=data, headers=headers)
             response = conn.getresponse()
-            response.read()
+            body = response.read()
         except (OSError, http.client.HTTPException) as err:
             self._reset()
             raise RetryableError(self._clean(f"{what}: connection failed: {type(err).__name__}: {err}")) from None
         if response.status == 201:
             return
-        raise self._failure(what, response)
+        raise self._failure(what, response, body)
 
     def get(self, offset: int, length: int, *, if_match: str | None = None) -> bytes:
         """Get Blob of ``[offset, offset + length)``: one ranged request; a short body is retryable."""
@@ -590,6 +709,8 @@ class _FastPutPage:
         target = self.path + (f"?{self.sas}" if self.sas else "")
         if self.key is not None:
             headers["Authorization"] = self._sign("GET", headers, 0, "", {}, if_match or "")
+        if self.bearer is not None:
+            headers["Authorization"] = self._authorization()
         what = f"{self._name}: reading bytes at {offset}"
         self._count()
         try:
@@ -602,24 +723,39 @@ class _FastPutPage:
             self._reset()
             raise RetryableError(self._clean(f"{what}: connection failed: {type(err).__name__}: {err}")) from None
         if response.status not in (200, 206):
-            raise self._failure(what, response)
+            raise self._failure(what, response, body)
         if len(body) != length:
             self._reset()
             raise RetryableError(self._clean(f"{what}: answer cut short ({len(body)} of {length} bytes)"))
         return body
 
-    def _failure(self, what: str, response: http.client.HTTPResponse) -> TransferError:
-        code = response.getheader("x-ms-error-code") or response.reason
+    def _authorization(self) -> str:
+        assert self.bearer is not None
+        try:
+            return self.bearer()
+        except TransferError:
+            raise
+        except Exception as err:  # the credential chain: said as the SDK path says it
+            raise PermanentError(self._clean(f"{self._name}: {signin.no_credential_message(err)}"),
+                                 reason="signin-needed") from None
+
+    def _failure(self, what: str, response: http.client.HTTPResponse, body: bytes = b"") -> TransferError:
+        error_code = response.getheader("x-ms-error-code")
+        code = error_code or response.reason
         message = self._clean(f"{what}: HTTP {response.status} {code}")
         if response.status in RETRYABLE_STATUS:
             return RetryableError(message, response.status, _retry_after(response.headers))
+        if self._explain is not None:
+            detail = signin.authentication_detail(body[:4096].decode("utf-8", "replace"))
+            refused = self._explain(what.removeprefix(f"{self._name}: "), response.status, error_code, detail)
+            if refused is not None:
+                return refused
         return PermanentError(message + _hint(response.status), response.status)
 
 
 def _default_credential() -> Any:
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+    """The process's ``DefaultAzureCredential`` behind its token cache (see :mod:`vhdtool.signin`)."""
+    return signin.shared_credential()
 
 
 def _first_line(err: BaseException) -> str:

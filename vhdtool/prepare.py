@@ -45,6 +45,7 @@ from .manifest import (
 )
 from .naming import VHD_SUFFIX, SetNames, plan_names, validate_lun, validate_name
 from .open import open_image
+from .signin import parse_sas
 
 if TYPE_CHECKING:
     from .azure import Destination
@@ -238,6 +239,10 @@ def parse_destination(dest: str, *, connection_string: str | None = None,
         # Azurite's URLs carry the account in the path: http://127.0.0.1:10000/devstoreaccount1/CONTAINER
         if not path:
             raise UsageError(f"{strip_token(dest)}: the URL names no container")
+        sas = parse_sas(urllib.parse.urlsplit(dest).query)
+        if sas is not None and sas.resource in ("b", "bs", "bv"):
+            raise UsageError(f"{strip_token(dest)}: its SAS is a {sas.kind}, valid for one blob, but the set's "
+                             "blobs are named here (DISKNAME.vhd): give a container SAS (sr=c) or an account SAS")
         return SetDestination(container_url=dest)
     if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", dest) or "--" in dest:
         raise UsageError(f"--upload {dest!r}: give a container URL, or a container name (3-63 lower-case "

@@ -52,7 +52,7 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     --connection-string / AZURE_STORAGE_CONNECTION_STRING or --account-url. Only non-zero pages
     are sent; no temporary file is written.
     """
-    from ..azure import make_destination, scrub
+    from ..azure import PermanentError, make_destination, scrub
     from ..upload import upload as run_upload
 
     destination = make_destination(dest, connection_string=connection_string, account_url=account_url,
@@ -63,6 +63,11 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
             result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
                                 verify=verify, progress=bar.update, managed_disk=managed_disk,
                                 timeout=timeout, size=size)
+        except PermanentError as err:
+            if err.reason != "sas-expired":
+                raise
+            # What was sent stays on the blob: --resume sends only the rest.
+            raise PermanentError(err.detail, err.status, err.reason, "rerun with --resume and a fresh SAS") from None
         finally:
             bar.close()
     facts = result.to_json()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .disk import VirtualDisk
+from .disk import Placement, VirtualDisk, append_placement
 from .errors import ImageError, OutputError, UsageError, VhdtoolError
 from .extents import Extent, MiB, check_cover
 from .fixed import FixedVhdView, azure_virtual_size
@@ -79,6 +79,17 @@ class PaddedView:
             self.disk.readinto(offset, view[:n])
         if n < len(view):
             view[n:] = bytes(len(view) - n)
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        result: list[Placement] = []
+        data_end = min(self.size, self.disk.virtual_size)
+        if offset < data_end:
+            for piece in self.disk.placements(offset, min(offset + length, data_end) - offset):
+                append_placement(result, piece)
+        lo = max(offset, data_end)
+        if lo < offset + length:
+            append_placement(result, Placement(lo, offset + length - lo, "zero"))
+        return result
 
 
 def chain_paths(disk: VirtualDisk) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..disk import ImageFile, VirtualDisk
+from ..disk import ImageFile, Placement, VirtualDisk
 from ..extents import Extent, extents_from_ranges, merge_ranges
 
 
@@ -103,6 +103,10 @@ class RawDisk(VirtualDisk):
     def readinto(self, offset: int, view: memoryview) -> None:
         self.check_range(offset, len(view))
         self.image.preadinto(offset, view, "raw data")
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        self.check_range(offset, length)
+        return [Placement(offset, length, "file", self.image, offset)] if length else []
 
     def details(self) -> dict[str, Any]:
         return {}

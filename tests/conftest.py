@@ -60,3 +60,15 @@ def sample(tmp_path: Path) -> dict[str, Path]:
     src.mkdir()
     return {"os": unpack_fixture("sample/linux-os.vhdx.gz", src),
             "data": unpack_fixture("sample/data.vhd.gz", src)}
+
+
+REFERENCE_DIGEST = Path(__file__).resolve().parent.parent / "docs" / "scripts" / "sparse_digest.py"
+
+
+def reference_sparse_digest(path: Path, length: int | None = None) -> str:
+    """The sparse digest of a file as the published stand-alone script computes it (run as a program)."""
+    import sys
+
+    args = [sys.executable, str(REFERENCE_DIGEST), str(path)] + ([] if length is None else [str(length)])
+    proc = subprocess.run(args, capture_output=True, text=True, check=True)
+    return proc.stdout.strip()

@@ -87,11 +87,22 @@ class SparseDigestSink:
     Data arrives in offset order in pieces of any size; each granule gets an incremental SHA-256
     only once a non-zero byte shows up in it (leading zeros are fed from a shared buffer then), so
     zero ranges, and allocated pieces that turn out to be zero, cost a zero scan at most.
+
+    A sink may cover only the window ``[start, end)`` of the stream (``start`` on a granule
+    boundary, ``end`` on one or at the end) and record ``into`` a digest shared with the sinks of
+    other windows: that is how windows are hashed in parallel.
     """
 
-    def __init__(self, total_length: int) -> None:
-        self.digest = SparseDigest(total_length)
-        self.position = 0
+    def __init__(self, total_length: int, *, start: int = 0, end: int | None = None,
+                 into: SparseDigest | None = None) -> None:
+        self.digest = into if into is not None else SparseDigest(total_length)
+        if self.digest.total_length != total_length:
+            raise ValueError("the shared digest is over another length")
+        self.end = total_length if end is None else end
+        if start % GRANULE or not 0 <= start <= self.end <= total_length or (
+                self.end % GRANULE and self.end != total_length):
+            raise ValueError(f"window [{start}, {self.end}) is not on granule boundaries")
+        self.position = start
         self._granule = -1
         self._hash: hashlib._Hash | None = None
         self._granule_start = 0
@@ -151,8 +162,8 @@ class SparseDigestSink:
         self._advance_to(end)
 
     def finish(self) -> None:
-        if self.position != self.digest.total_length:
-            raise ValueError(f"digest sink got {self.position} of {self.digest.total_length} bytes")
+        if self.position != self.end:
+            raise ValueError(f"digest sink stopped at byte {self.position}, not at {self.end}")
         self._close_granule()
 
     def hexdigest(self) -> str:

@@ -1,0 +1,239 @@
+"""The converter's copy loop: a source into a sparse file, by the kernel where it can, windows in parallel.
+
+The pump (:mod:`vhdtool.pump`) reads every allocated byte into one buffer and hands it to sinks in
+order, which ordered digests (MD5, SHA-256 of the whole file) need. A plain conversion needs no
+order: this loop cuts the allocated extents into aligned windows and lets a few threads work on
+different windows at once, so reading, zero scanning, hashing and writing overlap on every core.
+
+In a window, each run that :meth:`~vhdtool.disk.VirtualDisk.placements` says is stored as it is in
+the image file is mapped (``mmap``: the page cache itself, no copy), scanned for all-zero blocks,
+and its non-zero blocks are copied file to file by ``copy_file_range`` (no user-space copy; a
+``pwrite`` from the mapping where the kernel cannot). Other runs are read into the thread's buffer.
+Zero blocks stay holes. The sparse digest, when asked, is computed from the same mapped bytes.
+
+Memory: per thread one window buffer (for runs that must be read), and mappings of at most one
+window per thread; nothing grows with the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from .digest import GRANULE, SparseDigest, SparseDigestSink
+from .disk import Placement
+from .extents import Extent
+from .sinks.fixed_file import FixedFileSink
+from .zeros import nonzero_runs_at
+
+WINDOW = 2 * GRANULE  # 8 MiB: large enough that per-window costs vanish, small enough to spread
+MAP_AT_LEAST = 256 * 1024  # shorter stored runs are read with pread: a mapping costs more than it saves
+Progress = Callable[[int, bool], None]  # (bytes, whether they were data), from the calling thread only
+
+
+class PlacedSource(Protocol):
+    """What :func:`copy_into` reads: extents, placements and reads (a disk, or a fixed-VHD view)."""
+
+    def extents(self) -> list[Extent]: ...
+
+    def placements(self, offset: int, length: int) -> list[Placement]: ...
+
+    def readinto(self, offset: int, view: memoryview) -> None: ...
+
+
+def default_workers() -> int:
+    """Threads for a copy: one per core, at least two (reads and writes overlap even on one), at most 4."""
+    return max(2, min(4, os.cpu_count() or 2))
+
+
+def windows(extents: list[Extent], window: int = WINDOW) -> Iterator[tuple[int, list[tuple[int, int]], int]]:
+    """``(window start, allocated (start, end) runs in it, unallocated bytes passed before it)``.
+
+    Windows are the aligned ``window``-byte stretches that hold allocated bytes; the others are
+    never visited.
+    """
+    current = -1
+    runs: list[tuple[int, int]] = []
+    skipped = 0
+    for e in extents:
+        if not e.allocated:
+            skipped += e.length
+            continue
+        position = e.offset
+        while position < e.end:
+            index = position // window
+            stop = min(e.end, (index + 1) * window)
+            if index != current:
+                if runs:
+                    yield current * window, runs, skipped
+                    skipped = 0
+                current, runs = index, []
+            runs.append((position, stop))
+            position = stop
+    if runs:
+        yield current * window, runs, skipped
+    elif skipped:
+        yield -1, [], skipped
+
+
+# Linux 5.14+: fault a mapping in at once, and report a read error (EIO, a file cut short) as an error
+# where touching the page would kill the process with SIGBUS. Without it, stored runs are read instead.
+_POPULATE_READ: int | None = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
+
+
+class _Unmappable(Exception):
+    """This run cannot be mapped safely (or at all): read it instead."""
+
+
+class _Mapped:
+    """A read-only mapping of ``[offset, offset + length)`` of a file, faulted in; ``view`` is those bytes."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        global _POPULATE_READ
+        if _POPULATE_READ is None:
+            raise _Unmappable()
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            self._map = mmap.mmap(fd, length + offset - base, access=mmap.ACCESS_READ, offset=base)
+        except (OSError, ValueError, OverflowError) as err:  # a filesystem without mmap, a file cut short
+            raise _Unmappable() from err
+        try:
+            self._map.madvise(_POPULATE_READ)
+        except OSError as err:
+            self._map.close()
+            if err.errno != errno.EFAULT:  # not supported here: never map again
+                _POPULATE_READ = None
+            raise _Unmappable() from err
+        self._whole = memoryview(self._map)
+        self.view = self._whole[offset - base:]
+
+    def close(self) -> None:
+        self.view.release()
+        self._whole.release()
+        with contextlib.suppress(BufferError):  # a view still exported somewhere: the mapping goes with it
+            self._map.close()
+
+
+class _Copier:
+    """The per-window work, shared by the threads (each has its own buffer)."""
+
+    def __init__(self, source: PlacedSource, writer: FixedFileSink, size: int, window: int,
+                 digest: SparseDigest | None, path: str) -> None:
+        self.source = source
+        self.writer = writer
+        self.size = size
+        self.window = window
+        self.digest = digest
+        self.path = path
+        self.granularity = writer.granularity
+        self._local = threading.local()
+
+    def _buffer(self) -> memoryview:
+        buf: memoryview | None = getattr(self._local, "buffer", None)
+        if buf is None:
+            buf = self._local.buffer = memoryview(bytearray(self.window))
+        return buf
+
+    def run(self, start: int, runs: list[tuple[int, int]]) -> int:
+        """Copy the allocated ``runs`` of the window at ``start``; return the bytes they hold."""
+        end = min(self.size, start + self.window)
+        sink = None if self.digest is None else SparseDigestSink(self.size, start=start, end=end,
+                                                                 into=self.digest)
+        position = start
+        for lo, hi in runs:
+            if sink is not None and lo > position:
+                sink.zeros(position, lo - position)
+            for piece in self.source.placements(lo, hi - lo):
+                self._piece(piece, sink)
+            position = hi
+        if sink is not None:
+            if end > position:
+                sink.zeros(position, end - position)
+            sink.finish()
+        return sum(hi - lo for lo, hi in runs)
+
+    def _piece(self, piece: Placement, sink: SparseDigestSink | None) -> None:
+        if piece.kind == "zero":
+            if sink is not None:
+                sink.zeros(piece.offset, piece.length)
+            return
+        if piece.kind == "file" and piece.image is not None and piece.length >= MAP_AT_LEAST:
+            try:
+                self._stored(piece, piece.image.fd, sink)
+                return
+            except _Unmappable:
+                pass  # read it below, which also names any read error properly
+        view = self._buffer()[:piece.length]
+        if piece.kind == "file" and piece.image is not None:
+            piece.image.preadinto(piece.file_offset, view, "disk data")
+        else:
+            self.source.readinto(piece.offset, view)
+        self._write(piece.offset, view)
+        if sink is not None:
+            sink.data(piece.offset, view)
+
+    def _stored(self, piece: Placement, fd: int, sink: SparseDigestSink | None) -> None:
+        mapped = _Mapped(fd, piece.file_offset, piece.length)
+        try:
+            view = mapped.view
+            for a, b in nonzero_runs_at(view, piece.offset, self.granularity):
+                if not self.writer.copy_at(fd, piece.file_offset + a, piece.offset + a, b - a):
+                    self.writer.write_at(piece.offset + a, view[a:b])
+            if sink is not None:
+                sink.data(piece.offset, view)
+            del view
+        finally:
+            mapped.close()
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        for a, b in nonzero_runs_at(view, offset, self.granularity):
+            self.writer.write_at(offset + a, view[a:b])
+
+
+def copy_into(source: PlacedSource, writer: FixedFileSink, size: int, *, digest: SparseDigest | None = None,
+              workers: int | None = None, progress: Progress | None = None, window: int = WINDOW,
+              path: str = "") -> int:
+    """Write ``source`` (``size`` bytes) into ``writer``'s file, leaving zeros as holes; return the
+    allocated bytes visited. ``digest`` (over ``size`` bytes) gets the sparse digest's leaves.
+
+    ``writer.finish()`` is the caller's, on success; on failure the caller aborts it. ``path``
+    names the image in errors. At most ``2 × workers`` windows are queued at once.
+    """
+    if window % GRANULE:
+        raise ValueError("the window must be a whole number of digest granules")
+    count = workers or default_workers()
+    copier = _Copier(source, writer, size, window, digest, path)
+    data = 0
+    pending: list[tuple[Future[int], int]] = []
+
+    def settle(future: Future[int]) -> None:
+        nonlocal data
+        n = future.result()
+        data += n
+        if progress:
+            progress(n, True)
+
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="vhdtool-copy") as pool:
+        try:
+            for start, runs, skipped in windows(source.extents(), window):
+                if skipped and progress:
+                    progress(skipped, False)
+                if not runs:
+                    continue
+                while len(pending) >= 2 * count:
+                    settle(pending.pop(0)[0])
+                pending.append((pool.submit(copier.run, start, runs), start))
+            while pending:
+                settle(pending.pop(0)[0])
+        except BaseException:
+            for future, _ in pending:
+                future.cancel()
+            raise
+    return data

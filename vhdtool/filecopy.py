@@ -124,7 +124,7 @@ class _Mapped:
 class _Copier:
     """The per-window work, shared by the threads (each has its own buffer)."""
 
-    def __init__(self, source: PlacedSource, writer: FixedFileSink, size: int, window: int,
+    def __init__(self, source: PlacedSource, writer: FixedFileSink | None, size: int, window: int,
                  digest: SparseDigest | None, path: str) -> None:
         self.source = source
         self.writer = writer
@@ -132,7 +132,7 @@ class _Copier:
         self.window = window
         self.digest = digest
         self.path = path
-        self.granularity = writer.granularity
+        self.granularity = writer.granularity if writer is not None else 4096
         self._local = threading.local()
 
     def _buffer(self) -> memoryview:
@@ -183,9 +183,11 @@ class _Copier:
         mapped = _Mapped(fd, piece.file_offset, piece.length)
         try:
             view = mapped.view
-            for a, b in nonzero_runs_at(view, piece.offset, self.granularity):
-                if not self.writer.copy_at(fd, piece.file_offset + a, piece.offset + a, b - a):
-                    self.writer.write_at(piece.offset + a, view[a:b])
+            writer = self.writer
+            if writer is not None:
+                for a, b in nonzero_runs_at(view, piece.offset, self.granularity):
+                    if not writer.copy_at(fd, piece.file_offset + a, piece.offset + a, b - a):
+                        writer.write_at(piece.offset + a, view[a:b])
             if sink is not None:
                 sink.data(piece.offset, view)
             del view
@@ -193,15 +195,19 @@ class _Copier:
             mapped.close()
 
     def _write(self, offset: int, view: memoryview) -> None:
+        if self.writer is None:
+            return
         for a, b in nonzero_runs_at(view, offset, self.granularity):
             self.writer.write_at(offset + a, view[a:b])
 
 
-def copy_into(source: PlacedSource, writer: FixedFileSink, size: int, *, digest: SparseDigest | None = None,
+def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
+              digest: SparseDigest | None = None,
               workers: int | None = None, progress: Progress | None = None, window: int = WINDOW,
               path: str = "") -> int:
     """Write ``source`` (``size`` bytes) into ``writer``'s file, leaving zeros as holes; return the
-    allocated bytes visited. ``digest`` (over ``size`` bytes) gets the sparse digest's leaves.
+    allocated bytes visited. ``digest`` (over ``size`` bytes) gets the sparse digest's leaves;
+    without a ``writer`` nothing is written (a digest of the source alone).
 
     ``writer.finish()`` is the caller's, on success; on failure the caller aborts it. ``path``
     names the image in errors. At most ``2 × workers`` windows are queued at once.
@@ -237,3 +243,11 @@ def copy_into(source: PlacedSource, writer: FixedFileSink, size: int, *, digest:
                 future.cancel()
             raise
     return data
+
+
+def sparse_digest_of(source: PlacedSource, size: int, *, workers: int | None = None,
+                     progress: Progress | None = None, path: str = "") -> str:
+    """The sparse digest of ``source``'s ``size`` bytes, hashing only what its extents allocate."""
+    digest = SparseDigest(size)
+    copy_into(source, None, size, digest=digest, workers=workers, progress=progress, path=path)
+    return digest.hexdigest()

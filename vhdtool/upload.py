@@ -485,8 +485,9 @@ def _finish(target: PageBlobTarget, retrier: Retrier, plan: _Plan, identity: str
             if not target.managed_disk:
                 raise
             warnings.append(f"the service did not accept the blob's Content-MD5 ({err})")
-    elif plan.reused:
-        # An earlier upload's Content-MD5 would now describe other bytes: clear it.
+    elif plan.reused or plan.resumed:
+        # The blob existed before this upload (cleared in place, or resumed after such a start): a
+        # Content-MD5 from its earlier life would describe other bytes. Clear it.
         try:
             retrier.call(lambda: target.set_content_md5(None))
         except PermanentError:

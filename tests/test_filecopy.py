@@ -1,5 +1,6 @@
-"""The parallel copy loop of convert: same bytes and holes as the ordered walk, kernel copies where the
-source stores runs as they are, a fallback where the kernel refuses, and no fsync unless asked."""
+"""The parallel copy loop of convert: same bytes and holes as the ordered walk, by pread/pwrite or by
+mapped runs and kernel copies (where the filesystem clones), a fallback where the kernel refuses, and
+no fsync unless asked."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pytest
 from conftest import reference_sparse_digest
 from vhd_builder import build_child, build_vhd, sectors_from_writes
 
-from vhdtool import open_image
+from vhdtool import filecopy, open_image
 from vhdtool.convert import convert
 from vhdtool.digest import GRANULE, SparseDigest
-from vhdtool.filecopy import copy_into, windows
+from vhdtool.filecopy import KERNEL_COPY_FILESYSTEMS, copy_into, filesystem_type, kernel_copies, windows
 from vhdtool.fixed import FixedVhdView
 from vhdtool.pump import pump
 from vhdtool.sinks.fixed_file import FixedFileSink
@@ -64,8 +65,9 @@ def test_windows_cover_every_allocated_byte_once() -> None:
     assert sum(w[2] for w in got) == 103 * MiB
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_parallel_copy_writes_the_bytes_and_holes_of_the_ordered_walk(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("workers, kernel_copy", [(1, False), (3, False), (3, True)])
+def test_parallel_copy_writes_the_bytes_and_holes_of_the_ordered_walk(tmp_path: Path, workers: int,
+                                                                       kernel_copy: bool) -> None:
     for name, path in sources(tmp_path).items():
         with open_image(path) as disk:
             view = FixedVhdView(disk, unique_id=b"\x01" * 16, timestamp=1)
@@ -75,7 +77,8 @@ def test_parallel_copy_writes_the_bytes_and_holes_of_the_ordered_walk(tmp_path: 
             parallel = tmp_path / f"{name}.parallel.vhd"
             writer = FixedFileSink(parallel, view.size)
             digest = SparseDigest(view.size)
-            visited = copy_into(view, writer, view.size, digest=digest, workers=workers, window=GRANULE)
+            visited = copy_into(view, writer, view.size, digest=digest, workers=workers, window=GRANULE,
+                                kernel_copy=kernel_copy)
             writer.finish()
         assert parallel.read_bytes() == ordered.read_bytes(), name
         assert visited == sum(e.length for e in view.extents() if e.allocated)
@@ -88,8 +91,23 @@ def test_parallel_copy_writes_the_bytes_and_holes_of_the_ordered_walk(tmp_path: 
         assert writer.bytes_written <= nonzero
 
 
-def test_stored_runs_are_copied_by_the_kernel_and_refusals_fall_back(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_filesystem_type_is_the_one_findmnt_names(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("findmnt") is None:
+        pytest.skip("findmnt is not installed")
+    expected = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert filesystem_type(fd) == expected
+        assert kernel_copies(fd, fd) == (expected in KERNEL_COPY_FILESYSTEMS)
+    finally:
+        os.close(fd)
+
+
+def test_stored_runs_are_copied_by_the_kernel_where_it_clones_and_refusals_fall_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = scattered_raw(tmp_path / "k.raw", 16 * MiB)
     calls: list[int] = []
     real = os.copy_file_range
@@ -101,7 +119,19 @@ def test_stored_runs_are_copied_by_the_kernel_and_refusals_fall_back(tmp_path: P
 
     monkeypatch.setattr(os, "copy_file_range", counting)
     with open_image(raw) as disk:
+        plain = convert(disk, tmp_path / "plain.vhd")
+    src, dst = os.open(raw, os.O_RDONLY), os.open(tmp_path, os.O_RDONLY)
+    try:
+        if not kernel_copies(src, dst):
+            assert calls == []  # e.g. ext4: a splice copy would be slower than pread + pwrite
+    finally:
+        os.close(src)
+        os.close(dst)
+    monkeypatch.setattr(filecopy, "kernel_copies", lambda src, dst: True)  # as on XFS or Btrfs
+    calls.clear()
+    with open_image(raw) as disk:
         kernel = convert(disk, tmp_path / "kernel.vhd")
+    assert kernel.bytes_written == plain.bytes_written
     # Runs of 256 KiB and more are copied by the kernel; shorter ones (and the footer) are written.
     assert calls and min(calls) >= 4096 and sum(calls) > kernel.bytes_written // 2
 

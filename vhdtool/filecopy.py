@@ -1,18 +1,26 @@
-"""The converter's copy loop: a source into a sparse file, by the kernel where it can, windows in parallel.
+"""The converter's copy loop: a source into a sparse file, windows in parallel, by the kernel where it clones.
 
 The pump (:mod:`vhdtool.pump`) reads every allocated byte into one buffer and hands it to sinks in
 order, which ordered digests (MD5, SHA-256 of the whole file) need. A plain conversion needs no
 order: this loop cuts the allocated extents into aligned windows and lets a few threads work on
 different windows at once, so reading, zero scanning, hashing and writing overlap on every core.
 
-In a window, each run that :meth:`~vhdtool.disk.VirtualDisk.placements` says is stored as it is in
-the image file is mapped (``mmap``: the page cache itself, no copy), scanned for all-zero blocks,
-and its non-zero blocks are copied file to file by ``copy_file_range`` (no user-space copy; a
-``pwrite`` from the mapping where the kernel cannot). Other runs are read into the thread's buffer.
-Zero blocks stay holes. The sparse digest, when asked, is computed from the same mapped bytes.
+In a window, each run is handled by where :meth:`~vhdtool.disk.VirtualDisk.placements` says it is:
 
-Memory: per thread one window buffer (for runs that must be read), and mappings of at most one
-window per thread; nothing grows with the disk.
+- stored as it is in the image file, on a filesystem where the kernel copies file to file without
+  moving the bytes (XFS, Btrfs and bcachefs share the blocks; NFS 4.2 and SMB copy on the server):
+  the run is mapped (``mmap``: the page cache itself, no copy), scanned for all-zero blocks, and its
+  non-zero blocks are copied by ``copy_file_range``;
+- stored, elsewhere (ext4, tmpfs, another device): read into the thread's buffer with ``pread``,
+  scanned, and its non-zero blocks written with ``pwrite``. There ``copy_file_range`` is a
+  ``splice`` through a pipe, measured slower than ``pread`` + ``pwrite`` of 1 MiB runs, and a
+  mapping costs more (page tables, TLB shootdowns between the threads) than the copy it saves;
+- zeros: nothing; anything else: ``readinto`` the buffer, scanned and written likewise.
+
+Zero blocks stay holes. The sparse digest, when asked, is computed from the same bytes.
+
+Memory: per thread one window buffer, and mappings of at most one window per thread; nothing grows
+with the disk.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
 from .digest import GRANULE, SparseDigest, SparseDigestSink
@@ -35,6 +43,10 @@ from .zeros import nonzero_runs_at
 
 WINDOW = 2 * GRANULE  # 8 MiB: large enough that per-window costs vanish, small enough to spread
 MAP_AT_LEAST = 256 * 1024  # shorter stored runs are read with pread: a mapping costs more than it saves
+# Filesystems (as /proc/self/mountinfo names them) where copy_file_range shares blocks or copies on
+# the server instead of moving the bytes through the page cache.
+KERNEL_COPY_FILESYSTEMS = frozenset({"xfs", "btrfs", "bcachefs", "ocfs2", "zfs", "nfs", "nfs4", "cifs",
+                                     "smb3", "ceph"})
 Progress = Callable[[int, bool], None]  # (bytes, whether they were data), from the calling thread only
 
 
@@ -121,11 +133,40 @@ class _Mapped:
             self._map.close()
 
 
+def filesystem_type(fd: int) -> str | None:
+    """The type of the filesystem holding the open file ``fd`` (``"ext4"``, ``"xfs"``, ...), from
+    ``/proc/self/mountinfo``; ``None`` where that cannot be told (not Linux, several matches)."""
+    try:
+        dev = os.fstat(fd).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    kinds = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[2] == wanted and " - " in line:
+            kinds.add(line.split(" - ", 1)[1].split()[0])
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def kernel_copies(src_fd: int, dst_fd: int) -> bool:
+    """Whether ``copy_file_range`` from ``src_fd`` to ``dst_fd`` spares moving the bytes (see the module)."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    try:
+        same = os.fstat(src_fd).st_dev == os.fstat(dst_fd).st_dev
+    except OSError:
+        return False
+    return same and filesystem_type(dst_fd) in KERNEL_COPY_FILESYSTEMS
+
+
 class _Copier:
     """The per-window work, shared by the threads (each has its own buffer)."""
 
     def __init__(self, source: PlacedSource, writer: FixedFileSink | None, size: int, window: int,
-                 digest: SparseDigest | None, path: str) -> None:
+                 digest: SparseDigest | None, path: str, kernel_copy: bool | None) -> None:
         self.source = source
         self.writer = writer
         self.size = size
@@ -134,6 +175,18 @@ class _Copier:
         self.path = path
         self.granularity = writer.granularity if writer is not None else 4096
         self._local = threading.local()
+        self._kernel_copy = kernel_copy
+        self._kernel: dict[int, bool] = {}  # per image file descriptor
+
+    def _kernel_copies(self, fd: int) -> bool:
+        if self.writer is None:
+            return False
+        if self._kernel_copy is not None:
+            return self._kernel_copy
+        known = self._kernel.get(fd)
+        if known is None:
+            known = self._kernel[fd] = kernel_copies(fd, self.writer.fd)
+        return known
 
     def _buffer(self) -> memoryview:
         buf: memoryview | None = getattr(self._local, "buffer", None)
@@ -164,7 +217,8 @@ class _Copier:
             if sink is not None:
                 sink.zeros(piece.offset, piece.length)
             return
-        if piece.kind == "file" and piece.image is not None and piece.length >= MAP_AT_LEAST:
+        if (piece.kind == "file" and piece.image is not None and piece.length >= MAP_AT_LEAST
+                and self._kernel_copies(piece.image.fd)):
             try:
                 self._stored(piece, piece.image.fd, sink)
                 return
@@ -204,27 +258,30 @@ class _Copier:
 def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
               digest: SparseDigest | None = None,
               workers: int | None = None, progress: Progress | None = None, window: int = WINDOW,
-              path: str = "") -> int:
+              path: str = "", kernel_copy: bool | None = None) -> int:
     """Write ``source`` (``size`` bytes) into ``writer``'s file, leaving zeros as holes; return the
     allocated bytes visited. ``digest`` (over ``size`` bytes) gets the sparse digest's leaves;
     without a ``writer`` nothing is written (a digest of the source alone).
 
     ``writer.finish()`` is the caller's, on success; on failure the caller aborts it. ``path``
-    names the image in errors. At most ``2 × workers`` windows are queued at once.
+    names the image in errors. ``kernel_copy`` forces (or forbids) mapped runs and
+    ``copy_file_range``; by default they are used where :func:`kernel_copies` says so. At most
+    ``2 × workers`` windows are queued at once.
     """
     if window % GRANULE:
         raise ValueError("the window must be a whole number of digest granules")
     count = workers or default_workers()
-    copier = _Copier(source, writer, size, window, digest, path)
+    copier = _Copier(source, writer, size, window, digest, path, kernel_copy)
     data = 0
-    pending: list[tuple[Future[int], int]] = []
+    pending: set[Future[int]] = set()
 
-    def settle(future: Future[int]) -> None:
+    def settle(done: set[Future[int]]) -> None:
         nonlocal data
-        n = future.result()
-        data += n
-        if progress:
-            progress(n, True)
+        for future in done:
+            n = future.result()
+            data += n
+            if progress:
+                progress(n, True)
 
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="vhdtool-copy") as pool:
         try:
@@ -233,13 +290,15 @@ def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
                     progress(skipped, False)
                 if not runs:
                     continue
-                while len(pending) >= 2 * count:
-                    settle(pending.pop(0)[0])
-                pending.append((pool.submit(copier.run, start, runs), start))
-            while pending:
-                settle(pending.pop(0)[0])
+                if len(pending) >= 2 * count:
+                    # Refill as soon as any window is done (not the oldest): no thread waits for a slow one.
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    settle(done)
+                pending.add(pool.submit(copier.run, start, runs))
+            done, pending = wait(pending)
+            settle(done)
         except BaseException:
-            for future, _ in pending:
+            for future in pending:
                 future.cancel()
             raise
     return data

@@ -139,8 +139,7 @@ class SparseDigestSink:
                 self._close_granule()
                 self._granule, self._granule_start = index, granule_start
             if self._hash is None and not is_zero(piece):
-                self._hash = hashlib.sha256()
-                _feed_zeros(self._hash, position - granule_start)
+                self._hash = _zero_prefix(position - granule_start)
             if self._hash is not None:
                 self._hash.update(piece)
             position = piece_end
@@ -190,3 +189,30 @@ def granules_touched(extents: list[Extent]) -> list[int]:
         start = first if not result or result[-1] < first else result[-1] + 1
         result.extend(range(start, last + 1))
     return result
+
+
+_PREFIX_STEP = 64 * 1024
+_prefixes: list[hashlib._Hash] = []  # [k]: SHA-256 state after k × 64 KiB of zeros
+_prefixes_lock = threading.Lock()
+
+
+def _zero_prefix(length: int) -> hashlib._Hash:
+    """A SHA-256 object that has hashed ``length`` zero bytes.
+
+    A granule's leading zeros are the same bytes from the same initial state every time, so the
+    states after whole 64 KiB steps are kept (64 of them cover a granule: a few KiB) and copied;
+    only the remainder is hashed. Scattered data leaves most granules zero before their first
+    non-zero byte, which then costs nothing.
+    """
+    steps, rest = divmod(length, _PREFIX_STEP)
+    with _prefixes_lock:
+        if not _prefixes:
+            _prefixes.append(hashlib.sha256())
+        while len(_prefixes) <= steps:
+            following = _prefixes[-1].copy()
+            following.update(_ZERO[:_PREFIX_STEP])
+            _prefixes.append(following)
+        h = _prefixes[steps].copy()
+    if rest:
+        _feed_zeros(h, rest)
+    return h

@@ -7,15 +7,15 @@ different windows at once, so reading, zero scanning, hashing and writing overla
 
 In a window, each run is handled by where :meth:`~vhdtool.disk.VirtualDisk.placements` says it is:
 
-- stored as it is in the image file, on a filesystem where the kernel copies file to file without
-  moving the bytes (XFS, Btrfs and bcachefs share the blocks; NFS 4.2 and SMB copy on the server):
-  the run is mapped (``mmap``: the page cache itself, no copy), scanned for all-zero blocks, and its
-  non-zero blocks are copied by ``copy_file_range``;
-- stored, elsewhere (ext4, tmpfs, another device): read into the thread's buffer with ``pread``,
-  scanned, and its non-zero blocks written with ``pwrite``. There ``copy_file_range`` is a
-  ``splice`` through a pipe, measured slower than ``pread`` + ``pwrite`` of 1 MiB runs, and a
-  mapping costs more (page tables, TLB shootdowns between the threads) than the copy it saves;
-- zeros: nothing; anything else: ``readinto`` the buffer, scanned and written likewise.
+- stored as it is in the image file: the run is mapped (``mmap``: the page cache itself, no copy
+  to user space; faulted in by ``MADV_POPULATE_READ``, so a read error is an error, not SIGBUS),
+  scanned for all-zero blocks in place, and its non-zero blocks go to the output by
+  ``copy_file_range`` where the kernel copies file to file without moving the bytes (XFS, Btrfs
+  and bcachefs share the blocks; NFS 4.2 and SMB copy on the server), and by ``pwrite`` from the
+  mapping elsewhere (on ext4 or tmpfs ``copy_file_range`` is a ``splice`` through a pipe, measured
+  to cost more CPU than one ``pwrite`` of the mapped run);
+- zeros: nothing; anything else (and short stored runs, and where mapping is impossible):
+  ``readinto``/``pread`` the thread's buffer, scanned and written likewise.
 
 Zero blocks stay holes. The sparse digest, when asked, is computed from the same bytes.
 
@@ -217,8 +217,7 @@ class _Copier:
             if sink is not None:
                 sink.zeros(piece.offset, piece.length)
             return
-        if (piece.kind == "file" and piece.image is not None and piece.length >= MAP_AT_LEAST
-                and self._kernel_copies(piece.image.fd)):
+        if piece.kind == "file" and piece.image is not None and piece.length >= MAP_AT_LEAST:
             try:
                 self._stored(piece, piece.image.fd, sink)
                 return
@@ -239,8 +238,9 @@ class _Copier:
             view = mapped.view
             writer = self.writer
             if writer is not None:
+                kernel = self._kernel_copies(fd)
                 for a, b in nonzero_runs_at(view, piece.offset, self.granularity):
-                    if not writer.copy_at(fd, piece.file_offset + a, piece.offset + a, b - a):
+                    if not (kernel and writer.copy_at(fd, piece.file_offset + a, piece.offset + a, b - a)):
                         writer.write_at(piece.offset + a, view[a:b])
             if sink is not None:
                 sink.data(piece.offset, view)
@@ -264,8 +264,8 @@ def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
     without a ``writer`` nothing is written (a digest of the source alone).
 
     ``writer.finish()`` is the caller's, on success; on failure the caller aborts it. ``path``
-    names the image in errors. ``kernel_copy`` forces (or forbids) mapped runs and
-    ``copy_file_range``; by default they are used where :func:`kernel_copies` says so. At most
+    names the image in errors. ``kernel_copy`` forces (or forbids) ``copy_file_range`` for mapped
+    runs; by default it is used where :func:`kernel_copies` says so. At most
     ``2 × workers`` windows are queued at once.
     """
     if window % GRANULE:

@@ -10,10 +10,14 @@ and uploads, each run in a fresh subprocess so its peak memory (``ru_maxrss``) i
   (a) ``BlobClient.upload_blob(fixed VHD, blob_type="PageBlob", validate_content=True)``
   (b) a minimal thread pool: every 4 MiB piece of the fixed VHD that is not all zeros, one Put Page
       with Content-MD5 each (the practical limit here: Azurite's CPU is the bottleneck)
-  (c) ``vhdtool upload`` of the fixed VHD, and of the dynamic VHDX (converted on the fly)
+  (c) ``vhdtool upload`` of the fixed VHD, and of the dynamic VHDX (converted on the fly); both
+      compute the sparse digest (always), neither a whole-file MD5 (not asked for)
+  (d) ``vhdtool upload --hash md5`` of the VHDX: the whole-file MD5 (every zero hashed) on top
 
-Prints the median seconds, the ratio to (b), bytes sent against the non-zero bytes, requests and
-peak memory. Needs qemu-img and Azurite (scripts/setup.sh). Work files go to benchmarks/work/.
+Prints the median seconds, the ratio to (b) (target for (c) VHDX: <= 1.0), bytes sent against the
+non-zero bytes, requests and peak memory. The first upload of each method is downloaded and checked
+(its bytes, and the sparse digest it reported, recomputed by the reference script). Needs qemu-img
+and Azurite (scripts/setup.sh). Work files go to benchmarks/work/.
 """
 
 from __future__ import annotations
@@ -118,18 +122,39 @@ def worker_pool(conn: str, container: str, blob: str, image: str, threads: int) 
     return {"bytes_sent": sent, "requests": requests + 1}
 
 
-def worker_vhdtool(conn: str, container: str, blob: str, image: str, threads: int) -> dict[str, Any]:
+def worker_vhdtool(conn: str, container: str, blob: str, image: str, threads: int,
+                   hashes: tuple[str, ...] = ()) -> dict[str, Any]:
     from vhdtool import open_image
     from vhdtool.azure import Destination
     from vhdtool.upload import upload
 
     with open_image(image) as disk:
         result = upload(disk, Destination(connection_string=conn, container=container, blob=blob),
-                        threads=threads, overwrite=True)
-    return {"bytes_sent": result.bytes_sent, "requests": result.requests, "md5": result.md5}
+                        threads=threads, overwrite=True, hashes=hashes)
+    return {"bytes_sent": result.bytes_sent, "requests": result.requests, "md5": result.md5,
+            "sparse_sha256": result.sparse_sha256}
 
 
-WORKERS = {"sdk": worker_sdk, "pool": worker_pool, "vhdtool": worker_vhdtool}
+def worker_vhdtool_md5(conn: str, container: str, blob: str, image: str, threads: int) -> dict[str, Any]:
+    return worker_vhdtool(conn, container, blob, image, threads, ("md5",))
+
+
+WORKERS = {"sdk": worker_sdk, "pool": worker_pool, "vhdtool": worker_vhdtool, "vhdtool-md5": worker_vhdtool_md5}
+
+
+def reference_sparse_digest(data: bytes) -> str:
+    """The published reference script's sparse digest of ``data`` (docs/scripts/sparse_digest.py)."""
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("sparse_digest", ROOT / "docs" / "scripts" / "sparse_digest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with tempfile.NamedTemporaryFile(dir=ROOT / "benchmarks" / "work") as f:
+        f.write(data)
+        f.flush()
+        return str(module.sparse_digest(f.name))
 
 
 def peak_rss_mib() -> float:
@@ -149,8 +174,11 @@ def run_worker(method: str, conn: str, image: Path, threads: int) -> dict[str, A
     blob = f"{method}-{uuid.uuid4().hex[:8]}.vhd"
     args = [sys.executable, __file__, "--worker", method, "--conn", conn, "--container", container,
             "--blob", blob, "--image", str(image), "--threads", str(threads)]
+    # As installed: byte-compiled modules (a checkout with PYTHONDONTWRITEBYTECODE compiles on every start).
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(ROOT / "benchmarks" / "work" / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     started = time.monotonic()
-    proc = subprocess.run(args, stdout=subprocess.PIPE, check=False)
+    proc = subprocess.run(args, stdout=subprocess.PIPE, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed with exit code {proc.returncode}")
     facts: dict[str, Any] = json.loads(proc.stdout)
@@ -159,16 +187,13 @@ def run_worker(method: str, conn: str, image: Path, threads: int) -> dict[str, A
     return facts
 
 
-def blob_digests(conn: str, blob: str, size: int) -> tuple[str, str]:
-    """MD5 of the downloaded blob without its footer, and of all of it."""
+def blob_digests(conn: str, blob: str) -> tuple[str, str, str]:
+    """MD5 of the downloaded blob without its footer, of all of it, and its sparse digest."""
     from azure.storage.blob import BlobClient
 
     client = BlobClient.from_connection_string(conn, "bench", blob)
-    body = hashlib.md5()
-    body.update(client.download_blob(0, size - 512, max_concurrency=4).readall())
-    whole = body.copy()
-    whole.update(client.download_blob(size - 512, 512).readall())
-    return body.hexdigest(), whole.hexdigest()
+    data = client.download_blob(max_concurrency=4).readall()
+    return hashlib.md5(data[:-512]).hexdigest(), hashlib.md5(data).hexdigest(), reference_sparse_digest(data)
 
 
 def file_digests(path: Path) -> tuple[str, str]:
@@ -184,7 +209,7 @@ def main() -> None:
     parser.add_argument("--piece-kib", type=int, default=1024, help="size of each scattered data piece")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--methods", default="a,b,c", help="which of a, b, c to run (comma-separated)")
+    parser.add_argument("--methods", default="a,b,c,d", help="which of a, b, c, d to run (comma-separated)")
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("--conn")
     parser.add_argument("--container")
@@ -215,7 +240,8 @@ def main() -> None:
           f"non-zero 4 MiB pieces {nonzero_bytes(fixed, 4 * MiB)} bytes; threads {args.threads}")
 
     cases = [("(a) sdk upload_blob", "sdk", fixed), ("(b) 4 MiB pool", "pool", fixed),
-             ("(c) vhdtool fixed VHD", "vhdtool", fixed), ("(c) vhdtool VHDX", "vhdtool", images["vhdx"])]
+             ("(c) vhdtool fixed VHD", "vhdtool", fixed), ("(c) vhdtool VHDX", "vhdtool", images["vhdx"]),
+             ("(d) vhdtool VHDX md5", "vhdtool-md5", images["vhdx"])]
     wanted = set(args.methods.split(","))
     cases = [case for case in cases if case[0][1] in wanted]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in cases}
@@ -230,9 +256,11 @@ def main() -> None:
                 facts = run_worker(method, conn, image, args.threads)
                 if not results[name]:
                     # Same bytes as the fixed VHD; vhdtool's footer has its own id and time, so
-                    # its whole-blob MD5 is checked against the one it reported instead.
-                    body_md5, whole_md5 = blob_digests(conn, facts["blob"], fixed.stat().st_size)
-                    if body_md5 != fixed_body_md5 or whole_md5 != facts.get("md5", fixed_md5):
+                    # its digests are checked against the ones it reported instead.
+                    body_md5, whole_md5, sparse = blob_digests(conn, facts["blob"])
+                    expected_md5 = facts["md5"] if method.startswith("vhdtool") else fixed_md5
+                    if body_md5 != fixed_body_md5 or (expected_md5 is not None and whole_md5 != expected_md5) \
+                            or facts.get("sparse_sha256", sparse) != sparse:
                         raise SystemExit(f"{name}: the uploaded blob differs from the fixed VHD")
                 results[name].append(facts)
                 service = BlobServiceClient.from_connection_string(conn)
@@ -251,6 +279,9 @@ def main() -> None:
         peak = max(r["peak_rss_mib"] for r in runs)
         print(f"{name:<24}{median:>10.2f}{median / baseline:>9.2f}{sent_text:>11}{over:>13}"
               f"{requests!s:>10}{peak:>10.0f}")
+    if "(c) vhdtool VHDX" in results and "(b) 4 MiB pool" in results:
+        ratio = statistics.median(r["seconds"] for r in results["(c) vhdtool VHDX"]) / baseline
+        print(f"ratio (c) vhdtool VHDX / (b) pool: {ratio:.2f} (target <= 1.0) {'ok' if ratio <= 1.0 else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,32 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
         if not _skip_allowed(reason):
             report.outcome = "failed"
             report.longrepr = f"module skipped under CI=true (not on the allow-list in tests/conftest.py): {reason}"
+
+
+REFERENCE_DIGEST = Path(__file__).resolve().parent.parent / "docs" / "scripts" / "sparse_digest.py"
+
+
+def reference_sparse_digest(path: Path, length: int | None = None) -> str:
+    """The sparse digest of a file as the published stand-alone script computes it (run as a program)."""
+    import sys
+
+    args = [sys.executable, str(REFERENCE_DIGEST), str(path)] + ([] if length is None else [str(length)])
+    proc = subprocess.run(args, capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+def reference_sparse_digest_of_bytes(data: bytes) -> str:
+    """The reference script's digest of ``data`` (written to a sparse temporary file first)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        zero = bytes(1 << 20)
+        for i in range(0, len(data), 1 << 20):
+            chunk = data[i:i + (1 << 20)]
+            if chunk == zero[:len(chunk)]:
+                f.seek(len(chunk), 1)
+            else:
+                f.write(chunk)
+        f.truncate(len(data))
+        f.flush()
+        return reference_sparse_digest(Path(f.name))

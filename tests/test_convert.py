@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, qemu_img, unpack_fixture
+from conftest import FIXTURES, qemu_img, reference_sparse_digest, unpack_fixture
 
 from vhdtool import open_image
 from vhdtool.convert import ConvertResult, convert
@@ -314,9 +314,15 @@ def test_cli_json_summary_hashes_and_exit_codes(tmp_path: Path) -> None:
     data = out.read_bytes()
     assert summary["output"] == str(out)
     assert summary["virtual_size"] == align_up(size, MiB) == len(data) - 512
-    assert summary["digests"] == {"md5": hashlib.md5(data).hexdigest(),
+    assert summary["digests"] == {"sparse-sha256": reference_sparse_digest(out),
+                                  "md5": hashlib.md5(data).hexdigest(),
                                   "sha256": hashlib.sha256(data).hexdigest()}
     assert 0 < summary["bytes_written"] < len(data) and summary["seconds"] >= 0
+    assert summary["bytes_data"] + summary["bytes_skipped"] == len(data)
+    plain = run_cli("convert", str(src), "-o", str(tmp_path / "plain.vhd"), "--json")
+    plain_summary = json.loads(plain.stdout)  # the parallel copy, not the ordered walk: same digest
+    assert plain_summary["digests"] == {"sparse-sha256": reference_sparse_digest(tmp_path / "plain.vhd")}
+    assert (tmp_path / "plain.vhd").read_bytes()[:-512] == data[:-512]
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
 
     again = run_cli("convert", str(src), "-o", str(out))
@@ -341,7 +347,8 @@ def test_result_json_has_the_documented_fields(tmp_path: Path) -> None:
         result = convert(disk, tmp_path / "o.vhd", hashes=("sha256",))
     assert isinstance(result, ConvertResult)
     assert set(result.to_json()) == {"output", "format", "source", "source_size", "virtual_size", "file_size",
-                                     "bytes_written", "digests", "unique_id", "seconds", "warnings"}
+                                     "bytes_written", "bytes_data", "bytes_skipped", "digests", "unique_id",
+                                     "seconds", "warnings"}
 
 
 def test_sigterm_while_converting_cleans_up_like_ctrl_c(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from vhd_builder import build_vhd
 
-from vhdtool import open_image
+from vhdtool import filecopy, open_image
 from vhdtool.cli import run
 from vhdtool.convert import convert
 from vhdtool.errors import ImageError, OutputError
@@ -151,10 +151,11 @@ def test_no_space_left_is_one_clear_line_and_leaves_nothing(tmp_path: Path, sour
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from vhdtool import fileio
 
-    def full(fd: int, view: object, offset: int) -> int:
+    def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(fileio, "pwrite", full)
+    monkeypatch.setattr(os, "copy_file_range", full)  # the kernel copy fills the disk the same way
     out = tmp_path / "out"
     out.mkdir()
     with open_image(source) as disk, pytest.raises(OutputError, match="no space left"):
@@ -197,16 +198,52 @@ def test_a_source_that_fails_to_read_is_named(tmp_path: Path, monkeypatch: pytes
     fd_of_source: list[int] = []
 
     def failing(fd: int, view: memoryview, offset: int) -> int:
-        if fd in fd_of_source and offset >= 4 * MiB:
+        if fd in fd_of_source and offset + len(view) > 4 * MiB:  # the read reaches past 4 MiB
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real(fd, view, offset)
 
     monkeypatch.setattr(fileio, "preadinto", failing)
+    # As on a kernel without MADV_POPULATE_READ, stored runs are read, not mapped (a mapped read
+    # error is the next test's).
+    monkeypatch.setattr(filecopy, "_POPULATE_READ", None)
     with open_image(src) as disk:
         fd_of_source.append(disk.image.fd)  # type: ignore[attr-defined]
         with pytest.raises(ImageError) as err:
             convert(disk, tmp_path / "o.vhd")
     assert str(src) in str(err.value) and os.strerror(errno.EIO) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
+    with open_image(src) as disk:  # with --hash the ordered walk reads through fileio the same way
+        fd_of_source[:] = [disk.image.fd]  # type: ignore[attr-defined]
+        with pytest.raises(ImageError):
+            convert(disk, tmp_path / "o.vhd", hashes=("md5",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
+
+
+def test_a_mapped_source_cut_short_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file shrinks between mapping it and touching it: a read error there would be SIGBUS, so
+    the mapping is faulted in by madvise first, whose error sends the run to pread, which names it."""
+    import mmap as real_mmap
+
+    src = tmp_path / "in.raw"
+    src.write_bytes(os.urandom(6 * MiB))
+    cut: list[bool] = []
+
+    class Shrinking:
+        ACCESS_READ = real_mmap.ACCESS_READ
+        ALLOCATIONGRANULARITY = real_mmap.ALLOCATIONGRANULARITY
+
+        @staticmethod
+        def mmap(fd: int, length: int, **kwargs: object) -> real_mmap.mmap:
+            mapping = real_mmap.mmap(fd, length, **kwargs)  # type: ignore[arg-type]
+            if not cut:
+                os.truncate(src, 1 * MiB)  # another program cuts the image short
+                cut.append(True)
+            return mapping
+
+    monkeypatch.setattr(filecopy, "mmap", Shrinking)
+    with open_image(src) as disk, pytest.raises(ImageError) as err:
+        convert(disk, tmp_path / "o.vhd")
+    assert cut and str(src) in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
 
 

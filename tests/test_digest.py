@@ -113,3 +113,13 @@ def test_granules_touched_are_the_allocated_ones_once() -> None:
                Extent(GRANULE + 210, 3 * GRANULE, True), Extent(4 * GRANULE + 210, 5, False)]
     assert granules_touched(extents) == [0, 1, 2, 3, 4]
     assert granules_touched([Extent(0, 9 * GRANULE, False)]) == []
+
+
+def test_leading_zeros_from_the_kept_states_hash_like_hashlib() -> None:
+    from vhdtool.digest import _zero_prefix
+
+    for n in (0, 1, 512, 65535, 65536, 65537, 3 * 65536 + 4096, GRANULE - 512, GRANULE):
+        assert _zero_prefix(n).hexdigest() == hashlib.sha256(bytes(n)).hexdigest(), n
+    h = _zero_prefix(65536)
+    h.update(b"x")  # a copy: the kept state is not changed by its users
+    assert _zero_prefix(65536).hexdigest() == hashlib.sha256(bytes(65536)).hexdigest()

@@ -82,7 +82,9 @@ def validate(data: dict[str, Any]) -> None:
         for finding in disk["findings"]:
             assert sorted(finding) == sorted(findings[1]) and all(isinstance(v, str) for v in finding.values())
         fixed = disk["fixed_vhd"]
-        assert re.fullmatch(r"[0-9a-f]{32}", fixed["md5"]) and re.fullmatch(r"[0-9a-f]{64}", fixed["sha256"])
+        assert re.fullmatch(r"[0-9a-f]{64}", fixed["sparse_sha256"])
+        assert fixed["md5"] is None or re.fullmatch(r"[0-9a-f]{32}", fixed["md5"])
+        assert fixed["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", fixed["sha256"])
         assert all(isinstance(fixed[k], int) for k in ("virtual_size", "file_size"))
         assert fixed["file_size"] == fixed["virtual_size"] + 512 and fixed["virtual_size"] % (1 << 20) == 0
         assert all(isinstance(disk["source"][k], int) for k in ("virtual_size", "file_size"))

@@ -15,6 +15,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest import reference_sparse_digest
 
 from vhdtool import __version__
 from vhdtool.errors import ImageError, UsageError
@@ -90,8 +91,9 @@ def test_sample_set_end_to_end(sample: dict[str, Path], tmp_path: Path) -> None:
     for disk, src, fmt in ((os_disk, sample["os"], "vhdx"), (data_disk, sample["data"], "vpc")):
         path = out / disk["fixed_vhd"]["path"]
         assert path.name == disk["name"] + ".vhd"
-        # The digests were computed in the conversion pass; hashlib over the file must agree.
-        assert (disk["fixed_vhd"]["md5"], disk["fixed_vhd"]["sha256"]) == digests(path)
+        # The sparse digest was computed in the conversion pass; the reference script must agree.
+        assert disk["fixed_vhd"]["sparse_sha256"] == reference_sparse_digest(path)
+        assert disk["fixed_vhd"]["md5"] is None and disk["fixed_vhd"]["sha256"] is None  # not asked for
         assert disk["fixed_vhd"]["file_size"] == path.stat().st_size
         assert path.stat().st_size == disk["fixed_vhd"]["virtual_size"] + 512
         assert disk["fixed_vhd"]["virtual_size"] == disk["source"]["virtual_size"]
@@ -129,7 +131,7 @@ def test_raw_images_and_several_data_disks(sample: dict[str, Path], tmp_path: Pa
         f.seek(5 * MiB)
         f.write(b"payload" * 1000)
     result = prepare(PrepareRequest("mix", str(os_raw), ((3, str(odd)), (1, str(sample["data"]))),
-                                    str(tmp_path / "o"), day=DAY))
+                                    str(tmp_path / "o"), day=DAY, hashes=("md5", "sha256")))
     disks = result.manifest.disks
     assert [(d.role, d.lun, d.name) for d in disks] == [
         ("os", None, "mix-os-2026-11-23"), ("data", 1, "mix-datadisk-1-2026-11-23"),
@@ -137,7 +139,8 @@ def test_raw_images_and_several_data_disks(sample: dict[str, Path], tmp_path: Pa
     padded = disks[2]
     assert padded.source.virtual_size == 21 * MiB + 4096 and padded.fixed_vhd.virtual_size == 22 * MiB
     out = tmp_path / "o" / str(padded.fixed_vhd.path)
-    assert digests(out) == (padded.fixed_vhd.md5, padded.fixed_vhd.sha256)
+    assert digests(out) == (padded.fixed_vhd.md5, padded.fixed_vhd.sha256)  # asked for with hashes
+    assert padded.fixed_vhd.sparse_sha256 == reference_sparse_digest(out)
     with open(out, "rb") as f:
         assert f.read(21 * MiB + 4096) == odd.read_bytes()
         assert f.read(MiB - 4096) == bytes(MiB - 4096)
@@ -215,7 +218,8 @@ def test_cli_prepare_and_verify(sample: dict[str, Path], tmp_path: Path) -> None
     verdicts = json.loads(bad.stdout)
     assert verdicts["ok"] is False
     assert [d["status"] for d in verdicts["disks"]] == ["ok", "drift"]
-    assert any("MD5" in p for p in verdicts["disks"][1]["problems"])
+    assert any("sparse digest" in p for p in verdicts["disks"][1]["problems"])
+    assert verdicts["disks"][1]["compared"] == ["sparse-sha256"]
     data_vhd.unlink()
     gone = vhdtool("verify", str(manifests[0]))
     assert gone.returncode == 1 and "MISSING" in gone.stdout

@@ -6,8 +6,10 @@ proxy of ``tests/azurite.py`` (503 with Retry-After, 500, connections dropped be
 applied the request, answers cut short, slow answers). Runs are killed (SIGKILL, and once SIGINT) at a
 random request and run again with ``--resume`` until one completes. Then every blob, downloaded
 straight from Azurite, must be the fixed VHD ``vhdtool convert`` writes (footer id and timestamp aside,
-which must be the ones recorded on the blob), its MD5 the one reported and stored, its page ranges
-exactly the non-zero pages; and no run may have printed the account key or a SAS signature.
+which must be the ones recorded on the blob), its sparse digest the one reported and recorded (and,
+for the images uploaded with ``--hash md5``, its MD5 the one reported and stored as Content-MD5; for
+the others no MD5 anywhere), its page ranges exactly the non-zero pages; and no run may have printed
+the account key or a SAS signature.
 
 :class:`Soak` is the machinery; ``benchmarks/upload_soak.py`` runs it for longer with random plans.
 """
@@ -48,6 +50,7 @@ from azurite import (
     RecordingProxy,
     Rule,
 )
+from conftest import reference_sparse_digest_of_bytes
 
 from vhdtool import open_image
 from vhdtool.azure import Destination, PageBlobTarget, RetryableError
@@ -55,7 +58,7 @@ from vhdtool.convert import convert
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB, merge_ranges
 from vhdtool.formats.vhd_footer import parse_footer
-from vhdtool.upload import META_FOOTER, META_MD5, META_STATE, STATE_COMPLETE, RetryPolicy, upload
+from vhdtool.upload import META_FOOTER, META_MD5, META_SPARSE, META_STATE, STATE_COMPLETE, RetryPolicy, upload
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -128,6 +131,11 @@ class SoakImage:
     overwrite: bool  # uploaded over an existing blob (--overwrite, then --resume --overwrite)
     mask: np.ndarray[Any, np.dtype[np.bool_]]  # the fixed VHD's non-zero pages
     virtual_size: int  # of the fixed VHD
+
+    @property
+    def md5(self) -> bool:
+        """Whether this image is uploaded with ``--hash md5`` (those verified in full are)."""
+        return self.verify == "full"
 
     @property
     def nonzero(self) -> int:
@@ -364,6 +372,7 @@ class Soak:
                 "--json", f"--verify={image.verify}"]
         args += ["--resume"] if resume else []
         args += ["--overwrite"] if image.overwrite else []
+        args += ["--hash", "md5"] if image.md5 else []
         # Every request of a full run comes before its last few (properties, metadata, listing,
         # read-back): a point drawn from the Put Page requests still to send plus a few is reached.
         at = self.rng.randint(1, self.remaining_puts(image, not resume) + 4) if sig else None
@@ -473,10 +482,16 @@ class Soak:
                 self.problems.append(f"{image.label}: footer wrong: checksum {ours.checksum_valid}, fields {differ}, "
                                      f"recorded {props.metadata.get(META_FOOTER)} vs {recorded}")
         stored = props.content_settings.content_md5
-        if summary.get("md5") != digest.hex() or stored is None or bytes(stored) != digest \
-                or props.metadata.get(META_MD5) != digest.hex():
+        if image.md5 and (summary.get("md5") != digest.hex() or stored is None or bytes(stored) != digest
+                          or props.metadata.get(META_MD5) != digest.hex()):
             self.problems.append(f"{image.label}: MD5 {digest.hex()} of the blob is not the one reported "
                                  f"({summary.get('md5')}) and stored")
+        if not image.md5 and (summary.get("md5") is not None or stored or META_MD5 in props.metadata):
+            self.problems.append(f"{image.label}: an MD5 was computed or stored without --hash md5")
+        sparse = reference_sparse_digest_of_bytes(blob)
+        if summary.get("sparse_sha256") != sparse or props.metadata.get(META_SPARSE) != sparse:
+            self.problems.append(f"{image.label}: sparse digest {sparse} of the blob is not the one reported "
+                                 f"({summary.get('sparse_sha256')}) and recorded ({props.metadata.get(META_SPARSE)})")
         if props.metadata.get(META_STATE) != STATE_COMPLETE:
             self.problems.append(f"{image.label}: state {props.metadata.get(META_STATE)}, not complete")
         listed = merge_ranges(listed_ranges(client))

@@ -512,11 +512,13 @@ class PageBlobTarget:
         """Set Blob Metadata (replaces all of it)."""
         self._call("setting blob metadata", lambda: self._client.set_blob_metadata(metadata))
 
-    def set_content_md5(self, md5: bytes) -> None:
-        """Set Blob Properties: the whole blob's Content-MD5 (the service stores it, does not check it)."""
+    def set_content_md5(self, md5: bytes | None) -> None:
+        """Set Blob Properties: the whole blob's Content-MD5 (the service stores it, does not check it);
+        ``None`` clears it (a property left unset by Set Blob Properties is cleared)."""
         from azure.storage.blob import ContentSettings
 
-        settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray(md5))
+        settings = ContentSettings(content_type="application/octet-stream",
+                                   content_md5=None if md5 is None else bytearray(md5))
         self._call("setting the blob's Content-MD5", lambda: self._client.set_http_headers(settings))
 
     def content_md5(self) -> bytes | None:

@@ -1,8 +1,12 @@
 """Converting any readable disk to the fixed VHD Azure accepts (or to a plain raw image).
 
-One walk over the source (:func:`vhdtool.pump.pump`): allocated extents are read once, in large
-chunks, and handed to the file sink (which leaves holes for zeros) and, when asked, to the hasher.
-Memory is bounded by the pump's buffers whatever the disk size.
+One walk over the source's allocated extents; zeros become holes in the output. Without whole-file
+digests the walk is :func:`vhdtool.filecopy.copy_into`: windows in parallel, stored runs copied by
+the kernel, the sparse digest (when asked) from the same bytes. MD5 or SHA-256 of the whole file
+need the bytes in order: then it is :func:`vhdtool.pump.pump`, one chunk at a time, feeding the
+hashers and the file sink. Memory is bounded by the buffers of either, whatever the disk size.
+
+The output is renamed into place atomically; it is made durable first only with ``sync``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .disk import VirtualDisk
+from .digest import NAME as SPARSE_DIGEST
+from .digest import SparseDigest, SparseDigestSink
+from .disk import Placement, VirtualDisk, append_placement
 from .errors import ImageError, OutputError, UsageError, VhdtoolError
-from .extents import Extent, MiB, check_cover
+from .extents import Extent, MiB, allocated_bytes, check_cover
+from .filecopy import copy_into
 from .fixed import FixedVhdView, azure_virtual_size
 from .formats.vhd_layout import FOOTER_SIZE
-from .pump import DEFAULT_CHUNK_SIZE, Progress, Sink, Source, pump
+from .pump import DEFAULT_CHUNK_SIZE, Progress, Sink, pump
 from .sinks.fixed_file import FixedFileSink
 from .sinks.hasher import HashSink
 
@@ -37,6 +44,10 @@ class ConvertResult:
     virtual_size: int
     file_size: int
     bytes_written: int
+    # Bytes of allocated extents (read), and bytes known empty from metadata (neither read nor written).
+    bytes_data: int = 0
+    bytes_skipped: int = 0
+    # The sparse digest (``"sparse-sha256"``) when asked, then any whole-file digests, by name.
     digests: dict[str, str] = field(default_factory=dict)
     unique_id: str | None = None
     seconds: float = 0.0
@@ -51,6 +62,8 @@ class ConvertResult:
             "virtual_size": self.virtual_size,
             "file_size": self.file_size,
             "bytes_written": self.bytes_written,
+            "bytes_data": self.bytes_data,
+            "bytes_skipped": self.bytes_skipped,
             "digests": dict(self.digests),
             "unique_id": self.unique_id,
             "seconds": round(self.seconds, 3),
@@ -79,6 +92,17 @@ class PaddedView:
             self.disk.readinto(offset, view[:n])
         if n < len(view):
             view[n:] = bytes(len(view) - n)
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        result: list[Placement] = []
+        data_end = min(self.size, self.disk.virtual_size)
+        if offset < data_end:
+            for piece in self.disk.placements(offset, min(offset + length, data_end) - offset):
+                append_placement(result, piece)
+        lo = max(offset, data_end)
+        if lo < offset + length:
+            append_placement(result, Placement(lo, offset + length - lo, "zero"))
+        return result
 
 
 def chain_paths(disk: VirtualDisk) -> list[str]:
@@ -125,13 +149,16 @@ def output_size(disk: VirtualDisk, output_format: OutputFormat = "vhd", size: in
 
 def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_format: OutputFormat = "vhd",
             size: int | None = None, keep_id: bool = False, hashes: Sequence[str] = (),
-            force: bool = False, progress: Progress | None = None,
-            chunk_size: int = DEFAULT_CHUNK_SIZE) -> ConvertResult:
+            sparse_digest: bool = False, sync: bool = False, force: bool = False,
+            progress: Progress | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+            workers: int | None = None) -> ConvertResult:
     """Write ``disk`` to ``out_path`` as a fixed VHD (or raw image), atomically and sparsely.
 
     ``size`` grows the disk (rounded up to a MiB; shrinking raises :class:`UsageError`);
-    ``hashes`` names digests of the output bytes computed in the same pass; ``progress`` is
-    called with ``(bytes, was_data)`` as the walk advances. The output appears only on success.
+    ``sparse_digest`` computes the sparse digest of the output (:mod:`vhdtool.digest`) and
+    ``hashes`` names whole-file digests, all in the same pass; ``sync`` makes the output durable
+    (fsync) before it is renamed into place; ``progress`` is called with ``(bytes, was_data)`` as
+    the walk advances. The output appears only on success.
     """
     started = time.monotonic()
     target = os.fspath(out_path)
@@ -145,7 +172,7 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
             raise OutputError(f"{target}: is the input image {path}; write the output elsewhere")
     hasher = HashSink(hashes) if hashes else None
     unique_id: bytes | None = None
-    source: Source
+    source: FixedVhdView | PaddedView | VirtualDisk
     if output_format == "vhd":
         unique_id = source_unique_id(disk) if keep_id else None
         view = FixedVhdView(disk, size=size, unique_id=unique_id)
@@ -157,11 +184,23 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
         virtual_size = disk.virtual_size if size is None else azure_virtual_size(disk.virtual_size, size, MiB)
         source = disk if virtual_size == disk.virtual_size else PaddedView(disk, virtual_size)
         file_size = virtual_size
-    writer = FixedFileSink(target, file_size, force=force)
+    extents = source.extents()
+    data = allocated_bytes(extents)
+    writer = FixedFileSink(target, file_size, force=force, sync=sync)
+    digest: SparseDigest | None = None
     try:  # at once: a Ctrl-C from here on removes the temporary file
-        # The writer goes last: its finish() renames the output into place once all else succeeded.
-        sinks: list[Sink] = ([hasher] if hasher else []) + [writer]
-        pump(source, sinks, chunk_size=chunk_size, progress=progress)
+        if hasher is None:
+            digest = SparseDigest(file_size) if sparse_digest else None
+            copy_into(source, writer, file_size, digest=digest, workers=workers, progress=progress,
+                      path=disk.path)
+            writer.finish()
+        else:
+            # Whole-file digests need every byte in order: one ordered walk. The writer goes last:
+            # its finish() renames the output into place once all else succeeded.
+            digest_sink = SparseDigestSink(file_size) if sparse_digest else None
+            digest = None if digest_sink is None else digest_sink.digest
+            sinks: list[Sink] = [hasher] + ([digest_sink] if digest_sink else []) + [writer]
+            pump(source, sinks, chunk_size=chunk_size, progress=progress)
     except VhdtoolError:
         writer.abort()
         raise
@@ -173,6 +212,9 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
     except BaseException:
         writer.abort()
         raise
+    digests = {} if digest is None else {SPARSE_DIGEST: digest.hexdigest()}
+    if hasher is not None:
+        digests.update(hasher.digests())
     return ConvertResult(
         output=target,
         format=output_format,
@@ -181,7 +223,9 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
         virtual_size=virtual_size,
         file_size=file_size,
         bytes_written=writer.bytes_written,
-        digests=hasher.digests() if hasher else {},
+        bytes_data=data,
+        bytes_skipped=file_size - data,
+        digests=digests,
         unique_id=str(uuid.UUID(bytes=unique_id)) if unique_id else None,
         seconds=time.monotonic() - started,
         warnings=tuple(disk.warnings),  # a differencing disk's include its parents'

@@ -87,11 +87,22 @@ class SparseDigestSink:
     Data arrives in offset order in pieces of any size; each granule gets an incremental SHA-256
     only once a non-zero byte shows up in it (leading zeros are fed from a shared buffer then), so
     zero ranges, and allocated pieces that turn out to be zero, cost a zero scan at most.
+
+    A sink may cover only the window ``[start, end)`` of the stream (``start`` on a granule
+    boundary, ``end`` on one or at the end) and record ``into`` a digest shared with the sinks of
+    other windows: that is how windows are hashed in parallel.
     """
 
-    def __init__(self, total_length: int) -> None:
-        self.digest = SparseDigest(total_length)
-        self.position = 0
+    def __init__(self, total_length: int, *, start: int = 0, end: int | None = None,
+                 into: SparseDigest | None = None) -> None:
+        self.digest = into if into is not None else SparseDigest(total_length)
+        if self.digest.total_length != total_length:
+            raise ValueError("the shared digest is over another length")
+        self.end = total_length if end is None else end
+        if start % GRANULE or not 0 <= start <= self.end <= total_length or (
+                self.end % GRANULE and self.end != total_length):
+            raise ValueError(f"window [{start}, {self.end}) is not on granule boundaries")
+        self.position = start
         self._granule = -1
         self._hash: hashlib._Hash | None = None
         self._granule_start = 0
@@ -128,8 +139,7 @@ class SparseDigestSink:
                 self._close_granule()
                 self._granule, self._granule_start = index, granule_start
             if self._hash is None and not is_zero(piece):
-                self._hash = hashlib.sha256()
-                _feed_zeros(self._hash, position - granule_start)
+                self._hash = _zero_prefix(position - granule_start)
             if self._hash is not None:
                 self._hash.update(piece)
             position = piece_end
@@ -151,8 +161,8 @@ class SparseDigestSink:
         self._advance_to(end)
 
     def finish(self) -> None:
-        if self.position != self.digest.total_length:
-            raise ValueError(f"digest sink got {self.position} of {self.digest.total_length} bytes")
+        if self.position != self.end:
+            raise ValueError(f"digest sink stopped at byte {self.position}, not at {self.end}")
         self._close_granule()
 
     def hexdigest(self) -> str:
@@ -179,3 +189,30 @@ def granules_touched(extents: list[Extent]) -> list[int]:
         start = first if not result or result[-1] < first else result[-1] + 1
         result.extend(range(start, last + 1))
     return result
+
+
+_PREFIX_STEP = 64 * 1024
+_prefixes: list[hashlib._Hash] = []  # [k]: SHA-256 state after k × 64 KiB of zeros
+_prefixes_lock = threading.Lock()
+
+
+def _zero_prefix(length: int) -> hashlib._Hash:
+    """A SHA-256 object that has hashed ``length`` zero bytes.
+
+    A granule's leading zeros are the same bytes from the same initial state every time, so the
+    states after whole 64 KiB steps are kept (64 of them cover a granule: a few KiB) and copied;
+    only the remainder is hashed. Scattered data leaves most granules zero before their first
+    non-zero byte, which then costs nothing.
+    """
+    steps, rest = divmod(length, _PREFIX_STEP)
+    with _prefixes_lock:
+        if not _prefixes:
+            _prefixes.append(hashlib.sha256())
+        while len(_prefixes) <= steps:
+            following = _prefixes[-1].copy()
+            following.update(_ZERO[:_PREFIX_STEP])
+            _prefixes.append(following)
+        h = _prefixes[steps].copy()
+    if rest:
+        _feed_zeros(h, rest)
+    return h

@@ -14,7 +14,8 @@ import os
 import stat
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from . import fileio
 from .errors import ImageError
@@ -145,6 +146,54 @@ class ImageFile:
                 os.close(self.fd)
 
 
+PlacementKind = Literal["file", "zero", "read"]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the disk's bytes ``[offset, offset + length)`` come from, so a copier can pick its tool.
+
+    ``"file"``: stored as they are in ``image`` from ``file_offset`` on (the kernel can copy them
+    file to file, and they can be mapped); ``"zero"``: they read as zeros; ``"read"``: anything
+    else (assembled, replayed, or a format that says nothing), to be fetched with ``readinto``.
+    """
+
+    offset: int
+    length: int
+    kind: PlacementKind
+    image: ImageFile | None = None
+    file_offset: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def stored_placement(offset: int, length: int, source: ByteSource, file_offset: int) -> Placement:
+    """Bytes stored as they are in ``source`` at ``file_offset``: a ``"file"`` placement when the
+    source is a local file (kernel copies, mapping), ``"read"`` for any other source (a blob)."""
+    inner: ByteSource = source
+    while isinstance(inner, BorrowedSource):
+        inner = inner.inner
+    if isinstance(inner, ImageFile):
+        return Placement(offset, length, "file", inner, file_offset)
+    return Placement(offset, length, "read")
+
+
+def append_placement(result: list[Placement], piece: Placement) -> None:
+    """Append ``piece``, merging it into the last one when both are one contiguous run of one kind."""
+    if piece.length <= 0:
+        return
+    if result:
+        last = result[-1]
+        if last.kind == piece.kind and last.end == piece.offset and last.image is piece.image and (
+                piece.kind != "file" or last.file_offset + last.length == piece.file_offset):
+            result[-1] = Placement(last.offset, last.length + piece.length, last.kind, last.image,
+                                   last.file_offset)
+            return
+    result.append(piece)
+
+
 class VirtualDisk(ABC):
     """A disk image seen as its logical bytes: a size, extents from metadata, positional reads.
 
@@ -174,6 +223,15 @@ class VirtualDisk(ABC):
     @abstractmethod
     def details(self) -> dict[str, Any]:
         """Format-specific facts for ``vhdtool info`` (JSON-serialisable)."""
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        """Where ``[offset, offset + length)`` is stored: ordered, covering the range exactly.
+
+        Readers whose bytes sit contiguously in their file override this, so that ``convert`` can
+        let the kernel copy them (``copy_file_range``); the default says "read it".
+        """
+        self.check_range(offset, length)
+        return [Placement(offset, length, "read")] if length else []
 
     @property
     def parent(self) -> VirtualDisk | None:

@@ -211,10 +211,13 @@ def image_tail(path: str, offset: int, length: int) -> bytes:
         image.close()
 
 
-def apply_fix(plan: FixPlan) -> None:
-    """Carry out ``plan``: write the new footer past the end, sync, then zero the old footer.
+def apply_fix(plan: FixPlan, *, sync: bool = False) -> None:
+    """Carry out ``plan``: write the new footer past the end, then zero the old footer.
 
-    Refuses (:class:`OutputError`) if the file changed since the plan was made.
+    With ``sync`` each write is flushed to the disk before the next, so the file ends in a valid
+    footer at every moment even across a crash; without it the order holds for every reader of
+    the running system, and the kernel writes the pages out later. Refuses (:class:`OutputError`)
+    if the file changed since the plan was made.
     """
     if not plan.needed:
         return
@@ -232,7 +235,8 @@ def apply_fix(plan: FixPlan) -> None:
                 fileio.pwrite_all(fd, plan.new_footer_raw, write.offset)
             else:
                 fileio.pwrite_all(fd, bytes(write.length), write.offset)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
     except OSError as err:
         raise describe_os_error(plan.path, err, "write the fix") from err
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .disk import VirtualDisk
+from .disk import Placement, VirtualDisk, append_placement
 from .errors import UsageError
 from .extents import Extent, MiB, align_up, check_cover
 from .formats.vhd_footer import VhdFooter, build_footer, fixed_footer
@@ -87,3 +87,23 @@ class FixedVhdView:
             start = position - offset
             fo = position - footer_start
             view[start:] = self.footer_bytes[fo:fo + (end - position)]
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        """Where ``[offset, offset + length)`` of the fixed VHD comes from: the disk's own placements,
+        zeros for the padding, and the footer (made here, so ``"read"``)."""
+        end = offset + length
+        if offset < 0 or length < 0 or end > self.size:
+            raise ValueError(f"range [{offset}, {end}) outside fixed VHD of {self.size} bytes")
+        result: list[Placement] = []
+        data_end = self.layout.data_size
+        footer_start = self.layout.virtual_size
+        if offset < data_end:
+            for piece in self.disk.placements(offset, min(end, data_end) - offset):
+                append_placement(result, piece)
+        lo, hi = max(offset, data_end), min(end, footer_start)
+        if lo < hi:
+            append_placement(result, Placement(lo, hi - lo, "zero"))
+        lo = max(offset, footer_start)
+        if lo < end:
+            append_placement(result, Placement(lo, end - lo, "read"))
+        return result

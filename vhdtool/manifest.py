@@ -2,9 +2,12 @@
 
 ``prepare`` writes one manifest per set (``NAME.manifest.json``); ``verify`` reads it back and
 re-hashes the fixed VHD files (or the uploaded blobs) to report drift. The JSON schema is
-documented in ``docs/prepare.md``; ``schema`` names its version, and readers refuse other versions
-rather than guess. Paths of output files are stored relative to the manifest's folder so a set can
-be moved as a whole; blob URLs are stored without their query string, so no token is ever written.
+documented in ``docs/prepare.md``; ``schema`` names its version, and readers refuse versions they do
+not know rather than guess. Version 2 records the sparse digest of each fixed VHD (what ``verify``
+compares, at the cost of the data only) and MD5/SHA-256 only when they were asked for; version 1
+manifests (MD5 and SHA-256 always, no sparse digest) are still read and verified by their MD5 and
+SHA-256. Paths of output files are stored relative to the manifest's folder so a set can be moved
+as a whole; blob URLs are stored without their query string, so no token is ever written.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from typing import Any
 
 from .errors import OutputError, UsageError
 
-SCHEMA = "vhdtool.manifest/1"
+SCHEMA = "vhdtool.manifest/2"
+SCHEMA_V1 = "vhdtool.manifest/1"
+SCHEMAS = (SCHEMA, SCHEMA_V1)
+SPARSE = "sparse-sha256"  # vhdtool.digest.NAME (not imported: the manifest stays free of numpy)
+WHOLE_FILE = ("md5", "sha256")
 GiB = 1024 ** 3
 
 def billing_tier(virtual_size: int) -> dict[str, Any]:
@@ -77,17 +84,24 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class FixedVhdRecord:
-    """The fixed VHD made for Azure: its size and digests over every byte, footer included."""
+    """The fixed VHD made for Azure: its size and digests of all its bytes, footer included."""
 
     path: str | None  # relative to the manifest's folder; None when uploaded without a local copy
     virtual_size: int
     file_size: int  # = virtual_size + 512 = the blob's size
-    md5: str  # hex
-    sha256: str  # hex
+    sparse_sha256: str | None  # hex (docs/sparse-digest.md); None only in a version 1 manifest
+    md5: str | None = None  # hex, when asked for (always in version 1)
+    sha256: str | None = None  # hex, when asked for (always in version 1)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "virtual_size": self.virtual_size, "file_size": self.file_size,
-                "md5": self.md5, "sha256": self.sha256}
+                "sparse_sha256": self.sparse_sha256, "md5": self.md5, "sha256": self.sha256}
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """The recorded digests by name (``sparse-sha256``, ``md5``, ``sha256``)."""
+        found = {SPARSE: self.sparse_sha256, "md5": self.md5, "sha256": self.sha256}
+        return {name: value for name, value in found.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -232,9 +246,10 @@ def manifest_from_json(data: Any, where: str) -> Manifest:
     """Parse a manifest JSON object; wrong shapes raise :class:`UsageError` naming ``where``."""
     if not isinstance(data, dict):
         raise UsageError(f"{where}: not a manifest (expected a JSON object)")
-    if data.get("schema") != SCHEMA:
-        raise UsageError(f"{where}: not a vhdtool manifest of schema {SCHEMA!r} "
-                         f"(found {data.get('schema')!r})")
+    schema = data.get("schema")
+    if schema not in SCHEMAS:
+        raise UsageError(f"{where}: not a vhdtool manifest of schema {SCHEMA!r} or {SCHEMA_V1!r} "
+                         f"(found {schema!r})")
     disks: list[DiskRecord] = []
     for index, d in enumerate(_need(data, "disks", list, where)):
         at = f"{where}: disks[{index}]"
@@ -256,9 +271,7 @@ def manifest_from_json(data: Any, where: str) -> Manifest:
             source=SourceRecord(_need(s, "path", str, at), _need(s, "format", str, at),
                                 _need(s, "type", str, at),
                                 _need(s, "virtual_size", int, at), _need(s, "file_size", int, at)),
-            fixed_vhd=FixedVhdRecord(path, _need(f, "virtual_size", int, at),
-                                     _need(f, "file_size", int, at), _need(f, "md5", str, at),
-                                     _need(f, "sha256", str, at)),
+            fixed_vhd=_fixed_record(f, path, schema, at),
             os=None if o is None else OsRecord(_opt(o, "family", str, at), _opt(o, "name", str, at),
                                                _opt(o, "version", str, at), _need(o, "state", str, at)),
             hyper_v_generation=_opt(d, "hyper_v_generation", str, at),
@@ -275,10 +288,25 @@ def manifest_from_json(data: Any, where: str) -> Manifest:
         gallery_image_definition=GalleryDefinition(
             _opt(g, "os_type", str, where), _opt(g, "os_state", str, where),
             _opt(g, "hyper_v_generation", str, where), _opt(g, "architecture", str, where)),
-        disks=tuple(disks), destination=_opt(data, "destination", str, where),
+        disks=tuple(disks), destination=_opt(data, "destination", str, where), schema=schema,
     )
     _check_roles(disks, where)
     return manifest
+
+
+def _hex(obj: Mapping[str, Any], key: str, digits: int, at: str, required: bool) -> str | None:
+    value: str | None = _need(obj, key, str, at) if required else _opt(obj, key, str, at)
+    if value is not None and (len(value) != digits or any(c not in "0123456789abcdef" for c in value)):
+        raise UsageError(f"{at}: field {key!r} is not {digits} lower-case hex digits")
+    return value
+
+
+def _fixed_record(f: Mapping[str, Any], path: str | None, schema: str, at: str) -> FixedVhdRecord:
+    """``fixed_vhd``: version 1 has MD5 and SHA-256 always; version 2 the sparse digest, the others if asked."""
+    v1 = schema == SCHEMA_V1
+    return FixedVhdRecord(path, _need(f, "virtual_size", int, at), _need(f, "file_size", int, at),
+                          None if v1 else _hex(f, "sparse_sha256", 64, at, True),
+                          _hex(f, "md5", 32, at, v1), _hex(f, "sha256", 64, at, v1))
 
 
 def _check_roles(disks: list[DiskRecord], where: str) -> None:
@@ -311,11 +339,10 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 @dataclass(frozen=True)
 class Observed:
-    """What was found at a disk's target: its size and digests (``None`` when it is missing)."""
+    """What was found at a disk's target: its size and the digests computed, by name."""
 
     size: int
-    md5: str
-    sha256: str
+    digests: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -326,10 +353,11 @@ class DiskVerdict:
     target: str  # a file path or a blob URL (without token)
     status: str  # "ok" | "drift" | "missing" | "skipped"
     problems: tuple[str, ...] = field(default_factory=tuple)
+    compared: tuple[str, ...] = field(default_factory=tuple)  # the digests compared
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "status": self.status,
-                "problems": list(self.problems)}
+                "problems": list(self.problems), "compared": list(self.compared)}
 
 
 @dataclass(frozen=True)
@@ -349,24 +377,48 @@ class VerifyResult:
 
 
 Progress = Callable[[int], None]  # bytes hashed since the last call
-# (disk record, progress) -> what the destination holds for that disk, or None if it is absent
-BlobHasher = Callable[[DiskRecord, Progress | None], "tuple[str, Observed | None]"]
+# (disk record, digest names, progress) -> what the destination holds for that disk, or None if absent
+BlobHasher = Callable[[DiskRecord, "tuple[str, ...]", "Progress | None"], "tuple[str, Observed | None]"]
+
+_LABELS = {SPARSE: "sparse digest", "md5": "MD5", "sha256": "SHA-256"}
 
 
-def hash_file(path: str, progress: Progress | None = None) -> Observed:
-    """MD5 and SHA-256 of a file, reading only its data (holes are hashed as zeros without I/O)."""
+def wanted_digests(record: DiskRecord, hashes: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The digests to recompute for ``record``: its sparse digest (which costs only the data), or for
+    a version 1 record its MD5 and SHA-256; plus those of ``hashes`` the record holds."""
+    recorded = record.fixed_vhd.digests
+    base = (SPARSE,) if SPARSE in recorded else tuple(name for name in WHOLE_FILE if name in recorded)
+    return base + tuple(name for name in hashes if name in recorded and name not in base)
+
+
+def hash_file(path: str, names: tuple[str, ...], progress: Progress | None = None) -> Observed:
+    """Digests ``names`` of a file, reading only its data (``SEEK_DATA``: holes cost no I/O).
+
+    The sparse digest hashes the data ranges in parallel windows; MD5 and SHA-256 need one ordered
+    pass that also feeds every zero of the holes to the hash (no I/O for them, but CPU).
+    """
     from .disk import ImageFile
     from .formats.raw import RawDisk
-    from .pump import pump
-    from .sinks.hasher import HashSink
 
     image = ImageFile(path)
     disk = RawDisk(image)
     try:
-        sink = HashSink(("md5", "sha256"))
-        pump(disk, [sink], progress=None if progress is None else (lambda n, _data: progress(n)))
-        digests = sink.digests()
-        return Observed(disk.virtual_size, digests["md5"], digests["sha256"])
+        digests: dict[str, str] = {}
+        whole = tuple(name for name in names if name != SPARSE)
+        if SPARSE in names:
+            from .filecopy import sparse_digest_of
+
+            digests[SPARSE] = sparse_digest_of(disk, disk.virtual_size, path=path,
+                                               progress=None if progress is None or whole
+                                               else (lambda n, _data: progress(n)))
+        if whole:
+            from .pump import pump
+            from .sinks.hasher import HashSink
+
+            sink = HashSink(whole)
+            pump(disk, [sink], progress=None if progress is None else (lambda n, _data: progress(n)))
+            digests.update(sink.digests())
+        return Observed(disk.virtual_size, digests)
     finally:
         disk.close()
 
@@ -379,15 +431,22 @@ def compare(record: DiskRecord, target: str, observed: Observed | None) -> DiskV
     problems: list[str] = []
     if observed.size != expected.file_size:
         problems.append(f"size {observed.size} bytes, manifest says {expected.file_size}")
-    if observed.md5 != expected.md5:
-        problems.append(f"MD5 {observed.md5}, manifest says {expected.md5}")
-    if observed.sha256 != expected.sha256:
-        problems.append(f"SHA-256 {observed.sha256}, manifest says {expected.sha256}")
-    return DiskVerdict(record.name, target, "drift" if problems else "ok", tuple(problems))
+    recorded = expected.digests
+    compared = tuple(name for name in observed.digests if name in recorded)
+    for name in compared:
+        if observed.digests[name] != recorded[name]:
+            problems.append(f"{_LABELS.get(name, name)} {observed.digests[name]}, manifest says {recorded[name]}")
+    if not compared:
+        problems.append("no recorded digest was recomputed")
+    return DiskVerdict(record.name, target, "drift" if problems else "ok", tuple(problems), compared)
 
 
-def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | None = None) -> VerifyResult:
-    """Re-hash each disk's fixed VHD file (found relative to the manifest) and compare."""
+def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | None = None,
+                 hashes: tuple[str, ...] = ()) -> VerifyResult:
+    """Re-hash each disk's fixed VHD file (found relative to the manifest) and compare.
+
+    ``hashes`` adds whole-file digests to recompute where the manifest records them.
+    """
     base = os.path.dirname(os.path.abspath(manifest_path))
     verdicts: list[DiskVerdict] = []
     for record in manifest.disks:
@@ -401,7 +460,7 @@ def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | No
             verdicts.append(compare(record, path, None))
             continue
         try:
-            observed = hash_file(path, progress)
+            observed = hash_file(path, wanted_digests(record, hashes), progress)
         except OSError as err:
             verdicts.append(DiskVerdict(record.name, path, "missing", (err.strerror or str(err),)))
             continue
@@ -410,10 +469,10 @@ def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | No
 
 
 def verify_blobs(manifest: Manifest, manifest_path: str, blob_hasher: BlobHasher,
-                 progress: Progress | None = None) -> VerifyResult:
+                 progress: Progress | None = None, hashes: tuple[str, ...] = ()) -> VerifyResult:
     """Compare each disk with what ``blob_hasher`` finds at the destination."""
     verdicts = []
     for record in manifest.disks:
-        target, observed = blob_hasher(record, progress)
+        target, observed = blob_hasher(record, wanted_digests(record, hashes), progress)
         verdicts.append(compare(record, target, observed))
     return VerifyResult(manifest_path, tuple(verdicts))

@@ -2,11 +2,11 @@
 
 An image is one OS disk plus its data disks (one per LUN). For each disk: open it read-only,
 inspect and check it; if any check reports an error the run stops before anything is written
-(unless ``force``). Then each disk is converted to a fixed VHD in the output folder with its MD5
-and SHA-256 computed in the same pass, optionally uploaded, and the set is recorded in a manifest
-(:mod:`vhdtool.manifest`). With ``no_local_copy`` each disk is uploaded straight from its source
-(both digests from the upload's own walk of the source) and no file is written
-but the manifest.
+(unless ``force``). Then each disk is converted to a fixed VHD in the output folder with its sparse
+digest (and MD5/SHA-256 when asked for) computed in the same pass, optionally uploaded, and the set
+is recorded in a manifest (:mod:`vhdtool.manifest`). With ``no_local_copy`` each disk is uploaded
+straight from its source (the digests from the upload's own walk of the source) and no file is
+written but the manifest. Nothing waits for the disk unless ``sync``.
 
 All or nothing locally: if a disk fails (or the run is interrupted), the files this run wrote are
 removed, no manifest is written and an output folder the run created is removed again (blobs
@@ -30,6 +30,7 @@ from .disk import VirtualDisk
 from .errors import OutputError, TransferError, UsageError, VhdtoolError
 from .fixed import FixedVhdView
 from .manifest import (
+    SPARSE,
     BlobHasher,
     DiskRecord,
     Finding,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from .inspect.report import DiskReport
 
 EXPECT_STATES = ("generalized", "specialized")
-HASHES = ("md5", "sha256")
+WHOLE_FILE_HASHES = ("md5", "sha256")  # what --hash may add to the sparse digest
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class PrepareRequest:
     no_local_copy: bool = False
     force: bool = False
     day: date | None = None  # the date in the names; today (UTC) by default
+    hashes: tuple[str, ...] = ()  # whole-file digests to record too: "md5", "sha256"
+    sync: bool = False  # fsync each fixed VHD before it is renamed into place
 
     def disks(self) -> list[DiskInput]:
         return [DiskInput(self.os_image), *(DiskInput(path, lun) for lun, path in sorted(self.data_images))]
@@ -266,13 +269,13 @@ def blob_exists(destination: SetDestination, blob_name: str) -> bool:
         target.close()
 
 
-def upload_file(path: str, destination: SetDestination, blob_name: str,
-                progress: Callable[[int], None]) -> tuple[str, str]:
+def upload_file(path: str, destination: SetDestination, blob_name: str, progress: Callable[[int], None],
+                hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
     """Upload the fixed VHD file ``path`` as the page blob ``blob_name``; return its URL (no token)
-    and the MD5 of what was sent.
+    and the digests of what was sent (the sparse digest, and ``hashes``).
 
     The upload rebuilds the footer from the file's own unique id and timestamp, so the blob holds
-    the very bytes of the file (the caller compares the MD5s).
+    the very bytes of the file (the caller compares the digests).
     """
     from .formats.vhd import VhdDisk
     from .upload import upload
@@ -281,68 +284,40 @@ def upload_file(path: str, destination: SetDestination, blob_name: str,
         if not isinstance(disk, VhdDisk) or disk.disk_type != "fixed":
             raise OutputError(f"{path}: not the fixed VHD prepare wrote")
         result = upload(disk, destination.for_blob(blob_name), unique_id=disk.footer.unique_id,
-                        timestamp=disk.footer.timestamp,
+                        timestamp=disk.footer.timestamp, hashes=hashes,
                         progress=lambda sent, skipped: progress(sent + skipped))
-    return strip_token(result.blob), result.md5
+    return strip_token(result.blob), result.digests
 
 
 def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
-                progress: Callable[[int], None]) -> tuple[str, dict[str, str], int]:
+                progress: Callable[[int], None], hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str], int]:
     """Upload ``disk`` as a fixed VHD page blob straight from the source (no local file).
 
-    Returns the blob URL without token, the MD5 and SHA-256 of the fixed VHD, and the blob size.
-    Both digests come from the upload's own walk of the source: nothing is read twice.
+    Returns the blob URL without token, the digests of the fixed VHD (the sparse digest and
+    ``hashes``), and the blob size. They come from the upload's own walk: nothing is read twice.
     """
     from .remote import blob_of
     from .remote.copy import copy_identity
     from .upload import upload
 
     blob = blob_of(disk)  # read from a blob: no files to name the resume key after
-    result = upload(disk, destination.for_blob(blob_name), hashes=HASHES,
+    result = upload(disk, destination.for_blob(blob_name), hashes=hashes,
                     progress=lambda sent, skipped: progress(sent + skipped),
                     identity=None if blob is None else copy_identity(blob))
-    return strip_token(result.blob), {name: result.digests[name] for name in HASHES}, result.blob_size
+    return strip_token(result.blob), result.digests, result.blob_size
 
 
-READ_CHUNK = 4 * 1024 * 1024
-
-
-def hash_blob(destination: SetDestination, blob_name: str,
+def hash_blob(destination: SetDestination, blob_name: str, names: tuple[str, ...] = (SPARSE,),
               progress: Callable[[int], None] | None = None) -> tuple[str, Observed | None]:
-    """Read a blob back (only its written page ranges; the rest reads as zeros) and hash it."""
+    """The digests ``names`` of a blob, read back from its written page ranges only."""
     from .azure import PageBlobTarget
-    from .extents import Extent, extents_from_ranges
-    from .pump import pump
-    from .sinks.hasher import HashSink
+    from .blob_digest import blob_digests
 
     dest = destination.for_blob(blob_name)
     target = PageBlobTarget(dest)
     try:
-        state = target.state()
-        if not state.exists:
-            return dest.describe(), None
-        size = state.size
-
-        class BlobSource:
-            def extents(self) -> list[Extent]:
-                # Whole READ_CHUNK windows that hold a written page: a few large Get Blob requests
-                # rather than one per (often small, scattered) page range.
-                windows = {w for start, end in target.page_ranges()
-                           for w in range(start // READ_CHUNK, (end - 1) // READ_CHUNK + 1)}
-                return extents_from_ranges(
-                    ((w * READ_CHUNK, min(size, (w + 1) * READ_CHUNK)) for w in sorted(windows)), size)
-
-            def readinto(self, offset: int, view: memoryview) -> None:
-                data = target.read(offset, len(view))
-                if len(data) != len(view):
-                    raise TransferError(f"{dest.describe()}: short read at byte {offset}")
-                view[:] = data
-
-        sink = HashSink(HASHES)
-        pump(BlobSource(), [sink], chunk_size=READ_CHUNK,
-             progress=None if progress is None else (lambda n, _data: progress(n)))
-        digests = sink.digests()
-        return dest.describe(), Observed(size, digests["md5"], digests["sha256"])
+        found = blob_digests(target, names, progress=progress)
+        return dest.describe(), None if found is None else Observed(found.size, found.digests)
     finally:
         target.close()
 
@@ -352,8 +327,9 @@ def blob_hasher(destination: str, *, connection_string: str | None = None,
     """A :data:`~vhdtool.manifest.BlobHasher` reading each disk's blob back from ``destination``."""
     parsed = parse_destination(destination, connection_string=connection_string, account_url=account_url)
 
-    def hasher(record: DiskRecord, progress: Callable[[int], None] | None) -> tuple[str, Observed | None]:
-        return hash_blob(parsed, record.name + VHD_SUFFIX, progress)
+    def hasher(record: DiskRecord, names: tuple[str, ...],
+               progress: Callable[[int], None] | None) -> tuple[str, Observed | None]:
+        return hash_blob(parsed, record.name + VHD_SUFFIX, names, progress)
 
     return hasher
 
@@ -385,6 +361,10 @@ class _Tracker:
 
 def _validate(request: PrepareRequest) -> None:
     validate_name(request.name)
+    unknown = [name for name in request.hashes if name not in WHOLE_FILE_HASHES]
+    if unknown:
+        raise UsageError(f"--hash {unknown[0]!r}: prepare records {', '.join(WHOLE_FILE_HASHES)} "
+                         "(the sparse digest always)")
     luns = [lun for lun, _ in request.data_images]
     for lun in luns:
         validate_lun(lun)
@@ -527,22 +507,29 @@ def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outc
         if request.destination is None:
             raise UsageError("--no-local-copy needs --upload DEST")
         blob_url, digests, file_size = upload_disk(disk, request.destination, blob_name,
-                                                   tracker.stage(item.label, "upload"))
-        fixed = FixedVhdRecord(None, file_size - 512, file_size, digests["md5"], digests["sha256"])
+                                                   tracker.stage(item.label, "upload"), request.hashes)
+        fixed = FixedVhdRecord(None, file_size - 512, file_size, digests[SPARSE], digests.get("md5"),
+                               digests.get("sha256"))
     else:
         out_path = os.path.join(out_dir, blob_name)
         advance = tracker.stage(item.label, "convert")
         # convert() writes beside out_path and renames into place only on success, never over a file.
-        result = convert(disk, out_path, hashes=HASHES, progress=lambda n, _data: advance(n))
+        result = convert(disk, out_path, hashes=request.hashes, sparse_digest=True, sync=request.sync,
+                         progress=lambda n, _data: advance(n))
         written.append(out_path)
-        fixed = FixedVhdRecord(blob_name, result.virtual_size, result.file_size, result.digests["md5"],
-                               result.digests["sha256"])
+        fixed = FixedVhdRecord(blob_name, result.virtual_size, result.file_size, result.digests[SPARSE],
+                               result.digests.get("md5"), result.digests.get("sha256"))
         if request.destination is not None:
-            blob_url, sent_md5 = upload_file(out_path, request.destination, blob_name,
-                                             tracker.stage(item.label, "upload"))
-            if sent_md5 != fixed.md5:
-                raise TransferError(f"{blob_url}: the uploaded bytes (MD5 {sent_md5}) differ from "
-                                    f"{out_path} (MD5 {fixed.md5}); was the file changed during the upload?")
+            # MD5 again only if asked for: the blob then stores it as its Content-MD5.
+            blob_url, sent = upload_file(out_path, request.destination, blob_name,
+                                         tracker.stage(item.label, "upload"),
+                                         tuple(name for name in request.hashes if name == "md5"))
+            for algorithm, value in sent.items():
+                recorded = fixed.digests.get(algorithm)
+                if recorded is not None and value != recorded:
+                    raise TransferError(f"{blob_url}: the uploaded bytes ({algorithm} {value}) differ from "
+                                        f"{out_path} ({algorithm} {recorded}); was the file changed during "
+                                        "the upload?")
     return DiskRecord(
         role=item.role, lun=item.lun, name=name, source=_source_record(disk), fixed_vhd=fixed,
         os=outcome.os, hyper_v_generation=outcome.hyper_v_generation, architecture=outcome.architecture,

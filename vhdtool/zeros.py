@@ -44,3 +44,20 @@ def nonzero_runs(view: memoryview | bytes | bytearray, granularity: int) -> list
         else:
             runs.append((full, n))
     return runs
+
+
+def nonzero_runs_at(view: memoryview | bytes | bytearray, offset: int, granularity: int) -> list[tuple[int, int]]:
+    """Like :func:`nonzero_runs` for ``view`` holding the bytes at ``offset`` of a file, with granules
+    aligned to the file (multiples of ``granularity``), not to the view: a hole is left exactly where
+    whole filesystem blocks hold zeros. Runs are relative to ``view``."""
+    view = memoryview(view)
+    head = min(len(view), (-offset) % granularity)
+    runs: list[tuple[int, int]] = []
+    if head and not is_zero(view[:head]):
+        runs.append((0, head))
+    for start, end in nonzero_runs(view[head:], granularity):
+        if runs and runs[-1][1] == start + head:
+            runs[-1] = (runs[-1][0], end + head)
+        else:
+            runs.append((start + head, end + head))
+    return runs

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import click
 
 from ..convert import OutputFormat, convert, output_size
+from ..digest import NAME as SPARSE_DIGEST
 from ..errors import UsageError
 from ..open import open_image
 from ..pump import Progress
@@ -42,7 +43,11 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Progress | None]:
     from .bars import byte_bar
 
     with byte_bar(total) as bar:
-        def advance(n: int, _was_data: bool) -> None:
+        counts = [0, 0]  # data, empty
+
+        def advance(n: int, was_data: bool) -> None:
+            counts[0 if was_data else 1] += n
+            bar.set_postfix_str(f"data {counts[0] >> 20} MiB, empty {counts[1] >> 20} MiB", refresh=False)
             bar.update(n)
 
         yield advance
@@ -74,20 +79,27 @@ def terminate_as_interrupt() -> Iterator[None]:
 @click.option("--size", "size_text", metavar="SIZE",
               help="Grow the disk to SIZE (e.g. 30G; rounded up to a MiB). Shrinking is refused.")
 @click.option("--keep-id", is_flag=True, help="Reuse the source's VHD unique id / VHDX data write GUID.")
-@click.option("--hash", "hash_text", metavar="ALGS", help="Digests of the output, e.g. md5,sha256.")
+@click.option("--hash", "hash_text", metavar="ALGS",
+              help="Digests of the output: sparse-sha256 (costs only the data), md5, sha256, sha1, sha512 "
+                   "(these read every zero too), e.g. md5,sha256.")
+@click.option("--sync", is_flag=True,
+              help="Flush the output to the disk before renaming it into place (durable after a crash); "
+                   "without it, like cp and qemu-img, the kernel writes it out later.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (schema in docs/convert.md).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary with the sparse digest (schema in docs/convert.md).")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bar, no warnings and no summary (digests still print).")
 @parent_option
 @absolute_parent_option
 def convert_command(image: str, output_arg: str | None, output: str | None, output_format: OutputFormat,
-                    size_text: str | None, keep_id: bool, hash_text: str | None, force: bool, as_json: bool,
-                    quiet: bool, parent: str | None, allow_absolute_parent: bool) -> None:
+                    size_text: str | None, keep_id: bool, hash_text: str | None, sync: bool, force: bool,
+                    as_json: bool, quiet: bool, parent: str | None, allow_absolute_parent: bool) -> None:
     """Write IMAGE (VHDX, VHD of any type, or raw) as a fixed VHD Azure accepts.
 
     The output (OUTPUT or -o) holds the disk's bytes, zero padding to the next MiB and a Hyper-V
     style footer; it is written sparsely beside OUTPUT and renamed into place only on success.
+    The rename is atomic but not synced to the disk unless --sync is given.
     """
     if output is not None and output_arg is not None and output != output_arg:
         raise UsageError(f"two outputs given ({output_arg} and -o {output}); give one")
@@ -95,12 +107,14 @@ def convert_command(image: str, output_arg: str | None, output: str | None, outp
     if target is None:
         raise UsageError("no output given: vhdtool convert IMAGE OUT.vhd (or -o OUT.vhd)")
     size = parse_size(size_text) if size_text is not None else None
-    hashes = parse_algorithms(hash_text) if hash_text else ()
+    names = parse_algorithms(hash_text, extra=(SPARSE_DIGEST,)) if hash_text else ()
+    hashes = tuple(name for name in names if name != SPARSE_DIGEST)
+    sparse = as_json or SPARSE_DIGEST in names
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         total = output_size(disk, output_format, size)
         with progress_bar(total, enabled=not quiet and not as_json) as progress, terminate_as_interrupt():
             result = convert(disk, target, output_format=output_format, size=size, keep_id=keep_id,
-                             hashes=hashes, force=force, progress=progress)
+                             hashes=hashes, sparse_digest=sparse, sync=sync, force=force, progress=progress)
     if as_json:
         emit_json(result.to_json())
         return
@@ -110,6 +124,7 @@ def convert_command(image: str, output_arg: str | None, output: str | None, outp
         kind = "fixed VHD" if result.format == "vhd" else "raw image"
         click.echo(f"wrote {result.output}: {kind}, virtual size {human_size(result.virtual_size)}")
         click.echo(f"{human_size(result.bytes_written)} written in {result.seconds:.1f} s "
-                   f"(file size {result.file_size:,} bytes)")
-    for name, digest in result.digests.items():
-        click.echo(f"{name}  {digest}")
+                   f"(file size {result.file_size:,} bytes; {human_size(result.bytes_data)} of data read, "
+                   f"{human_size(result.bytes_skipped)} empty skipped)")
+    for name in names:  # in the order asked for
+        click.echo(f"{name}  {result.digests[name]}")

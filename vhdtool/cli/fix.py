@@ -30,8 +30,11 @@ def _describe(plan: FixPlan) -> None:
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--yes", is_flag=True, help="Change IMAGE in place as described.")
 @click.option("--dry-run", is_flag=True, help="Only say what would change.")
+@click.option("--sync", is_flag=True,
+              help="Flush each write to the disk before the next (the file then ends in a valid footer "
+                   "even after a crash); without it the kernel writes them out later.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema in docs/convert.md).")
-def fix_command(image: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+def fix_command(image: str, yes: bool, dry_run: bool, sync: bool, as_json: bool) -> None:
     """Fix a fixed VHD in place: grow it to a whole MiB and rewrite its footer.
 
     For a VHD made without force_size (qemu-img), or with a wrong footer. It changes IMAGE, so
@@ -42,7 +45,7 @@ def fix_command(image: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     plan = plan_fix(image)
     applied = False
     if plan.needed and yes:
-        apply_fix(plan)
+        apply_fix(plan, sync=sync)
         applied = True
     if as_json:
         emit_json({**plan.to_json(), "applied": applied})

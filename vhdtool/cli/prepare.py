@@ -81,7 +81,7 @@ def _print_findings(items: list[tuple[DiskInput, CheckOutcome]]) -> None:
 
 def summary_rows(manifest: Manifest) -> list[list[str]]:
     """The summary table: one row per disk."""
-    rows = [["DISK", "NAME", "SOURCE", "SIZE", "TIER", "OS", "GEN", "CHECKS", "MD5"]]
+    rows = [["DISK", "NAME", "SOURCE", "SIZE", "TIER", "OS", "GEN", "CHECKS", "SPARSE-SHA256"]]
     for d in manifest.disks:
         rows.append([
             "os" if d.lun is None else f"data {d.lun}",
@@ -92,7 +92,7 @@ def summary_rows(manifest: Manifest) -> list[list[str]]:
             _os_text(d),
             d.hyper_v_generation or "-",
             _checks_text(d),
-            d.fixed_vhd.md5,
+            (d.fixed_vhd.sparse_sha256 or "-")[:16] + "…",
         ])
     return rows
 
@@ -139,24 +139,34 @@ def print_table(rows: list[list[str]]) -> None:
               help="https://ACCOUNT.blob.core.windows.net, for --upload CONTAINER with an Azure AD login.")
 @click.option("--no-local-copy", is_flag=True,
               help="With --upload: upload straight from the sources, writing no VHD files.")
+@click.option("--hash", "hash_text", metavar="ALGS",
+              help="Also record md5 and/or sha256 of each fixed VHD (e.g. md5,sha256): these hash every zero "
+                   "of the disk. The sparse digest is always recorded.")
+@click.option("--sync", is_flag=True,
+              help="Flush each fixed VHD to the disk before renaming it into place (durable after a crash).")
 @click.option("--force", is_flag=True, help="Go on even if a check reports errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir: str, expect: str | None,
                     destination: str | None, connection_string: str | None, account_url: str | None,
-                    no_local_copy: bool, force: bool, as_json: bool, quiet: bool) -> None:
+                    no_local_copy: bool, hash_text: str | None, sync: bool, force: bool, as_json: bool,
+                    quiet: bool) -> None:
     """Check, convert, name and record an image set: one OS disk and its data disks.
 
     Each disk is checked (errors stop the run unless --force), converted to a fixed VHD named
     NAME-os-YYYY-MM-DD / NAME-datadisk-LUN-YYYY-MM-DD (with -NN on a name collision), hashed
-    (MD5, SHA-256) in the same pass, optionally uploaded, and the set is described in
-    NAME.manifest.json (schema in docs/prepare.md).
+    (the sparse digest; MD5/SHA-256 with --hash) in the same pass, optionally uploaded, and the set
+    is described in NAME.manifest.json (schema in docs/prepare.md). The VHDs are renamed into place
+    atomically, but not synced to the disk unless --sync.
     """
+    from ..sinks.hasher import parse_algorithms
+
+    hashes = parse_algorithms(hash_text) if hash_text else ()
     dest = None if destination is None else parse_destination(
         destination, connection_string=connection_string, account_url=account_url)
     request = PrepareRequest(name=name, os_image=os_image, data_images=parse_data_option(data),
                              output_dir=output_dir, expect=expect, destination=dest,
-                             no_local_copy=no_local_copy, force=force)
+                             no_local_copy=no_local_copy, force=force, hashes=hashes, sync=sync)
     try:
         with set_progress(not quiet and not as_json) as progress:
             result = prepare(request, progress=progress)

@@ -36,6 +36,9 @@ from . import absolute_parent_option, emit_json, human_size, main, parent_option
               help="Grow the virtual size to this many bytes (rounded up to a MiB).")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds one request may take before it is retried.")
+@click.option("--hash", "hash_text", metavar="ALGS",
+              help="Whole-file digests of the fixed VHD besides the sparse digest (always computed): md5 "
+                   "(then stored as the blob's Content-MD5), sha256, ... These hash every zero of the disk too.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Show a progress bar on stderr (default: when stderr is a terminal).")
@@ -43,17 +46,22 @@ from . import absolute_parent_option, emit_json, human_size, main, parent_option
 @absolute_parent_option
 def upload(image: str, dest: str | None, connection_string: str | None, account_url: str | None,
            container: str | None, blob_name: str | None, threads: int, overwrite: bool, resume: bool,
-           verify: str | None, managed_disk: bool | None, size: int | None, timeout: float, as_json: bool,
-           show_progress: bool | None, parent: str | None, allow_absolute_parent: bool) -> None:
+           verify: str | None, managed_disk: bool | None, size: int | None, timeout: float,
+           hash_text: str | None, as_json: bool, show_progress: bool | None, parent: str | None,
+           allow_absolute_parent: bool) -> None:
     """Upload IMAGE (VHDX, VHD or raw) to the page blob DEST as the fixed VHD Azure needs.
 
     DEST is a blob URL with a SAS token (also a managed disk's `az disk grant-access` URL), a blob
     URL without one (signed in with DefaultAzureCredential), or CONTAINER/BLOB with
     --connection-string / AZURE_STORAGE_CONNECTION_STRING or --account-url. Only non-zero pages
-    are sent; no temporary file is written.
+    are sent; no temporary file is written. The sparse digest of the fixed VHD (which costs only
+    the data) is reported and recorded in the blob's metadata.
     """
     from ..azure import PermanentError, make_destination, scrub
+    from ..sinks.hasher import parse_algorithms
     from ..upload import upload as run_upload
+
+    hashes = parse_algorithms(hash_text) if hash_text else ()
 
     destination = make_destination(dest, connection_string=connection_string, account_url=account_url,
                                    container=container, blob=blob_name)
@@ -62,7 +70,7 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
         try:
             result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
                                 verify=verify, progress=bar.update, managed_disk=managed_disk,
-                                timeout=timeout, size=size)
+                                timeout=timeout, size=size, hashes=hashes)
         except PermanentError as err:
             if err.reason != "sas-expired":
                 raise
@@ -84,8 +92,10 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
         ("sent", f"{human_size(result.bytes_sent)} in {result.requests} requests, {result.retries} retries"),
         ("skipped", human_size(result.bytes_skipped) + (" (resumed)" if result.resumed else "")),
         ("cleared", human_size(result.bytes_cleared)),
-        ("md5", f"{result.md5} (Content-MD5 {result.content_md5}"
-                f"{'' if result.md5_stored else ', not stored'})"),
+        ("sparse-sha256", result.sparse_sha256),
+        *((("md5", f"{result.md5} (Content-MD5 {result.content_md5}"
+                   f"{'' if result.md5_stored else ', not stored'})"),) if result.md5 else ()),
+        *((name, value) for name, value in result.digests.items() if name not in ("sparse-sha256", "md5")),
         ("verified", result.verified or "no"),
         ("time", f"{result.seconds:.1f} s, {human_size(int(rate))}/s sent"),
     ]

@@ -18,22 +18,29 @@ from . import EXIT_ERROR, emit_json, main
               help="Storage connection string, for --dest CONTAINER "
                    "(default: $AZURE_STORAGE_CONNECTION_STRING).")
 @click.option("--account-url", metavar="URL", help="For --dest CONTAINER with an Azure AD login.")
+@click.option("--hash", "hash_text", metavar="ALGS",
+              help="Also recompute these whole-file digests where the manifest records them (md5, sha256): "
+                   "they hash every zero of the disk.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
 def verify_command(manifest_path: str, destination: str | None, connection_string: str | None,
-                   account_url: str | None, as_json: bool) -> None:
+                   account_url: str | None, hash_text: str | None, as_json: bool) -> None:
     """Re-hash the fixed VHDs of MANIFEST and report any drift (exit 1 if any).
 
     Without --dest the files next to the manifest are read; with --dest the blobs are read back
-    from the storage account and hashed.
+    from the storage account (only their written page ranges) and hashed. The sparse digest is
+    compared (for manifests of schema 1, which have none, MD5 and SHA-256).
     """
+    from ..sinks.hasher import parse_algorithms
+
+    hashes = parse_algorithms(hash_text) if hash_text else ()
     manifest = read_manifest(manifest_path)
     if destination is None:
-        result = verify_files(manifest, manifest_path)
+        result = verify_files(manifest, manifest_path, hashes=hashes)
     else:
         from ..prepare import blob_hasher
 
         hasher = blob_hasher(destination, connection_string=connection_string, account_url=account_url)
-        result = verify_blobs(manifest, manifest_path, hasher)
+        result = verify_blobs(manifest, manifest_path, hasher, hashes=hashes)
     if as_json:
         emit_json(result.to_json())
     else:

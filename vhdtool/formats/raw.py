@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..disk import ByteSource, VirtualDisk
+from ..disk import ByteSource, Placement, VirtualDisk, stored_placement
 from ..extents import Extent, extents_from_ranges, merge_ranges
 from ..fileio import data_ranges, file_holes
 
@@ -64,6 +64,10 @@ class RawDisk(VirtualDisk):
     def readinto(self, offset: int, view: memoryview) -> None:
         self.check_range(offset, len(view))
         self.image.preadinto(offset, view, "raw data")
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        self.check_range(offset, length)
+        return [stored_placement(offset, length, self.image, offset)] if length else []
 
     def details(self) -> dict[str, Any]:
         return {}

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from construct import ConstructError
 
-from ..disk import ByteSource, VirtualDisk
+from ..disk import ByteSource, Placement, VirtualDisk, append_placement, stored_placement
 from ..errors import ImageError, ParentError
 from ..extents import Extent, align_up, allocated_ranges, extents_from_ranges, merge_ranges, subtract_ranges
 from .parent import Locator, OpenOptions, resolve_parent
@@ -501,6 +501,10 @@ class FixedVhd(VhdDisk):
         self.check_range(offset, len(view))
         self.image.preadinto(offset, view, "VHD fixed disk data")
 
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        self.check_range(offset, length)
+        return [stored_placement(offset, length, self.image, offset)] if length else []
+
 
 class SparseVhd(VhdDisk):
     """A dynamic or differencing VHD: blocks found through the BAT, sectors through the block bitmaps.
@@ -690,6 +694,20 @@ class SparseVhd(VhdDisk):
             else:
                 assert self._parent is not None  # _PARENT is only planned when there is a parent
                 self._parent.readinto(lo, part)
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        self.check_range(offset, length)
+        result: list[Placement] = []
+        for source, lo, hi, file_offset in self._coalesced(offset, offset + length):
+            if source == _FILE:
+                append_placement(result, stored_placement(lo, hi - lo, self.image, file_offset))
+            elif source == _ZERO:
+                append_placement(result, Placement(lo, hi - lo, "zero"))
+            else:
+                assert self._parent is not None  # _PARENT is only planned when there is a parent
+                for piece in self._parent.placements(lo, hi - lo):
+                    append_placement(result, piece)
+        return result
 
     def close(self) -> None:
         try:

@@ -19,7 +19,7 @@ import crc32c
 import numpy as np
 from construct import Construct, ConstructError
 
-from ..disk import ByteSource, VirtualDisk
+from ..disk import ByteSource, Placement, VirtualDisk, append_placement, stored_placement
 from ..errors import ImageError, ParentError, UnsupportedImageError
 from ..extents import Extent, extents_from_ranges, merge_ranges, subtract_ranges
 from .parent import Locator, OpenOptions, resolve_parent
@@ -705,9 +705,9 @@ class VhdxDisk(VirtualDisk):
         return holes_in_blocks(self.image.holes(), self.bat.present_blocks[full],
                                self.bat.present_offsets[full], self.meta.block_size)
 
-    def readinto(self, offset: int, view: memoryview) -> None:
-        self.check_range(offset, len(view))
-        # Segments: (kind, source, disk offset, length), kind "file" | "zero" | "parent".
+    def _segments(self, offset: int, end: int) -> list[list[Any]]:
+        """``[kind, file offset, disk offset, length]`` runs of ``[offset, end)``, kind "file" | "zero" |
+        "parent", neighbours of one kind merged (file runs only where contiguous in the file)."""
         segments: list[list[Any]] = []
 
         def add(kind: str, source: int, position: int, length: int) -> None:
@@ -722,7 +722,6 @@ class VhdxDisk(VirtualDisk):
         bs = self.meta.block_size
         differencing = self.meta.has_parent
         position = offset
-        end = offset + len(view)
         while position < end:
             block, within = divmod(position, bs)
             n = min(bs - within, end - position)
@@ -740,7 +739,11 @@ class VhdxDisk(VirtualDisk):
             else:  # NOT_PRESENT, UNDEFINED, UNMAPPED in a differencing disk: the parent's bytes
                 add("parent", 0, position, n)
             position += n
-        for kind, source, at, length in segments:
+        return segments
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        self.check_range(offset, len(view))
+        for kind, source, at, length in self._segments(offset, offset + len(view)):
             sub = view[at - offset:at - offset + length]
             if kind == "file":
                 self.view.preadinto(source, sub, "VHDX payload block")
@@ -750,6 +753,24 @@ class VhdxDisk(VirtualDisk):
                 for i in range(0, length, len(_ZERO)):
                     piece = min(len(_ZERO), length - i)
                     sub[i:i + piece] = _ZERO[:piece]
+
+    def placements(self, offset: int, length: int) -> list[Placement]:
+        self.check_range(offset, length)
+        result: list[Placement] = []
+        # A replayed log overlays writes on the file: then the file's bytes are not the disk's.
+        direct = not self.view.replayed
+        for kind, source, at, n in self._segments(offset, offset + length):
+            if kind == "file":
+                if direct and source + n <= self.image.size:
+                    append_placement(result, stored_placement(at, n, self.image, source))
+                else:
+                    append_placement(result, Placement(at, n, "read"))
+            elif kind == "parent" and self._parent is not None:
+                for piece in self._parent.placements(at, n):
+                    append_placement(result, piece)
+            else:
+                append_placement(result, Placement(at, n, "zero"))
+        return result
 
     def details(self) -> dict[str, Any]:
         h = self.header

@@ -3,6 +3,11 @@
 The file is created at its full size first, so every byte never written reads as zeros and stays a
 hole: zero extents cost nothing and all-zero granules inside data chunks are skipped. A failure or
 Ctrl-C removes the temporary file; an existing target is replaced only when asked (``force``).
+
+The rename is atomic but, like ``cp`` or ``qemu-img convert``, not durable unless asked: with
+``sync`` the data and the folder are flushed to the disk before and after it (a crash then never
+leaves a renamed file with missing data); without it the kernel writes the page cache out when it
+likes, and the command does not wait for the disk.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ def remove_live_temporaries() -> None:
         _LIVE_TEMPORARIES.discard(path)
 
 
+# copy_file_range refused for this pair of files (old kernel, other filesystems, a device): write instead.
+_NO_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EPERM,
+            errno.ETXTBSY}
 _NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
 
@@ -110,12 +118,13 @@ def _make_sparse(fd: int) -> None:
 class FixedFileSink:
     """A :class:`~vhdtool.pump.Sink` writing the stream to ``target`` of exactly ``size`` bytes.
 
-    Call :meth:`abort` if the pump fails; :meth:`finish` syncs and renames into place.
-    ``bytes_written`` counts the bytes actually written (the rest are holes).
+    Call :meth:`abort` if the pump fails; :meth:`finish` (with ``sync``, after an fsync) renames
+    into place. ``bytes_written`` counts the bytes actually written (the rest are holes).
+    :meth:`write_at` and :meth:`copy_at` are positional and may be called from several threads.
     """
 
     def __init__(self, target: str | os.PathLike[str], size: int, *, force: bool = False,
-                 granularity: int = DEFAULT_GRANULARITY, sync: bool = True,
+                 granularity: int = DEFAULT_GRANULARITY, sync: bool = False,
                  writeback_every: int = WRITEBACK_EVERY) -> None:
         self.target = os.fspath(target)
         self.size = size
@@ -125,7 +134,10 @@ class FixedFileSink:
         self.granularity = granularity
         self.sync = sync
         self.bytes_written = 0
-        self.writeback_every = writeback_every
+        self._count_lock = threading.Lock()
+        self._can_copy = hasattr(os, "copy_file_range")
+        # Early writeback only helps a final fsync; without one the kernel flushes when it likes.
+        self.writeback_every = writeback_every if sync else 0
         self._pending_from = 0  # start of the written range whose writeback has not been started
         self._pending_bytes = 0
         check_target(self.target, force)
@@ -161,12 +173,55 @@ class FixedFileSink:
             raise
 
     def _pwrite(self, offset: int, view: memoryview) -> None:
-        self.bytes_written += fileio.pwrite_all(self.fd, view, offset)
+        done = fileio.pwrite_all(self.fd, view, offset)
+        with self._count_lock:
+            self.bytes_written += done
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self.size:
+            raise ValueError(f"write [{offset}, {offset + length}) outside output of {self.size} bytes")
+
+    def write_at(self, offset: int, view: memoryview) -> None:
+        """Write all of ``view`` at ``offset`` (no zero skipping: the caller chose the runs)."""
+        self._check(offset, len(view))
+        try:
+            self._pwrite(offset, view)
+        except OSError as err:
+            raise describe_os_error(self.target, err, f"write at byte {offset}") from err
+
+    def copy_at(self, src_fd: int, src_offset: int, offset: int, length: int) -> bool:
+        """Copy ``length`` bytes of the file ``src_fd`` at ``src_offset`` to ``offset``, in the kernel.
+
+        ``copy_file_range`` moves the bytes without passing them through user space (and may share
+        blocks on filesystems that can). Returns ``False``, having written nothing, where the system
+        or the pair of filesystems cannot (then the caller writes the bytes itself).
+        """
+        self._check(offset, length)
+        if not self._can_copy:
+            return False
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(src_fd, self.fd, length - done, src_offset + done, offset + done)
+                if n <= 0:
+                    if done == 0:  # nothing copied (e.g. a file the kernel sees as empty): write instead
+                        self._can_copy = False
+                        return False
+                    raise OSError(errno.EIO, "copy_file_range returned no progress")
+                done += n
+        except OSError as err:
+            if done == 0 and err.errno in _NO_COPY:
+                self._can_copy = False
+                return False
+            raise describe_os_error(self.target, err, f"write at byte {offset + done}") from err
+        finally:
+            with self._count_lock:
+                self.bytes_written += done
+        return True
 
     def data(self, offset: int, view: memoryview) -> None:
         """Write the non-zero granules of ``view``; all-zero granules stay holes."""
-        if offset < 0 or offset + len(view) > self.size:
-            raise ValueError(f"write [{offset}, {offset + len(view)}) outside output of {self.size} bytes")
+        self._check(offset, len(view))
         try:
             for start, end in nonzero_runs(view, self.granularity):
                 self._pwrite(offset + start, view[start:end])
@@ -195,7 +250,7 @@ class FixedFileSink:
         """Nothing to do: the file was created at full size, so the range is already a hole."""
 
     def finish(self) -> None:
-        """Sync the data, then move the temporary file onto the target (atomically)."""
+        """Move the temporary file onto the target (atomically); with ``sync``, durably."""
         try:
             try:
                 if self.sync:

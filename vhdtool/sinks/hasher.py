@@ -16,15 +16,19 @@ SUPPORTED = ("md5", "sha1", "sha256", "sha512")
 _ZERO = memoryview(bytes(1024 * 1024))
 
 
-def parse_algorithms(text: str) -> tuple[str, ...]:
-    """``"md5,sha256"`` -> ``("md5", "sha256")``; unknown names raise :class:`UsageError`."""
+def parse_algorithms(text: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``"md5,sha256"`` -> ``("md5", "sha256")``; unknown names raise :class:`UsageError`.
+
+    ``extra`` names digests the caller computes itself (e.g. ``"sparse-sha256"``), accepted as given.
+    """
     names: list[str] = []
     for part in text.split(","):
-        name = part.strip().lower().replace("-", "")
+        given = part.strip().lower()
+        name = given if given in extra else given.replace("-", "")
         if not name:
             continue
-        if name not in SUPPORTED:
-            raise UsageError(f"unknown hash {part.strip()!r}; choose from {', '.join(SUPPORTED)}")
+        if name not in SUPPORTED and name not in extra:
+            raise UsageError(f"unknown hash {part.strip()!r}; choose from {', '.join((*extra, *SUPPORTED))}")
         if name not in names:
             names.append(name)
     return tuple(names)

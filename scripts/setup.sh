@@ -28,7 +28,7 @@ fi
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[azure,inspect,test,docs]"
+.venv/bin/python -m pip install -q -e ".[azure,inspect,test,docs,bench]"
 
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --silent --no-audit --no-fund --no-save --prefix . azurite@3 >/dev/null

@@ -42,6 +42,7 @@ from .sinks.fixed_file import FixedFileSink
 from .zeros import nonzero_runs_at
 
 WINDOW = 2 * GRANULE  # 8 MiB: large enough that per-window costs vanish, small enough to spread
+QUEUED = 8  # windows waiting per thread: enough that no thread idles while the loop refills
 MAP_AT_LEAST = 256 * 1024  # shorter stored runs are read with pread: a mapping costs more than it saves
 # Filesystems (as /proc/self/mountinfo names them) where copy_file_range shares blocks or copies on
 # the server instead of moving the bytes through the page cache.
@@ -266,7 +267,7 @@ def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
     ``writer.finish()`` is the caller's, on success; on failure the caller aborts it. ``path``
     names the image in errors. ``kernel_copy`` forces (or forbids) ``copy_file_range`` for mapped
     runs; by default it is used where :func:`kernel_copies` says so. At most
-    ``2 × workers`` windows are queued at once.
+    ``QUEUED × workers`` windows are queued at once (a queued window holds no data, only its runs).
     """
     if window % GRANULE:
         raise ValueError("the window must be a whole number of digest granules")
@@ -290,7 +291,7 @@ def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
                     progress(skipped, False)
                 if not runs:
                     continue
-                if len(pending) >= 2 * count:
+                if len(pending) >= QUEUED * count:
                     # Refill as soon as any window is done (not the oldest): no thread waits for a slow one.
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     settle(done)

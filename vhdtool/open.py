@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from .disk import ByteSource, ImageFile, VirtualDisk
 from .errors import ImageError
 from .formats.detect import sniff
 from .formats.parent import OpenOptions
+from .formats.raw import RawDisk
+from .formats.vhd import open_vhd
+from .formats.vhdx import open_vhdx
 
 
 def open_image(path: str | os.PathLike[str] | ByteSource, *, parent: str | None = None,
@@ -20,7 +24,7 @@ def open_image(path: str | os.PathLike[str] | ByteSource, *, parent: str | None 
     locators be followed outside its folder.
     """
     options = OpenOptions(parent=os.fspath(parent) if parent is not None else None,
-                          allow_absolute_parent=allow_absolute_parent)
+                          allow_absolute_parent=allow_absolute_parent, opener=open_with_options)
     if isinstance(path, (str, os.PathLike)):
         return open_with_options(os.fspath(path), options)
     return open_source(path, options)
@@ -28,6 +32,8 @@ def open_image(path: str | os.PathLike[str] | ByteSource, *, parent: str | None 
 
 def open_with_options(path: str, options: OpenOptions) -> VirtualDisk:
     """Open ``path`` with explicit options (used for parents up a chain)."""
+    if options.opener is None:
+        options = dataclasses.replace(options, opener=open_with_options)
     try:
         image = ImageFile(path)
     except OSError as err:
@@ -37,15 +43,14 @@ def open_with_options(path: str, options: OpenOptions) -> VirtualDisk:
 
 def open_source(image: ByteSource, options: OpenOptions) -> VirtualDisk:
     """Read the format of ``image`` and open it; ``image`` is closed if that fails."""
+    if options.opener is None:
+        options = dataclasses.replace(options, opener=open_with_options)
     try:
         kind = sniff(image)
         if kind == "vhdx":
-            from .formats.vhdx import open_vhdx
             return open_vhdx(image, options)
         if kind == "vhd":
-            from .formats.vhd import open_vhd
             return open_vhd(image, options)
-        from .formats.raw import RawDisk
         return RawDisk(image)
     except BaseException:
         image.close()

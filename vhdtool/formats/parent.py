@@ -25,6 +25,8 @@ class OpenOptions:
 
     ``parent`` overrides the first parent's location; ``allow_absolute_parent`` lets locators
     point outside the child's folder; ``depth`` and ``seen`` guard against loops and long chains.
+    ``opener(path, options)`` opens each parent; ``open_image`` passes itself down here, so the
+    format readers open parents without importing the module that imports them.
     """
 
     parent: str | None = None
@@ -32,12 +34,13 @@ class OpenOptions:
     max_chain_depth: int = MAX_CHAIN_DEPTH
     depth: int = 0
     seen: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+    opener: Callable[[str, OpenOptions], object] | None = None
 
     def for_parent(self, identity: tuple[int, int]) -> OpenOptions:
         """Options for opening the next parent up the chain."""
         return OpenOptions(parent=None, allow_absolute_parent=self.allow_absolute_parent,
                            max_chain_depth=self.max_chain_depth, depth=self.depth + 1,
-                           seen=self.seen | {identity})
+                           seen=self.seen | {identity}, opener=self.opener)
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,16 @@ def check_parent_file(path: str) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def resolve_parent(child_path: str, locators: list[Locator], options: OpenOptions,
-                   opener: Callable[[str, OpenOptions], object]) -> tuple[object, str]:
+def resolve_parent(child_path: str, locators: list[Locator], options: OpenOptions) -> tuple[object, str]:
     """Open the parent of ``child_path``: the override, else the first locator candidate that exists.
 
-    ``opener(path, options)`` opens an image (it checks the format and the recorded identity).
+    ``options.opener(path, options)`` opens an image (it checks the format and the recorded identity).
     Returns the opened parent and the path used.
     """
+    opener = options.opener
+    if opener is None:
+        raise ParentError(f"{child_path}: a differencing disk opened without a way to open its parent "
+                          "(use vhdtool.open_image)")
     if options.depth + 1 > options.max_chain_depth:
         raise ParentError(f"{child_path}: differencing chain deeper than {options.max_chain_depth} disks")
     if options.parent is not None:

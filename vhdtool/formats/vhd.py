@@ -735,10 +735,8 @@ def _locators(header: VhdDynamicHeader) -> list[Locator]:
 def _open_parent(image: ByteSource, footer: VhdFooter, header: VhdDynamicHeader,
                  options: OpenOptions) -> tuple[VirtualDisk, str]:
     """Resolve, open and verify a differencing disk's parent (its unique id and size must match)."""
-    from ..open import open_with_options
-
     guarded = dataclasses.replace(options, seen=options.seen | {image.identity})
-    opened, used = resolve_parent(image.path, _locators(header), guarded, open_with_options)
+    opened, used = resolve_parent(image.path, _locators(header), guarded)
     if not isinstance(opened, VirtualDisk):
         raise TypeError("the parent opener must return a VirtualDisk")
     parent = opened

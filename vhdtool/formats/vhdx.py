@@ -817,8 +817,6 @@ def _parent_locators(locator: dict[str, str]) -> list[Locator]:
 
 
 def _open_parent(disk: VhdxDisk, image: ByteSource, options: OpenOptions) -> None:
-    from ..open import open_with_options
-
     locator = disk.meta.parent_locator or {}
     linkages = []
     for key in ("parent_linkage", "parent_linkage2"):
@@ -829,7 +827,7 @@ def _open_parent(disk: VhdxDisk, image: ByteSource, options: OpenOptions) -> Non
                 raise ImageError(image.path, "VHDX parent locator", None,
                                  f"{key} {locator[key]!r} is not a GUID") from err
     options = dataclasses.replace(options, seen=options.seen | {image.identity})
-    opened, parent_path = resolve_parent(image.path, _parent_locators(locator), options, open_with_options)
+    opened, parent_path = resolve_parent(image.path, _parent_locators(locator), options)
     if not isinstance(opened, VirtualDisk):
         raise ParentError(f"{image.path}: parent {parent_path} could not be opened as a disk")
     parent: VirtualDisk = opened

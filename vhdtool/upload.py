@@ -174,7 +174,7 @@ class _HashInBackground:
     ``max_items`` items) wait in the queue.
     """
 
-    def __init__(self, sinks: Sequence[Sink], max_bytes: int = 32 * 1024 * 1024, max_items: int = 4096) -> None:
+    def __init__(self, sinks: Sequence[Sink], max_bytes: int = 16 * 1024 * 1024, max_items: int = 4096) -> None:
         self.sinks = list(sinks)
         self._items: collections.deque[tuple[int, bytes | int] | None] = collections.deque()
         self._queued_bytes = 0

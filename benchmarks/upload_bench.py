@@ -46,7 +46,7 @@ def make_images(work: Path, size_mib: int, data_mib: int, piece: int) -> dict[st
     import numpy as np
 
     from vhdtool import open_image
-    from vhdtool.convert import convert
+    from vhdtool.jobs.convert import convert
 
     raw = work / f"bench-{size_mib}-{data_mib}-{piece // 1024}k.raw"
     vhdx = raw.with_suffix(".vhdx")
@@ -68,7 +68,7 @@ def make_images(work: Path, size_mib: int, data_mib: int, piece: int) -> dict[st
 
 def nonzero_bytes(path: Path, granularity: int) -> int:
     """Bytes in ``granularity``-sized pieces of ``path`` that hold a non-zero byte."""
-    from vhdtool.zeros import is_zero
+    from vhdtool.blockio.zeros import is_zero
 
     count = 0
     with open(path, "rb") as f:
@@ -125,8 +125,8 @@ def worker_pool(conn: str, container: str, blob: str, image: str, threads: int) 
 def worker_vhdtool(conn: str, container: str, blob: str, image: str, threads: int,
                    hashes: tuple[str, ...] = ()) -> dict[str, Any]:
     from vhdtool import open_image
-    from vhdtool.azure import Destination
-    from vhdtool.upload import upload
+    from vhdtool.azure.storage import Destination
+    from vhdtool.azure.upload import upload
 
     with open_image(image) as disk:
         result = upload(disk, Destination(connection_string=conn, container=container, blob=blob),

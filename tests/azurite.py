@@ -439,9 +439,9 @@ class RecordingProxy:
             extra = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
             message = (f"<?xml version='1.0'?><Error><Code>{rule.code}</Code><Message>injected</Message>"
                        "</Error>").encode()
+            rec.status = status  # recorded before the answer leaves: the client may look at once
             self._reply(h, status, {"Content-Type": "application/xml", "x-ms-error-code": rule.code, **extra},
                         message)
-            rec.status = status
             return
         if rule is not None and rule.action == "delay":
             time.sleep(rule.seconds)

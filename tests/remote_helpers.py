@@ -20,7 +20,7 @@ from typing import Any
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 from azurite import ACCOUNT, Azurite, RecordingProxy
 
-from vhdtool.fileio import data_ranges
+from vhdtool.blockio.fileio import data_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20

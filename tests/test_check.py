@@ -14,7 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from linux_images import ImageCache, shared_cache
 
-from vhdtool.checks import (
+from vhdtool.inspect.filesystems import VolumeInfo
+from vhdtool.inspect.generation import GenerationReport
+from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, OsReport
+from vhdtool.inspect.partitions import Partition, PartitionTable
+from vhdtool.inspect.report import DiskReport, VolumeReport
+from vhdtool.readiness.rules import (
     ERROR,
     INFO,
     RULES,
@@ -23,11 +28,6 @@ from vhdtool.checks import (
     billing_tier,
     evaluate,
 )
-from vhdtool.inspect.filesystems import VolumeInfo
-from vhdtool.inspect.generation import GenerationReport
-from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, OsReport
-from vhdtool.inspect.partitions import Partition, PartitionTable
-from vhdtool.inspect.report import DiskReport, VolumeReport
 
 
 @pytest.fixture(scope="session")
@@ -445,7 +445,7 @@ def test_current_size_short_of_the_data(images: ImageCache, tmp_path: Path) -> N
 
 
 def test_a_raw_image_is_not_taken_for_a_damaged_vhd(images: ImageCache) -> None:
-    from vhdtool.check_subject import open_for_check
+    from vhdtool.readiness.subject import open_for_check
 
     with open_for_check(str(images.get("gpt-ext4", GENERALIZED))) as subject:
         assert (subject.format, subject.footer) == ("raw", None)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from linux_images import ImageCache, make_linux, shared_cache
 
-from vhdtool.check_subject import open_for_check
-from vhdtool.checks import ERROR, INFO, WARNING, evaluate
 from vhdtool.inspect.linux_readiness import fstab_entries, netplan_interfaces, source_kind
 from vhdtool.inspect.model import GENERALIZED
 from vhdtool.inspect.report import inspect_disk
+from vhdtool.readiness.rules import ERROR, INFO, WARNING, evaluate
+from vhdtool.readiness.subject import open_for_check
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None or shutil.which("zstd") is None,
                                 reason="cpio / zstd missing (scripts/setup.sh --test)")

@@ -14,9 +14,9 @@ import pytest
 from conftest import qemu_img
 from test_check_windows import builder
 
-from vhdtool.checks import RULES
 from vhdtool.inspect.registry import RegValue
 from vhdtool.inspect.windows_readiness import _allow_rules, parse_winhttp
+from vhdtool.readiness.rules import RULES
 
 WINDOWS_RULES = tuple(r.id for r in RULES if r.id.startswith("windows-"))
 CONTAINERS = {"vhdx": ["-O", "vhdx"], "dynamic": ["-O", "vpc", "-o", "subformat=dynamic,force_size"],

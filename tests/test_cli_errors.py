@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from vhdtool import fileio
+from vhdtool.blockio import fileio
 from vhdtool.cli import main, run
 
 

@@ -24,11 +24,11 @@ import pytest
 from conftest import FIXTURES, qemu_img, reference_sparse_digest, unpack_fixture
 
 from vhdtool import open_image
-from vhdtool.convert import ConvertResult, convert
-from vhdtool.disk import VirtualDisk
+from vhdtool.disk.base import VirtualDisk
 from vhdtool.errors import ImageError, OutputError, UsageError, VhdtoolError
 from vhdtool.extents import Extent, MiB, align_up
-from vhdtool.formats.vhd_footer import DISK_TYPE_FIXED, chs_geometry, parse_footer
+from vhdtool.formats.vhd.footer import DISK_TYPE_FIXED, chs_geometry, parse_footer
+from vhdtool.jobs.convert import ConvertResult, convert
 
 QEMU_FORMAT = {"vhd": "vpc", "vhdx": "vhdx", "raw": "raw"}
 
@@ -370,7 +370,7 @@ def test_sigterm_while_converting_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_output_size_is_the_size_written(tmp_path: Path) -> None:
-    from vhdtool.convert import output_size
+    from vhdtool.jobs.convert import output_size
 
     src = tmp_path / "in.raw"
     src.write_bytes(b"\x01" * (MiB + 4096))

@@ -26,9 +26,9 @@ from vhdx_builder import (
 )
 
 from vhdtool import open_image
-from vhdtool.convert import convert
 from vhdtool.extents import MiB, align_up
-from vhdtool.formats.vhd_footer import parse_footer
+from vhdtool.formats.vhd.footer import parse_footer
+from vhdtool.jobs.convert import convert
 
 KiB = 1024
 

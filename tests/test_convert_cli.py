@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from vhd_builder import build_vhd
 
-from vhdtool import filecopy, open_image
+from vhdtool import open_image
 from vhdtool.cli import run
-from vhdtool.convert import convert
 from vhdtool.errors import ImageError, OutputError
 from vhdtool.extents import MiB
+from vhdtool.jobs.convert import convert
+from vhdtool.stream import filecopy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,7 +150,7 @@ def run_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
 def test_no_space_left_is_one_clear_line_and_leaves_nothing(tmp_path: Path, source: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from vhdtool import fileio
+    from vhdtool.blockio import fileio
 
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -190,7 +191,7 @@ def test_permission_denied_is_one_clear_line_and_leaves_nothing(tmp_path: Path, 
 def test_a_source_that_fails_to_read_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """An I/O error reading the image (a dying disk) names the image; no output is left behind."""
-    from vhdtool import fileio
+    from vhdtool.blockio import fileio
 
     src = tmp_path / "in.raw"
     src.write_bytes(os.urandom(6 * MiB))

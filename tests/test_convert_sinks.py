@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from vhdtool.errors import OutputError, UsageError
 from vhdtool.formats.raw import data_ranges
-from vhdtool.sinks.fixed_file import FixedFileSink
-from vhdtool.sinks.hasher import HashSink, parse_algorithms
+from vhdtool.stream.fixed_file import FixedFileSink
+from vhdtool.stream.hasher import HashSink, parse_algorithms
 
 
 @settings(max_examples=60, deadline=None)

@@ -79,7 +79,7 @@ def test_the_advice_for_a_refused_format_works(tmp_path: Path, fmt: str, options
     import re
     import shlex
 
-    from vhdtool.convert import convert
+    from vhdtool.jobs.convert import convert
 
     source = bytearray(5 * 1024 * 1024)
     source[1536:1536 + 4096] = b"\x6a" * 4096

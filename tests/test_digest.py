@@ -12,8 +12,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vhdtool.digest import GRANULE, SparseDigest, SparseDigestSink, granules_touched
 from vhdtool.extents import Extent
+from vhdtool.stream.digest import GRANULE, SparseDigest, SparseDigestSink, granules_touched
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "scripts" / "sparse_digest.py"
 
@@ -116,7 +116,7 @@ def test_granules_touched_are_the_allocated_ones_once() -> None:
 
 
 def test_leading_zeros_from_the_kept_states_hash_like_hashlib() -> None:
-    from vhdtool.digest import _zero_prefix
+    from vhdtool.stream.digest import _zero_prefix
 
     for n in (0, 1, 512, 65535, 65536, 65537, 3 * 65536 + 4096, GRANULE - 512, GRANULE):
         assert _zero_prefix(n).hexdigest() == hashlib.sha256(bytes(n)).hexdigest(), n

@@ -12,7 +12,7 @@ import pytest
 from divergences import CONDITIONS, READ, REFUSED, WARNS, Condition
 
 from vhdtool.cli import run
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
 
 MiB = 1024 * 1024
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "formats.md"

@@ -14,13 +14,14 @@ import pytest
 from conftest import reference_sparse_digest
 from vhd_builder import build_child, build_vhd, sectors_from_writes
 
-from vhdtool import filecopy, open_image
-from vhdtool.convert import convert
-from vhdtool.digest import GRANULE, SparseDigest
-from vhdtool.filecopy import KERNEL_COPY_FILESYSTEMS, copy_into, filesystem_type, kernel_copies, windows
-from vhdtool.fixed import FixedVhdView
-from vhdtool.pump import pump
-from vhdtool.sinks.fixed_file import FixedFileSink
+from vhdtool import open_image
+from vhdtool.jobs.convert import convert
+from vhdtool.stream import filecopy
+from vhdtool.stream.digest import GRANULE, SparseDigest
+from vhdtool.stream.filecopy import KERNEL_COPY_FILESYSTEMS, copy_into, filesystem_type, kernel_copies, windows
+from vhdtool.stream.fixed_file import FixedFileSink
+from vhdtool.stream.fixed_view import FixedVhdView
+from vhdtool.stream.pump import pump
 
 MiB = 1024 * 1024
 

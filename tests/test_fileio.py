@@ -1,4 +1,4 @@
-"""The platform fallback of :mod:`vhdtool.fileio` (Windows has no ``pread``/``pwrite``), forced on here.
+"""The platform fallback of :mod:`vhdtool.blockio.fileio` (Windows has no ``pread``/``pwrite``), forced on here.
 
 With the POSIX calls switched off, reading every fixture, converting and fixing must give the same
 bytes as with them, checked against qemu-img; and threads sharing one descriptor must never see
@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import qemu_img, qemu_raw_bytes
 
-from vhdtool import fileio, open_image
-from vhdtool.convert import convert
-from vhdtool.disk import ImageFile
+from vhdtool import open_image
+from vhdtool.blockio import fileio
+from vhdtool.disk.base import ImageFile
 from vhdtool.errors import OutputError
-from vhdtool.fix import apply_fix, plan_fix
+from vhdtool.jobs.convert import convert
+from vhdtool.jobs.fix import apply_fix, plan_fix
 
 
 @pytest.fixture

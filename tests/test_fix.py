@@ -20,8 +20,8 @@ from conftest import qemu_img
 
 from vhdtool.errors import ImageError, OutputError, UnsupportedImageError
 from vhdtool.extents import MiB, align_up
-from vhdtool.fix import apply_fix, plan_fix
-from vhdtool.formats.vhd_footer import build_footer, chs_geometry, fixed_footer, parse_footer
+from vhdtool.formats.vhd.footer import build_footer, chs_geometry, fixed_footer, parse_footer
+from vhdtool.jobs.fix import apply_fix, plan_fix
 
 
 def qemu_fixed(tmp_path: Path, size: int, force: bool, seed: int = 0) -> tuple[Path, int]:

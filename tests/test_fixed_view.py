@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vhdtool import open_image
+from vhdtool.blockio.zeros import nonzero_runs
 from vhdtool.errors import UsageError
 from vhdtool.extents import MiB, allocated_bytes, check_cover
-from vhdtool.fixed import FixedVhdView, azure_virtual_size
-from vhdtool.formats.vhd_footer import chs_geometry, footer_checksum, parse_footer
-from vhdtool.zeros import nonzero_runs
+from vhdtool.formats.vhd.footer import chs_geometry, footer_checksum, parse_footer
+from vhdtool.stream.fixed_view import FixedVhdView, azure_virtual_size
 
 
 def make_raw(path: Path, size: int, writes: list[tuple[int, bytes]]) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from strategies import Case, vhd_cases, vhdx_cases
 
 from vhdtool.errors import VhdtoolError
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

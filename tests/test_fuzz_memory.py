@@ -3,7 +3,7 @@
 The structured cases run in a child process whose address space is capped (RLIMIT_AS), so an
 allocation sized from a damaged field fails loudly as a MemoryError crash instead of slowing the
 machine; plus the regression for the one such bug the campaign found (an NTFS MFT record size of
-2**57 read through :class:`vhdtool.disk.DiskReader`).
+2**57 read through :class:`vhdtool.disk.base.DiskReader`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from vhdtool.disk import DiskReader
+from vhdtool.disk.base import DiskReader
+from vhdtool.formats.open import open_image
 from vhdtool.formats.raw import RawDisk
-from vhdtool.open import open_image
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

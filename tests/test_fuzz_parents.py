@@ -21,8 +21,8 @@ from vhdx_builder import FULLY_PRESENT, Block, MiB, build_vhdx
 
 from vhdtool.cli import main
 from vhdtool.errors import ImageError, ParentError, VhdtoolError
+from vhdtool.formats.open import open_image, open_with_options
 from vhdtool.formats.parent import OpenOptions
-from vhdtool.open import open_image, open_with_options
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

@@ -55,8 +55,8 @@ def test_undamaged_disks_inspect() -> None:
             outcome = exercise(path, work_dir=folder, time_limit=30.0)
             assert outcome.crash is None, outcome.crash
             assert set(outcome.steps.values()) == {"ok"}, outcome.steps
+            from vhdtool.formats.open import open_image
             from vhdtool.inspect.report import inspect_disk
-            from vhdtool.open import open_image
 
             with open_image(path) as disk:
                 report = inspect_disk(disk)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vhdtool.disk import ImageFile
+from vhdtool.disk.base import ImageFile
 from vhdtool.formats.raw import RawDisk
 from vhdtool.inspect import filesystems as fs
 from vhdtool.inspect.xfs_log import xfs_log_state

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from linux_images import ImageCache, shared_cache
 
+from vhdtool.formats.open import open_image
 from vhdtool.inspect.linux import parse_keyvalue, verdict
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence
 from vhdtool.inspect.report import DiskReport, inspect_disk
-from vhdtool.open import open_image
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -132,8 +132,8 @@ EVERY_FIXTURE = [
 
 
 def _check_findings(path: Path) -> list[tuple[str, str, str]]:
-    from vhdtool.check_subject import open_for_check
-    from vhdtool.checks import evaluate
+    from vhdtool.readiness.rules import evaluate
+    from vhdtool.readiness.subject import open_for_check
 
     with open_for_check(str(path)) as subject:
         assert subject.disk is not None

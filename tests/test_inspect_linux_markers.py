@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from linux_images import make_linux
 
+from vhdtool.formats.open import open_image
 from vhdtool.inspect.model import GENERALIZED, SPECIALIZED, OsReport
 from vhdtool.inspect.report import inspect_disk
-from vhdtool.open import open_image
 
 MiB = 1 << 20
 

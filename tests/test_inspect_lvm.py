@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from linux_images import ImageCache, make_linux, shared_cache
 
-from vhdtool.disk import ImageFile, VirtualDisk
+from vhdtool.disk.base import ImageFile, VirtualDisk
 from vhdtool.extents import Extent
 from vhdtool.formats.raw import RawDisk
 from vhdtool.inspect.lvm import LogicalVolume, LogicalVolumeDisk, lvm_crc, parse_config

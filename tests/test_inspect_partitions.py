@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vhdtool.disk import ImageFile
+from vhdtool.disk.base import ImageFile
 from vhdtool.errors import ImageError
 from vhdtool.formats.raw import RawDisk
 from vhdtool.inspect.partitions import ESP_GUID, LINUX_SWAP_GUID, read_partition_table

@@ -9,10 +9,10 @@ import pytest
 from conftest import qemu_img
 from linux_images import make_linux
 
-from vhdtool.disk import ImageFile
+from vhdtool.disk.base import ImageFile
+from vhdtool.formats.open import open_image
 from vhdtool.inspect.model import GENERALIZED
 from vhdtool.inspect.report import inspect_disk
-from vhdtool.open import open_image
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from conftest import qemu_img
 
+from vhdtool.formats.open import open_image
 from vhdtool.inspect import report as report_module
 from vhdtool.inspect.model import GENERALIZED, SPECIALIZED
-from vhdtool.open import open_image
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -162,8 +162,8 @@ def test_bitlocker_volume_is_named_encrypted(images: dict[str, dict[str, Path]],
 @pytest.mark.parametrize("name", ["gen1-mbr", "gen2-gpt", "bitlocker-mbr", "vol-undeployable", "vol-mismatched"])
 def test_check_findings_do_not_depend_on_the_container(images: dict[str, dict[str, Path]], name: str) -> None:
     """``check``'s findings on the VHDX and dynamic VHD equal the raw image's, but for the format rule."""
-    from vhdtool.check_subject import open_for_check
-    from vhdtool.checks import evaluate
+    from vhdtool.readiness.rules import evaluate
+    from vhdtool.readiness.subject import open_for_check
 
     def judged(path: Path) -> list[tuple[str, str, str]]:
         with open_for_check(str(path)) as subject:

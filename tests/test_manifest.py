@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vhdtool.errors import OutputError, UsageError
-from vhdtool.manifest import (
+from vhdtool.jobs.manifest import (
     SCHEMA,
     SCHEMA_V1,
     DiskRecord,

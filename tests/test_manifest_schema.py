@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from conftest import unpack_fixture
 
-from vhdtool.manifest import read_manifest
-from vhdtool.prepare import PrepareRequest, prepare
+from vhdtool.jobs.manifest import read_manifest
+from vhdtool.jobs.prepare import PrepareRequest, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "prepare.md"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vhdtool.errors import UsageError
-from vhdtool.naming import MAX_NAME_LENGTH, disk_name, plan_names, validate_lun, validate_name
+from vhdtool.jobs.naming import MAX_NAME_LENGTH, disk_name, plan_names, validate_lun, validate_name
 
 DAY = date(2026, 11, 23)
 NAME_RE = re.compile(r"^(?P<name>.+)-(?:os|datadisk-(?P<lun>\d+))-(?P<day>\d{4}-\d{2}-\d{2})"

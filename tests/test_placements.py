@@ -16,10 +16,10 @@ import pytest
 from vhd_builder import build_child, build_vhd, sectors_from_writes
 from vhdx_builder import FULLY_PRESENT, NOT_PRESENT, PARTIALLY_PRESENT, ZERO, Block, LogWrite, build_vhdx, write_log
 
-from vhdtool.convert import PaddedView
-from vhdtool.disk import Placement
-from vhdtool.fixed import FixedVhdView
-from vhdtool.open import open_image
+from vhdtool.disk.base import Placement
+from vhdtool.formats.open import open_image
+from vhdtool.jobs.convert import PaddedView
+from vhdtool.stream.fixed_view import FixedVhdView
 
 MiB = 1024 * 1024
 SIZE = 6 * MiB

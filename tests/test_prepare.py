@@ -20,8 +20,8 @@ from conftest import reference_sparse_digest
 from vhdtool import __version__
 from vhdtool.errors import ImageError, UsageError
 from vhdtool.inspect.architecture import guess_architecture
-from vhdtool.manifest import SCHEMA, read_manifest
-from vhdtool.prepare import (
+from vhdtool.jobs.manifest import SCHEMA, read_manifest
+from vhdtool.jobs.prepare import (
     ChecksFailedError,
     PrepareRequest,
     ProgressEvent,

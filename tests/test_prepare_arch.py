@@ -15,7 +15,7 @@ import pytest
 from linux_images import make_linux
 
 from vhdtool.inspect.architecture import elf_machine
-from vhdtool.prepare import PrepareRequest, prepare
+from vhdtool.jobs.prepare import PrepareRequest, prepare
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

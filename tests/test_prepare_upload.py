@@ -21,7 +21,7 @@ import pytest
 from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
 from conftest import reference_sparse_digest, reference_sparse_digest_of_bytes
 
-from vhdtool.prepare import PrepareRequest, parse_destination, prepare
+from vhdtool.jobs.prepare import PrepareRequest, parse_destination, prepare
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -232,8 +232,8 @@ def test_sparse_digest_of_a_real_upload_is_the_reference_scripts(azurite: Azurit
 
 def test_verify_dest_reads_only_the_written_ranges(azurite: Azurite, container: str, tmp_path: Path) -> None:
     """A sparse blob is verified by Get Page Ranges and ranged reads of what it lists, nothing else."""
-    from vhdtool.manifest import read_manifest, verify_blobs
-    from vhdtool.prepare import blob_hasher
+    from vhdtool.jobs.manifest import read_manifest, verify_blobs
+    from vhdtool.jobs.prepare import blob_hasher
 
     _, vhdx = scattered_vhdx(tmp_path, 64 * 1024 * 1024)
     dest = parse_destination(container, connection_string=azurite.connection_string())

@@ -24,7 +24,7 @@ from conftest import qemu_img
 from remote_helpers import ROOT, MiB, Store, json_of, sdk_upload, sig_of, vhdtool
 from test_remote_download import make_raw
 
-from vhdtool.digest import SparseDigest
+from vhdtool.stream.digest import SparseDigest
 
 RATIO = 1.01
 

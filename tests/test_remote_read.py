@@ -20,12 +20,12 @@ from conftest import qemu_img
 from linux_images import make_linux
 from remote_helpers import MiB, Store, json_of, sdk_upload, sig_of, vhdtool
 
-from vhdtool.azure import Destination
+from vhdtool.azure.remote.blob_source import BlobSource
+from vhdtool.azure.remote.cache import GranuleCache
+from vhdtool.azure.storage import Destination
+from vhdtool.azure.upload import RetryPolicy
 from vhdtool.errors import TransferError
 from vhdtool.inspect.model import GENERALIZED
-from vhdtool.remote.blob_source import BlobSource
-from vhdtool.remote.cache import GranuleCache
-from vhdtool.upload import RetryPolicy
 
 GiB = 1 << 30
 READ_BYTES_BUDGET = 16 * MiB  # check --role os of a 30 GiB OS disk (docs/azure-disks.md)

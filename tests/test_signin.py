@@ -27,12 +27,12 @@ from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rul
 from identity import STORAGE_RESOURCE, Certificate, IdentityEndpoint, claims_of, sign_in_environment
 from signin_helpers import Box, assert_signed_in_only, bearer_claims, make_raw, run_cli
 
-import vhdtool.azure
+import vhdtool.azure.storage
 from vhdtool import open_image
-from vhdtool.azure import Destination
+from vhdtool.azure.storage import Destination
+from vhdtool.azure.upload import upload
+from vhdtool.blockio.fileio import data_ranges
 from vhdtool.extents import merge_ranges
-from vhdtool.fileio import data_ranges
-from vhdtool.upload import upload
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def test_one_token_per_1gib_upload_on_the_direct_and_the_sdk_path(tmp_path: Path
     try:
         for name, value in other.environment().items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setattr(vhdtool.azure._FastPutPage, "for_client", classmethod(lambda cls, *a, **k: None))
+        monkeypatch.setattr(vhdtool.azure.storage._FastPutPage, "for_client", classmethod(lambda cls, *a, **k: None))
         small = make_raw(tmp_path / "small.raw", 32 * MiB, runs=150, run_length=4096)
         assert _upload(small, box, "sdk.vhd") > 300
         assert len(other.issued()) == 1

@@ -19,8 +19,8 @@ from identity import DISK_RESOURCE, STORAGE_RESOURCE, IdentityEndpoint, claims_o
 from signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_entra, run_cli, without_token
 
 from vhdtool import open_image
-from vhdtool.azure import Destination
-from vhdtool.upload import upload
+from vhdtool.azure.storage import Destination
+from vhdtool.azure.upload import upload
 
 MiB = 1 << 20
 

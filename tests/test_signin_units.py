@@ -1,4 +1,4 @@
-"""``vhdtool.signin`` on its own: the token cache's timing, challenges and SAS fields as the services write them,
+"""``vhdtool.azure.signin`` on its own: the token cache's timing, challenges and SAS fields as the services write them,
 and the refusals Azurite cannot produce (user delegation keys, source IPs, account services)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from azure.core.credentials import AccessTokenInfo
 from azure.core.pipeline.policies._authentication import _should_refresh_token
 
-import vhdtool.azure
-from vhdtool import signin
-from vhdtool.signin import (
+import vhdtool.azure.storage
+from vhdtool.azure import signin
+from vhdtool.azure.signin import (
     STORAGE_SCOPE,
     Credential,
     ScopedCredential,
@@ -239,5 +239,5 @@ def test_bearer_tokens_are_scrubbed_from_any_text() -> None:
         token, _, _ = endpoint.mint("https://storage.azure.com")
     finally:
         endpoint.close()
-    text = vhdtool.azure.scrub(f"refused: Bearer {token} (and again {token})")
+    text = vhdtool.azure.storage.scrub(f"refused: Bearer {token} (and again {token})")
     assert token not in text and token.split(".")[1] not in text and text.count("REDACTED") == 2

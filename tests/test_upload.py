@@ -30,16 +30,16 @@ from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient
 from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule
 from conftest import qemu_img, reference_sparse_digest_of_bytes
 
-import vhdtool.azure
-import vhdtool.fileio
+import vhdtool.azure.storage
+import vhdtool.blockio.fileio
 from vhdtool import open_image
-from vhdtool.azure import Destination
-from vhdtool.convert import convert
+from vhdtool.azure.pages import split_ranges
+from vhdtool.azure.storage import Destination
+from vhdtool.azure.upload import RetryPolicy, UploadResult, upload
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB, merge_ranges
-from vhdtool.formats.vhd_footer import parse_footer
-from vhdtool.upload import RetryPolicy, UploadResult, upload
-from vhdtool.upload_plan import split_ranges
+from vhdtool.formats.vhd.footer import parse_footer
+from vhdtool.jobs.convert import convert
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -203,7 +203,7 @@ def put_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Run a test over both Put Page paths: vhdtool's direct HTTP one and the SDK's (used with
     token credentials and HTTP proxies), so both classify errors the same way."""
     if request.param == "sdk":
-        monkeypatch.setattr(vhdtool.azure._FastPutPage, "for_client", lambda *args, **kwargs: None)
+        monkeypatch.setattr(vhdtool.azure.storage._FastPutPage, "for_client", lambda *args, **kwargs: None)
     return str(request.param)
 
 
@@ -277,7 +277,7 @@ def test_verify_full_without_the_sdk_pipeline_attribute_still_reads_right(tmp_pa
     own download, which must still verify the same bytes."""
     from azure.storage.blob import BlobClient
 
-    monkeypatch.setattr(vhdtool.azure._FastPutPage, "for_client", lambda *args, **kwargs: None)
+    monkeypatch.setattr(vhdtool.azure.storage._FastPutPage, "for_client", lambda *args, **kwargs: None)
     monkeypatch.delattr(BlobClient, "_pipeline", raising=False)
     original = BlobClient.__init__
 
@@ -687,7 +687,7 @@ def test_each_source_byte_is_read_once(tmp_path: Path, place: Place, proxy: Reco
         qemu_img("convert", "-f", "raw", "-O", "vhdx", str(raw), str(image))
     expected = fixed_vhd(image, tmp_path)
     reads: list[tuple[int, int]] = []
-    real = vhdtool.fileio.preadinto
+    real = vhdtool.blockio.fileio.preadinto
 
     def counted(fd: int, view: memoryview, offset: int) -> int:
         n = real(fd, view, offset)
@@ -695,7 +695,7 @@ def test_each_source_byte_is_read_once(tmp_path: Path, place: Place, proxy: Reco
         return n
 
     with open_image(image) as disk:
-        monkeypatch.setattr(vhdtool.fileio, "preadinto", counted)  # reads of the image file only
+        monkeypatch.setattr(vhdtool.blockio.fileio, "preadinto", counted)  # reads of the image file only
         result = upload(disk, place.dest, threads=3)
     assert_uploaded(place, result, expected)
     ordered = sorted(reads)

@@ -8,11 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vhdtool.azure import Destination, is_managed_disk_url, make_destination, public_url, scrub
-from vhdtool.errors import UsageError
-from vhdtool.extents import Extent, check_cover, extents_from_ranges
-from vhdtool.upload import RetryPolicy
-from vhdtool.upload_plan import (
+from vhdtool.azure.pages import (
     MAX_PUT_PAGE,
     PAGE_SIZE,
     RangeSet,
@@ -23,6 +19,10 @@ from vhdtool.upload_plan import (
     plan_puts,
     total,
 )
+from vhdtool.azure.storage import Destination, is_managed_disk_url, make_destination, public_url, scrub
+from vhdtool.azure.upload import RetryPolicy
+from vhdtool.errors import UsageError
+from vhdtool.extents import Extent, check_cover, extents_from_ranges
 
 ranges_strategy = st.lists(st.tuples(st.integers(0, 1 << 24), st.integers(1, 1 << 22)), max_size=30).map(
     lambda pairs: [(a, a + n) for a, n in pairs])
@@ -177,7 +177,7 @@ def test_pageblob_sink_sends_exactly_the_missing_non_zero_pages_and_taps_every_b
     import hashlib
     import threading
 
-    from vhdtool.sinks.pageblob import PageBlobSink
+    from vhdtool.azure.sink import PageBlobSink
 
     size = 256 * PAGE_SIZE
     disk = bytearray(size)

@@ -53,12 +53,12 @@ from azurite import (
 from conftest import reference_sparse_digest_of_bytes
 
 from vhdtool import open_image
-from vhdtool.azure import Destination, PageBlobTarget, RetryableError
-from vhdtool.convert import convert
+from vhdtool.azure.storage import Destination, PageBlobTarget, RetryableError
+from vhdtool.azure.upload import META_FOOTER, META_MD5, META_SPARSE, META_STATE, STATE_COMPLETE, RetryPolicy, upload
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB, merge_ranges
-from vhdtool.formats.vhd_footer import parse_footer
-from vhdtool.upload import META_FOOTER, META_MD5, META_SPARSE, META_STATE, STATE_COMPLETE, RetryPolicy, upload
+from vhdtool.formats.vhd.footer import parse_footer
+from vhdtool.jobs.convert import convert
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

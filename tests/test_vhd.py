@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import qemu_img, qemu_raw_bytes
 
 from vhdtool.cli import main
-from vhdtool.disk import DiskReader
+from vhdtool.disk.base import DiskReader
 from vhdtool.extents import check_cover
-from vhdtool.formats.vhd import FixedVhd, SparseVhd
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
+from vhdtool.formats.vhd.reader import FixedVhd, SparseVhd
 
 FIXTURES = [
     "dynamic-chs.vhd", "dynamic-force.vhd", "dynamic-force-mib.vhd", "fixed-chs.vhd", "fixed-force.vhd",

@@ -25,8 +25,8 @@ from vhd_builder import (
 
 from vhdtool.cli import main
 from vhdtool.extents import allocated_ranges, check_cover, merge_ranges
-from vhdtool.formats.vhd import SparseVhd
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
+from vhdtool.formats.vhd.reader import SparseVhd
 
 
 def random_sectors(rng: random.Random, size: int, count: int, group: int = 1) -> dict[int, bytes]:
@@ -244,7 +244,7 @@ def test_locators_for_relative_path_uses_backslashes(tmp_path: Path) -> None:
     (b"Mac ", b"\x00\x01alias", None),
 ])
 def test_decode_locator(code: bytes, data: bytes, path: str | None) -> None:
-    from vhdtool.formats.vhd import _decode_locator
+    from vhdtool.formats.vhd.reader import _decode_locator
 
     assert _decode_locator(code, data) == path
 
@@ -289,7 +289,7 @@ def test_extents_read_metadata_only(tmp_path: Path) -> None:
 def test_table_read_in_several_chunks_keeps_every_block(tmp_path: Path) -> None:
     """A BAT of 600,000 entries (512-byte blocks) spans several of the reader's table chunks; blocks
     on both sides of every chunk boundary, and in the disk's last sector, read right."""
-    from vhdtool.formats.vhd import _BAT_CHUNK_ENTRIES
+    from vhdtool.formats.vhd.reader import _BAT_CHUNK_ENTRIES
 
     blocks = 600_000
     size = blocks * SECTOR

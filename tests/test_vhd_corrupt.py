@@ -14,8 +14,8 @@ from vhd_builder import SECTOR, build_child, build_vhd, model_bytes, ones_comple
 
 from vhdtool.cli import main
 from vhdtool.errors import ImageError, ParentError
+from vhdtool.formats.open import open_image, open_with_options
 from vhdtool.formats.parent import OpenOptions
-from vhdtool.open import open_image, open_with_options
 
 SIZE = 64 * 1024
 SECTORS = {0: b"\x01" * SECTOR, 9: b"\x09" * SECTOR, 100: b"\x64" * SECTOR}

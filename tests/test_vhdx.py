@@ -16,8 +16,8 @@ from conftest import qemu_img, qemu_raw_bytes, unpack_fixture
 
 from vhdtool.cli import main
 from vhdtool.extents import check_cover
-from vhdtool.formats.vhdx import VhdxDisk
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
+from vhdtool.formats.vhdx.reader import VhdxDisk
 
 MiB = 1024 * 1024
 FIXTURES = ["dynamic-1m", "dynamic-default", "dynamic-8m", "fixed-4m", "fixed-zero-state"]

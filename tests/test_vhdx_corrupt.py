@@ -22,7 +22,7 @@ from vhdx_builder import (
 )
 
 from vhdtool.errors import ImageError, UnsupportedImageError
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
 
 MiB = 1024 * 1024
 KiB = 1024

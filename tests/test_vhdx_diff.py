@@ -30,7 +30,7 @@ from vhdx_builder import (
 from vhdtool.cli import main
 from vhdtool.errors import ParentError
 from vhdtool.extents import allocated_ranges, check_cover, merge_ranges
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
 
 MiB = 1024 * 1024
 

@@ -27,8 +27,8 @@ from vhdx_builder import (
 )
 
 from vhdtool.errors import ImageError
-from vhdtool.formats.vhdx import VhdxDisk
-from vhdtool.open import open_image
+from vhdtool.formats.open import open_image
+from vhdtool.formats.vhdx.reader import VhdxDisk
 
 MiB = 1024 * 1024
 SIZE = 8 * MiB

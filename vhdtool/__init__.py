@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .disk import DiskReader, VirtualDisk
-from .errors import (
+from vhdtool.disk.base import DiskReader, VirtualDisk
+from vhdtool.errors import (
     ImageError,
     OutputError,
     ParentError,
@@ -12,8 +12,8 @@ from .errors import (
     UsageError,
     VhdtoolError,
 )
-from .extents import Extent
-from .open import open_image
+from vhdtool.extents import Extent
+from vhdtool.formats.open import open_image
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m vhdtool``."""
 
-from .cli import run
+from vhdtool.cli import run
 
 run()

@@ -26,12 +26,12 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports():
     import vhdtool.formats.parent  # noqa: F401
-    import vhdtool.formats.vhd  # noqa: F401
-    import vhdtool.formats.vhd_footer  # noqa: F401
-    import vhdtool.formats.vhdx  # noqa: F401
-    import vhdtool.formats.vhdx_log  # noqa: F401
+    import vhdtool.formats.vhd.footer  # noqa: F401
+    import vhdtool.formats.vhd.reader  # noqa: F401
+    import vhdtool.formats.vhdx.log  # noqa: F401
+    import vhdtool.formats.vhdx.reader  # noqa: F401
     from vhdtool.errors import VhdtoolError
-    from vhdtool.open import open_image
+    from vhdtool.formats.open import open_image
 
 from strategies import Case, _build_vhd, _build_vhdx  # noqa: E402
 

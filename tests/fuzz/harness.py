@@ -135,7 +135,7 @@ def _ranges(rng: random.Random, size: int, count: int) -> list[tuple[int, int]]:
 
 def _read_checks(disk: object, extents: list[Extent], rng: random.Random, reads: int) -> None:
     """Random reads agree with a whole-disk read; unallocated bytes are zero."""
-    from vhdtool.disk import VirtualDisk
+    from vhdtool.disk.base import VirtualDisk
 
     assert isinstance(disk, VirtualDisk)
     size = disk.virtual_size
@@ -159,7 +159,7 @@ def exercise(path: str | os.PathLike[str], *, work_dir: str | os.PathLike[str], 
              reads: int = 6, inspect: bool = True, check: bool = True, convert: bool = True,
              time_limit: float = 10.0, parent: str | None = None) -> Outcome:
     """Run the entry points on ``path``; the returned outcome has ``crash`` set on a broken promise."""
-    from vhdtool.open import open_image
+    from vhdtool.formats.open import open_image
 
     outcome = Outcome()
     step = _Step(outcome)
@@ -169,7 +169,7 @@ def exercise(path: str | os.PathLike[str], *, work_dir: str | os.PathLike[str], 
             disk = step.run("open", lambda: open_image(path, parent=parent))
             if disk is None:
                 return outcome
-            from vhdtool.disk import VirtualDisk
+            from vhdtool.disk.base import VirtualDisk
 
             assert isinstance(disk, VirtualDisk)
             try:
@@ -185,7 +185,7 @@ def exercise(path: str | os.PathLike[str], *, work_dir: str | os.PathLike[str], 
 
                     report = step.run("inspect", lambda: inspect_disk(disk))
                 if check:
-                    from vhdtool.checks import evaluate, facts_from_disk
+                    from vhdtool.readiness.rules import evaluate, facts_from_disk
 
                     step.run("check", lambda: evaluate(facts_from_disk(disk, report)))
                 if convert and isinstance(extents, list) and sum(e.length for e in extents if e.allocated) \
@@ -207,8 +207,8 @@ def exercise(path: str | os.PathLike[str], *, work_dir: str | os.PathLike[str], 
 
 
 def _convert_and_check(disk: object, out: str) -> None:
-    from vhdtool.convert import convert
-    from vhdtool.disk import VirtualDisk
+    from vhdtool.disk.base import VirtualDisk
+    from vhdtool.jobs.convert import convert
 
     assert isinstance(disk, VirtualDisk)
     result = convert(disk, out, force=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..errors import UsageError, VhdtoolError
-from ..sinks.fixed_file import remove_live_temporaries
+from vhdtool import __version__
+from vhdtool.errors import UsageError, VhdtoolError
+from vhdtool.stream.fixed_file import remove_live_temporaries
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

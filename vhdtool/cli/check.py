@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..check_subject import open_for_check
-from ..checks import ERROR, GENERATIONS, ROLES, STATES, evaluate, junit_xml
-from ..errors import OutputError
-from ..inspect.report import inspect_disk
-from . import EXIT_ERROR, absolute_parent_option, emit_json, main, parent_option
-from .sources import echo_read_cost, open_argument, read_cost, source_options
+from vhdtool.cli import EXIT_ERROR, absolute_parent_option, emit_json, main, parent_option
+from vhdtool.cli.sources import echo_read_cost, open_argument, read_cost, source_options
+from vhdtool.errors import OutputError
+from vhdtool.inspect.report import inspect_disk
+from vhdtool.readiness.rules import ERROR, GENERATIONS, ROLES, STATES, evaluate, junit_xml
+from vhdtool.readiness.subject import open_for_check
 
 
 @main.command("check")

@@ -11,13 +11,14 @@ from contextlib import contextmanager
 
 import click
 
-from ..convert import OutputFormat, convert, output_size
-from ..digest import NAME as SPARSE_DIGEST
-from ..errors import UsageError
-from ..open import open_image
-from ..pump import Progress
-from ..sinks.hasher import parse_algorithms
-from . import absolute_parent_option, emit_json, human_size, main, parent_option
+from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
+from vhdtool.cli.bars import byte_bar
+from vhdtool.errors import UsageError
+from vhdtool.formats.open import open_image
+from vhdtool.jobs.convert import OutputFormat, convert, output_size
+from vhdtool.stream.digest import NAME as SPARSE_DIGEST
+from vhdtool.stream.hasher import parse_algorithms
+from vhdtool.stream.pump import Progress
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
@@ -40,7 +41,6 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Progress | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from .bars import byte_bar
 
     with byte_bar(total) as bar:
         counts = [0, 0]  # data, empty

@@ -7,7 +7,11 @@ from typing import Any
 
 import click
 
-from . import emit_json, human_size, main
+from vhdtool.azure.remote import open_remote
+from vhdtool.azure.remote.copy import copy
+from vhdtool.azure.storage import make_destination
+from vhdtool.cli import emit_json, human_size, main
+from vhdtool.cli.bars import byte_bar
 
 
 @main.command("copy")
@@ -46,9 +50,6 @@ def copy_command(src: str, dest: str, connection_string: str | None, account_url
     where the service allows it; otherwise vhdtool relays them and says why. A VHDX or dynamic VHD
     SRC is converted to the fixed VHD Azure needs on the way.
     """
-    from ..azure import make_destination
-    from ..remote import open_remote
-    from ..remote.copy import copy
 
     destination = make_destination(dest, connection_string=connection_string, account_url=account_url)
     if source_connection_string or source_account_url:
@@ -96,7 +97,6 @@ class _Bar:
     """A tqdm bar over the source's written bytes, updated from worker threads."""
 
     def __init__(self, total: int, show: bool | None) -> None:
-        from .bars import byte_bar
 
         self._lock = threading.Lock()
         self._bar: Any = byte_bar(total, desc="copy", disable=None if show is None else not show)

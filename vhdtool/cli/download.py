@@ -7,8 +7,11 @@ from typing import Any
 
 import click
 
-from . import emit_json, human_size, main
-from .sources import source_options
+from vhdtool.azure.remote import open_remote
+from vhdtool.azure.remote.download import download
+from vhdtool.cli import emit_json, human_size, main
+from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.sources import source_options
 
 
 @main.command("download")
@@ -36,8 +39,6 @@ def download_command(src: str, out: str, output_format: str, threads: int, resum
     --connection-string / --account-url. Only written ranges are fetched; OUT appears when complete.
     A VHDX or dynamic VHD blob is converted on the way.
     """
-    from ..remote import open_remote
-    from ..remote.download import download
 
     source = open_remote(src, connection_string=connection_string, account_url=account_url, timeout=timeout,
                          threads=threads, granule=4096)
@@ -75,7 +76,6 @@ class _Bar:
     """A tqdm bar over the output's bytes, updated from worker threads."""
 
     def __init__(self, total: int, show: bool | None) -> None:
-        from .bars import byte_bar
 
         self._lock = threading.Lock()
         self._bar: Any = byte_bar(total, desc="download", disable=None if show is None else not show)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UsageError
-from ..fix import FixPlan, apply_fix, plan_fix
-from . import emit_json, main
+from vhdtool.cli import emit_json, main
+from vhdtool.errors import UsageError
+from vhdtool.jobs.fix import FixPlan, apply_fix, plan_fix
 
 
 def _describe(plan: FixPlan) -> None:

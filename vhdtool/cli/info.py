@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from ..open import open_image
-from . import absolute_parent_option, emit_json, human_size, main, parent_option
-from .sources import echo_read_cost, open_argument, read_cost, source_options
+from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
+from vhdtool.cli.sources import echo_read_cost, open_argument, read_cost, source_options
+from vhdtool.formats.open import open_image
 
 
 @main.command()

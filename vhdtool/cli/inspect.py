@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..inspect.report import LVM_LV_TYPE, DiskReport, inspect_disk
-from ..open import open_image
-from . import absolute_parent_option, emit_json, human_size, main, parent_option
-from .sources import echo_read_cost, open_argument, read_cost, source_options
+from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
+from vhdtool.cli.sources import echo_read_cost, open_argument, read_cost, source_options
+from vhdtool.formats.open import open_image
+from vhdtool.inspect.report import LVM_LV_TYPE, DiskReport, inspect_disk
 
 
 @main.command("inspect")

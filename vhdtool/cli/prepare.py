@@ -10,9 +10,11 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..manifest import DiskRecord, Manifest
-from ..prepare import (
+from vhdtool.cli import emit_json, human_size, main
+from vhdtool.cli.bars import byte_bar
+from vhdtool.errors import UsageError
+from vhdtool.jobs.manifest import DiskRecord, Manifest
+from vhdtool.jobs.prepare import (
     CheckOutcome,
     ChecksFailedError,
     DiskInput,
@@ -21,7 +23,7 @@ from ..prepare import (
     parse_destination,
     prepare,
 )
-from . import emit_json, human_size, main
+from vhdtool.stream.hasher import parse_algorithms
 
 
 def parse_data_option(values: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
@@ -43,7 +45,6 @@ def set_progress(enabled: bool) -> Iterator[Any]:
         return
     bar: Any = None
     if sys.stderr.isatty():
-        from .bars import byte_bar
 
         bar = byte_bar(0)
     last: list[tuple[str, str]] = []
@@ -159,7 +160,6 @@ def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir:
     is described in NAME.manifest.json (schema in docs/prepare.md). The VHDs are renamed into place
     atomically, but not synced to the disk unless --sync.
     """
-    from ..sinks.hasher import parse_algorithms
 
     hashes = parse_algorithms(hash_text) if hash_text else ()
     dest = None if destination is None else parse_destination(

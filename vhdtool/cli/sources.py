@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import human_size
+from vhdtool.azure.remote import open_remote
+from vhdtool.azure.remote.address import is_remote
+from vhdtool.azure.remote.blob_source import PAGE_BLOB
+from vhdtool.cli import human_size
 
 if TYPE_CHECKING:
-    from ..disk import ByteSource
-    from ..remote.blob_source import BlobSource
+    from vhdtool.azure.remote.blob_source import BlobSource
+    from vhdtool.disk.base import ByteSource
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,12 +32,9 @@ def source_options(command: F) -> F:
 
 def open_argument(image: str, connection_string: str | None, account_url: str | None) -> str | BlobSource:
     """``image`` itself for a local file; the opened blob for a URL or CONTAINER/BLOB (see ``remote.address``)."""
-    from ..remote.address import is_remote
 
     if not is_remote(image, connection_string=connection_string, account_url=account_url):
         return image
-    from ..remote import open_remote
-    from ..remote.blob_source import PAGE_BLOB
 
     source = open_remote(image, connection_string=connection_string, account_url=account_url)
     if source.blob_type != PAGE_BLOB:

@@ -7,9 +7,13 @@ from typing import Any
 
 import click
 
-from ..fixed import azure_virtual_size
-from ..open import open_image
-from . import absolute_parent_option, emit_json, human_size, main, parent_option
+from vhdtool.azure.storage import PermanentError, make_destination, scrub
+from vhdtool.azure.upload import upload as run_upload
+from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
+from vhdtool.cli.bars import byte_bar
+from vhdtool.formats.open import open_image
+from vhdtool.stream.fixed_view import azure_virtual_size
+from vhdtool.stream.hasher import parse_algorithms
 
 
 @main.command()
@@ -57,9 +61,6 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     are sent; no temporary file is written. The sparse digest of the fixed VHD (which costs only
     the data) is reported and recorded in the blob's metadata.
     """
-    from ..azure import PermanentError, make_destination, scrub
-    from ..sinks.hasher import parse_algorithms
-    from ..upload import upload as run_upload
 
     hashes = parse_algorithms(hash_text) if hash_text else ()
 
@@ -108,7 +109,6 @@ class _Bar:
     """A tqdm bar over the fixed VHD's bytes; updated from worker threads, so updates take a lock."""
 
     def __init__(self, total: int, show: bool | None) -> None:
-        from .bars import byte_bar
 
         self._lock = threading.Lock()
         self._sent = 0

@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from ..manifest import read_manifest, verify_blobs, verify_files
-from . import EXIT_ERROR, emit_json, main
+from vhdtool.cli import EXIT_ERROR, emit_json, main
+from vhdtool.jobs.manifest import read_manifest, verify_blobs, verify_files
+from vhdtool.jobs.prepare import blob_hasher
+from vhdtool.stream.hasher import parse_algorithms
 
 
 @main.command("verify")
@@ -30,14 +32,12 @@ def verify_command(manifest_path: str, destination: str | None, connection_strin
     from the storage account (only their written page ranges) and hashed. The sparse digest is
     compared (for manifests of schema 1, which have none, MD5 and SHA-256).
     """
-    from ..sinks.hasher import parse_algorithms
 
     hashes = parse_algorithms(hash_text) if hash_text else ()
     manifest = read_manifest(manifest_path)
     if destination is None:
         result = verify_files(manifest, manifest_path, hashes=hashes)
     else:
-        from ..prepare import blob_hasher
 
         hasher = blob_hasher(destination, connection_string=connection_string, account_url=account_url)
         result = verify_blobs(manifest, manifest_path, hasher, hashes=hashes)

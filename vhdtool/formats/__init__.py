@@ -1,1 +1,1 @@
-"""Format readers: each turns an image file into a :class:`vhdtool.disk.VirtualDisk`."""
+"""Format readers: each turns an image file into a :class:`vhdtool.disk.base.VirtualDisk`."""

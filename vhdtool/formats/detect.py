@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from ..disk import ByteSource
-from ..errors import UnsupportedImageError
+from vhdtool.disk.base import ByteSource
+from vhdtool.errors import UnsupportedImageError
 
 VHDX_SIGNATURE = b"vhdxfile"
 VHD_COOKIE = b"conectix"

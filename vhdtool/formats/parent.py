@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import ParentError
+from vhdtool.errors import ParentError
 
 MAX_CHAIN_DEPTH = 32
 _FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")

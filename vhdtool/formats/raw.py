@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..disk import ByteSource, Placement, VirtualDisk, stored_placement
-from ..extents import Extent, extents_from_ranges, merge_ranges
-from ..fileio import data_ranges, file_holes
+from vhdtool.blockio.fileio import data_ranges, file_holes
+from vhdtool.disk.base import ByteSource, Placement, VirtualDisk, stored_placement
+from vhdtool.extents import Extent, extents_from_ranges, merge_ranges
 
 __all__ = ["RawDisk", "data_ranges", "file_holes", "holes_in_blocks"]
 

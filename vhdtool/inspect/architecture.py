@@ -12,9 +12,13 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from vhdtool.inspect.filesystems import LINUX_FILESYSTEMS, LVM2, DissectMissing, open_tree
+from vhdtool.inspect.lvm import LogicalVolumeDisk, logical_volumes, read_pv
+from vhdtool.inspect.report import LVM_LV_TYPE
+
 if TYPE_CHECKING:
-    from ..disk import VirtualDisk
-    from .report import DiskReport
+    from vhdtool.disk.base import VirtualDisk
+    from vhdtool.inspect.report import DiskReport
 
 
 def disk_architecture(disk: VirtualDisk, report: DiskReport) -> str | None:
@@ -67,9 +71,6 @@ def linux_binary_machine(disk: VirtualDisk, report: DiskReport) -> str | None:
     (assembled again from the disk's physical volumes). Other filesystems mounted below it (a
     separate ``/usr``) are not read.
     """
-    from .filesystems import LINUX_FILESYSTEMS, LVM2, DissectMissing, open_tree
-    from .lvm import LogicalVolumeDisk, logical_volumes, read_pv
-    from .report import LVM_LV_TYPE
 
     root = next((v for v in report.volumes if v.holds_os), None)
     if report.os is None or report.os.family != "linux" or root is None or root.info.kind not in LINUX_FILESYSTEMS:

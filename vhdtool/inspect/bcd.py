@@ -10,9 +10,9 @@ binary, objects as a GUID string. Element types are Microsoft's ``BcdLibraryElem
 
 from __future__ import annotations
 
-from ..errors import VhdtoolError
-from .registry import Hive, regf_available
-from .windows_readiness import BcdSettings
+from vhdtool.errors import VhdtoolError
+from vhdtool.inspect.registry import Hive, regf_available
+from vhdtool.inspect.windows_readiness import BcdSettings
 
 BCD_PATHS = ("/EFI/Microsoft/Boot/BCD", "/Boot/BCD")
 MAX_BCD_SIZE = 32 << 20

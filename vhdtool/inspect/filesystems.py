@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar, cast
 
-from ..disk import DiskReader, VirtualDisk
-from ..errors import VhdtoolError
+from vhdtool.disk.base import DiskReader, VirtualDisk
+from vhdtool.errors import VhdtoolError
+from vhdtool.inspect.xfs_log import xfs_log_state
 
 T = TypeVar("T")
 PROBE_SIZE = 0x11000  # covers the btrfs superblock at 64 KiB
@@ -136,7 +137,6 @@ def probe_volume(disk: VirtualDisk, offset: int, length: int) -> VolumeInfo:
     head = disk.read(offset, min(PROBE_SIZE, length))
     info = probe_bytes(head)
     if info.kind == XFS:
-        from .xfs_log import xfs_log_state
 
         state = xfs_log_state(disk, offset, length, head)
         if state == "dirty":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .partitions import PartitionTable
+from vhdtool.inspect.partitions import PartitionTable
 
 V1, V2 = "V1", "V2"
 # Boot loaders UEFI firmware or the Windows / Linux boot managers use on the ESP.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from .linux_readiness import HYPERV_CONFIG, HYPERV_DRIVERS, linux_readiness, parse_keyvalue
-from .model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
+from vhdtool.inspect.linux_readiness import HYPERV_CONFIG, HYPERV_DRIVERS, linux_readiness, parse_keyvalue
+from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
 
 NEUTRAL = "neutral"
 WAAGENT_PATHS = ("/usr/sbin/waagent", "/usr/bin/waagent", "/usr/local/sbin/waagent")

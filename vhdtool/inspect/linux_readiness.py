@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .initramfs import InitramfsScan, scan_initramfs
-from .model import FileTree
+from vhdtool.inspect.initramfs import InitramfsScan, scan_initramfs
+from vhdtool.inspect.model import FileTree
 
 HYPERV_DRIVERS = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
 # The initramfs must carry these (or the kernel have them built in) to find its root disk.

@@ -3,7 +3,7 @@
 Reads the PV label and the newest metadata text of each PV (LVM2 ``lib/format_text``), parses the
 metadata's config syntax, and maps each visible logical volume whose segments are linear (``striped``
 with one stripe) onto the disk. A logical volume becomes a :class:`LogicalVolumeDisk`, a
-:class:`~vhdtool.disk.VirtualDisk` the filesystem probe and readers work on like any other.
+:class:`~vhdtool.disk.base.VirtualDisk` the filesystem probe and readers work on like any other.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 from construct import ConstructError
 
-from ..disk import VirtualDisk
-from ..extents import Extent
-from .lvm_layout import (
+from vhdtool.disk.base import VirtualDisk
+from vhdtool.extents import Extent
+from vhdtool.inspect.lvm_layout import (
     INITIAL_CRC,
     LABEL_ID,
     LABEL_SCAN_SECTORS,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .linux_readiness import LinuxReadiness
-    from .windows_readiness import WindowsReadiness
+    from vhdtool.inspect.linux_readiness import LinuxReadiness
+    from vhdtool.inspect.windows_readiness import WindowsReadiness
 
 # OS states, as reported and as accepted by ``check --expect``.
 GENERALIZED = "generalized"

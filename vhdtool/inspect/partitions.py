@@ -13,9 +13,9 @@ from typing import Any
 
 from construct import ConstructError
 
-from ..disk import VirtualDisk
-from ..errors import ImageError
-from .partitions_layout import (
+from vhdtool.disk.base import VirtualDisk
+from vhdtool.errors import ImageError
+from vhdtool.inspect.partitions_layout import (
     GPT_ENTRY_MIN_SIZE,
     GPT_HEADER_MIN_SIZE,
     GPT_SIGNATURE,

@@ -19,8 +19,8 @@ from typing import Any, TypeAlias
 
 from construct import ConstructError
 
-from ..errors import ImageError
-from .registry_layout import BASE_BLOCK_SIZE, CHECKSUMMED_SIZE, BaseBlock
+from vhdtool.errors import ImageError
+from vhdtool.inspect.registry_layout import BASE_BLOCK_SIZE, CHECKSUMMED_SIZE, BaseBlock
 
 REGF_SIGNATURE = b"regf"
 REGF_MAJOR_VERSION = 1

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from ..disk import VirtualDisk
-from .filesystems import (
+from vhdtool.disk.base import VirtualDisk
+from vhdtool.inspect import windows
+from vhdtool.inspect.bcd import BCD_PATHS, MAX_BCD_SIZE, read_bcd
+from vhdtool.inspect.filesystems import (
     FAT,
     LINUX_FILESYSTEMS,
     LVM2,
@@ -22,19 +24,19 @@ from .filesystems import (
     open_tree,
     probe_volume,
 )
-from .generation import (
+from vhdtool.inspect.generation import (
     EFI_BOOT_FILES,
     EFI_VENDOR_LOADERS,
     WINDOWS_BIOS_FILES,
     GenerationReport,
     hyperv_generation,
 )
-from .linux import fstab_mounts, inspect_linux, looks_like_linux
-from .linux_readiness import lookup_key
-from .lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
-from .model import FileTree, OsReport
-from .partitions import Partition, PartitionTable, read_partition_table
-from .windows_readiness import BcdSettings
+from vhdtool.inspect.linux import fstab_mounts, inspect_linux, looks_like_linux
+from vhdtool.inspect.linux_readiness import lookup_key
+from vhdtool.inspect.lvm import LogicalVolumeDisk, PhysicalVolume, logical_volumes, read_pv
+from vhdtool.inspect.model import FileTree, OsReport
+from vhdtool.inspect.partitions import Partition, PartitionTable, read_partition_table
+from vhdtool.inspect.windows_readiness import BcdSettings
 
 # Partition types that hold no filesystem (MBR extended containers, Microsoft reserved, BIOS boot): listed,
 # not probed.
@@ -142,11 +144,7 @@ class MountTree:
 
 
 def _windows_inspector() -> Any:
-    """``inspect_windows`` if the Windows detector is installed, else ``None``."""
-    try:
-        from . import windows
-    except ImportError:
-        return None
+    """The Windows detector (looked up by name, so tests can replace it)."""
     return getattr(windows, "inspect_windows", None)
 
 
@@ -326,7 +324,6 @@ def _resolve_mounts(os_report: OsReport, volumes: list[VolumeReport]) -> None:
 
 def _find_bcd(volumes: list[VolumeReport], trees: dict[int, NodeTree], os_index: int | None) -> BcdSettings | None:
     """The BCD store Windows boots with: on the ESP, else the active partition, else the Windows volume."""
-    from .bcd import BCD_PATHS, MAX_BCD_SIZE, read_bcd
 
     order = [v for v in volumes if v.partition.is_esp] + [v for v in volumes if v.partition.bootable]
     if os_index is not None:

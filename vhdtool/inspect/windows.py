@@ -14,10 +14,10 @@ import codecs
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import VhdtoolError
-from .model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
-from .registry import Hive, RegValue, regf_available
-from .windows_readiness import windows_readiness
+from vhdtool.errors import VhdtoolError
+from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
+from vhdtool.inspect.registry import Hive, RegValue, regf_available
+from vhdtool.inspect.windows_readiness import windows_readiness
 
 NEUTRAL = "neutral"
 

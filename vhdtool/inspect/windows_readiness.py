@@ -13,8 +13,8 @@ import re
 import struct
 from dataclasses import dataclass
 
-from ..errors import VhdtoolError
-from .registry import Hive, RegValue
+from vhdtool.errors import VhdtoolError
+from vhdtool.inspect.registry import Hive, RegValue
 
 RDP_PORT = 3389
 SAN_ONLINE_ALL = 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from ..disk import VirtualDisk
+from vhdtool.disk.base import VirtualDisk
 
 BBSIZE = 512
 XLOG_HEADER_MAGIC = 0xFEEDBABE

@@ -1,0 +1,1 @@
+"""Azure Storage: destinations, the page-blob transport, upload planning and the upload."""

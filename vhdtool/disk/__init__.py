@@ -1,0 +1,1 @@
+"""The virtual disk abstraction every reader produces and every consumer walks."""

@@ -1,0 +1,1 @@
+"""The VHD format (fixed, dynamic, differencing): layout, footer, reader."""

@@ -1,0 +1,1 @@
+"""The VHDX format: layout, log replay, reader."""

@@ -1,0 +1,1 @@
+"""The jobs users run: convert, fix, prepare (with naming and the manifest)."""

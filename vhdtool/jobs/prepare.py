@@ -1,0 +1,532 @@
+"""``prepare``: the whole job for an image set — check, convert, name, record, upload.
+
+An image is one OS disk plus its data disks (one per LUN). For each disk: open it read-only,
+inspect and check it; if any check reports an error the run stops before anything is written
+(unless ``force``). Then each disk is converted to a fixed VHD in the output folder with its sparse
+digest (and MD5/SHA-256 when asked for) computed in the same pass, optionally uploaded, and the set
+is recorded in a manifest (:mod:`vhdtool.jobs.manifest`). With ``no_local_copy`` each disk is uploaded
+straight from its source (the digests from the upload's own walk of the source) and no file is
+written but the manifest. Nothing waits for the disk unless ``sync``.
+
+All or nothing locally: if a disk fails (or the run is interrupted), the files this run wrote are
+removed, no manifest is written and an output folder the run created is removed again (blobs
+already uploaded stay).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from vhdtool import __version__
+from vhdtool.azure.blob_digest import blob_digests
+from vhdtool.azure.remote import blob_of, open_remote
+from vhdtool.azure.remote.address import is_url
+from vhdtool.azure.remote.copy import copy_identity
+from vhdtool.azure.signin import parse_sas
+from vhdtool.azure.storage import Destination, PageBlobTarget
+from vhdtool.azure.upload import upload
+from vhdtool.disk.base import VirtualDisk
+from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
+from vhdtool.formats.open import open_image
+from vhdtool.formats.vhd.footer import parse_footer
+from vhdtool.formats.vhd.reader import VhdDisk
+from vhdtool.inspect.architecture import disk_architecture
+from vhdtool.inspect.report import inspect_disk
+from vhdtool.jobs.convert import convert
+from vhdtool.jobs.manifest import (
+    SPARSE,
+    BlobHasher,
+    DiskRecord,
+    Finding,
+    FixedVhdRecord,
+    Manifest,
+    Observed,
+    OsRecord,
+    SourceRecord,
+    billing_tier,
+    gallery_definition,
+    strip_token,
+    write_manifest,
+)
+from vhdtool.jobs.naming import VHD_SUFFIX, SetNames, plan_names, validate_lun, validate_name
+from vhdtool.readiness.rules import Facts, evaluate
+from vhdtool.stream.fixed_view import FixedVhdView
+
+if TYPE_CHECKING:
+    from vhdtool.azure.storage import Destination
+    from vhdtool.inspect.report import DiskReport
+
+EXPECT_STATES = ("generalized", "specialized")
+WHOLE_FILE_HASHES = ("md5", "sha256")  # what --hash may add to the sparse digest
+
+
+@dataclass(frozen=True)
+class DiskInput:
+    """One disk of the set as asked for: ``lun`` is ``None`` for the OS disk."""
+
+    path: str
+    lun: int | None = None
+
+    @property
+    def role(self) -> str:
+        return "os" if self.lun is None else "data"
+
+    @property
+    def label(self) -> str:
+        return "OS disk" if self.lun is None else f"data disk LUN {self.lun}"
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    """What ``vhdtool prepare`` was asked to do."""
+
+    name: str
+    os_image: str
+    data_images: tuple[tuple[int, str], ...] = ()
+    output_dir: str = "."
+    expect: str | None = None  # "generalized" | "specialized"
+    destination: SetDestination | None = None  # the container to upload to (see parse_destination)
+    no_local_copy: bool = False
+    force: bool = False
+    day: date | None = None  # the date in the names; today (UTC) by default
+    hashes: tuple[str, ...] = ()  # whole-file digests to record too: "md5", "sha256"
+    sync: bool = False  # fsync each fixed VHD before it is renamed into place
+
+    def disks(self) -> list[DiskInput]:
+        return [DiskInput(self.os_image), *(DiskInput(path, lun) for lun, path in sorted(self.data_images))]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Progress over the whole set: ``done`` of ``total`` bytes, now at ``stage`` of disk ``disk``."""
+
+    disk: str  # the disk's label ("OS disk", "data disk LUN 0")
+    stage: str  # "check" | "convert" | "upload" | "done"
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What checking one disk found."""
+
+    findings: tuple[Finding, ...]
+    os: OsRecord | None
+    hyper_v_generation: str | None
+    architecture: str | None
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+
+class ChecksFailedError(VhdtoolError):
+    """A check found errors on at least one disk and ``force`` was not given; nothing was written."""
+
+    def __init__(self, failed: Sequence[tuple[DiskInput, CheckOutcome]]) -> None:
+        self.failed = list(failed)
+        count = sum(len(o.errors) for _, o in self.failed)
+        first_disk, first = self.failed[0]
+        first_error = first.errors[0]
+        super().__init__(f"{count} check error(s), nothing written (use --force to go on anyway); first: "
+                         f"{first_disk.path}: [{first_error.id}] {first_error.message}")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """The manifest written and where."""
+
+    manifest: Manifest
+    manifest_path: str
+    outcomes: tuple[CheckOutcome, ...] = field(default_factory=tuple)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks: inspection facts and the ``check`` rules
+
+
+def check_disk(disk: VirtualDisk, item: DiskInput, expect: str | None) -> CheckOutcome:
+    """Inspect ``disk`` and run the ``check`` rules for its role, as they apply to its fixed VHD."""
+
+    report = inspect_disk(disk)
+    findings = run_rules(FixedVhdView(disk), report, item, expect)
+    os_record: OsRecord | None = None
+    generation: str | None = None
+    architecture: str | None = None
+    if item.role == "os":
+        if report.os is not None:
+            os_record = OsRecord(report.os.family, report.os.name, report.os.version, report.os.state)
+        else:
+            os_record = OsRecord(None, None, None, "unknown")
+        supported = report.generation.supported
+        # A disk bootable both ways is recorded as V2 (UEFI, the generation Azure recommends).
+        generation = "V2" if "V2" in supported else ("V1" if "V1" in supported else None)
+        architecture = disk_architecture(disk, report)
+    return CheckOutcome(tuple(findings), os_record, generation, architecture)
+
+
+def run_rules(view: FixedVhdView, report: DiskReport, item: DiskInput, expect: str | None) -> list[Finding]:
+    """The ``vhdtool check`` findings for the fixed VHD that ``view`` describes.
+
+    The rules judge the output, not the source: a VHDX or a size off the MiB is what conversion
+    fixes, so those rules run against the footer and sizes vhdtool is about to write (which also
+    cross-checks them), while the inspection rules (OS, state, generation, drivers...) judge the
+    source's contents, which conversion copies unchanged.
+    """
+
+    footer = parse_footer(view.footer_bytes, f"{item.path} (fixed VHD footer)", view.virtual_size)
+    facts = Facts(format="vhd", disk_type="fixed", virtual_size=view.virtual_size, file_size=view.size,
+                  footer=footer.to_json(), report=report, role=item.role, expect=expect)
+    return [Finding(f.rule, f.severity, f.message) for result in evaluate(facts) for f in result.findings]
+
+
+# ----------------------------------------------------------------------------------------------
+# uploads: adapters over vhdtool.azure.upload
+
+
+@dataclass(frozen=True)
+class SetDestination:
+    """Where a set's blobs go: a container, named by URL (SAS optional) or with a connection string
+    or an account URL. Each disk becomes the blob ``<disk name>.vhd`` in it."""
+
+    container_url: str | None = None
+    container: str | None = None
+    connection_string: str | None = None
+    account_url: str | None = None
+
+    def for_blob(self, blob: str) -> Destination:
+        """The upload helper's :class:`~vhdtool.azure.storage.Destination` of one blob in this container."""
+
+        if self.container_url is not None:
+            parts = urllib.parse.urlsplit(self.container_url)
+            path = parts.path.rstrip("/") + "/" + urllib.parse.quote(blob)
+            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+            return Destination(url=url)
+        if self.connection_string is not None:
+            return Destination(connection_string=self.connection_string, container=self.container, blob=blob)
+        return Destination(account_url=self.account_url, container=self.container, blob=blob)
+
+    def describe(self) -> str:
+        """The container as the manifest records it: a URL without token, never a secret."""
+        if self.container_url is not None:
+            return strip_token(self.container_url).rstrip("/")
+        if self.account_url is not None:
+            return f"{strip_token(self.account_url).rstrip('/')}/{self.container}"
+        endpoint = _connection_field(self.connection_string or "", "BlobEndpoint")
+        if endpoint is None:
+            account = _connection_field(self.connection_string or "", "AccountName")
+            suffix = _connection_field(self.connection_string or "", "EndpointSuffix") or "core.windows.net"
+            protocol = _connection_field(self.connection_string or "", "DefaultEndpointsProtocol") or "https"
+            endpoint = f"{protocol}://{account}.blob.{suffix}" if account else None
+        return f"{strip_token(endpoint).rstrip('/')}/{self.container}" if endpoint else f"{self.container}"
+
+
+def _connection_field(connection_string: str, name: str) -> str | None:
+    for part in connection_string.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def parse_destination(dest: str, *, connection_string: str | None = None,
+                      account_url: str | None = None) -> SetDestination:
+    """``--upload DEST``: a container URL (``https://ACCOUNT.blob.core.windows.net/CONTAINER?SAS``),
+    or a container name with ``connection_string`` or ``account_url``."""
+    if re.match(r"(?i)^https?://", dest):
+        path = urllib.parse.urlsplit(dest).path.strip("/")
+        # Azurite's URLs carry the account in the path: http://127.0.0.1:10000/devstoreaccount1/CONTAINER
+        if not path:
+            raise UsageError(f"{strip_token(dest)}: the URL names no container")
+        sas = parse_sas(urllib.parse.urlsplit(dest).query)
+        if sas is not None and sas.resource in ("b", "bs", "bv"):
+            raise UsageError(f"{strip_token(dest)}: its SAS is a {sas.kind}, valid for one blob, but the set's "
+                             "blobs are named here (DISKNAME.vhd): give a container SAS (sr=c) or an account SAS")
+        return SetDestination(container_url=dest)
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", dest) or "--" in dest:
+        raise UsageError(f"--upload {dest!r}: give a container URL, or a container name (3-63 lower-case "
+                         "letters, digits and single hyphens) with --connection-string or --account-url")
+    if connection_string:
+        return SetDestination(container=dest, connection_string=connection_string)
+    if account_url:
+        return SetDestination(container=dest, account_url=account_url)
+    raise UsageError(f"--upload {dest}: a container name needs --connection-string "
+                     "(or AZURE_STORAGE_CONNECTION_STRING) or --account-url")
+
+
+def blob_exists(destination: SetDestination, blob_name: str) -> bool:
+    """Whether the destination already holds ``blob_name`` (so the name counts as taken)."""
+
+    target = PageBlobTarget(destination.for_blob(blob_name))
+    try:
+        return target.state().exists
+    finally:
+        target.close()
+
+
+def upload_file(path: str, destination: SetDestination, blob_name: str, progress: Callable[[int], None],
+                hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+    """Upload the fixed VHD file ``path`` as the page blob ``blob_name``; return its URL (no token)
+    and the digests of what was sent (the sparse digest, and ``hashes``).
+
+    The upload rebuilds the footer from the file's own unique id and timestamp, so the blob holds
+    the very bytes of the file (the caller compares the digests).
+    """
+
+    with open_image(path) as disk:
+        if not isinstance(disk, VhdDisk) or disk.disk_type != "fixed":
+            raise OutputError(f"{path}: not the fixed VHD prepare wrote")
+        result = upload(disk, destination.for_blob(blob_name), unique_id=disk.footer.unique_id,
+                        timestamp=disk.footer.timestamp, hashes=hashes,
+                        progress=lambda sent, skipped: progress(sent + skipped))
+    return strip_token(result.blob), result.digests
+
+
+def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
+                progress: Callable[[int], None], hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str], int]:
+    """Upload ``disk`` as a fixed VHD page blob straight from the source (no local file).
+
+    Returns the blob URL without token, the digests of the fixed VHD (the sparse digest and
+    ``hashes``), and the blob size. They come from the upload's own walk: nothing is read twice.
+    """
+
+    blob = blob_of(disk)  # read from a blob: no files to name the resume key after
+    result = upload(disk, destination.for_blob(blob_name), hashes=hashes,
+                    progress=lambda sent, skipped: progress(sent + skipped),
+                    identity=None if blob is None else copy_identity(blob))
+    return strip_token(result.blob), result.digests, result.blob_size
+
+
+def hash_blob(destination: SetDestination, blob_name: str, names: tuple[str, ...] = (SPARSE,),
+              progress: Callable[[int], None] | None = None) -> tuple[str, Observed | None]:
+    """The digests ``names`` of a blob, read back from its written page ranges only."""
+
+    dest = destination.for_blob(blob_name)
+    target = PageBlobTarget(dest)
+    try:
+        found = blob_digests(target, names, progress=progress)
+        return dest.describe(), None if found is None else Observed(found.size, found.digests)
+    finally:
+        target.close()
+
+
+def blob_hasher(destination: str, *, connection_string: str | None = None,
+                account_url: str | None = None) -> BlobHasher:
+    """A :data:`~vhdtool.jobs.manifest.BlobHasher` reading each disk's blob back from ``destination``."""
+    parsed = parse_destination(destination, connection_string=connection_string, account_url=account_url)
+
+    def hasher(record: DiskRecord, names: tuple[str, ...],
+               progress: Callable[[int], None] | None) -> tuple[str, Observed | None]:
+        return hash_blob(parsed, record.name + VHD_SUFFIX, names, progress)
+
+    return hasher
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+class _Tracker:
+    """Adds up bytes over the whole set for one progress callback."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()  # uploads report from their worker threads
+
+    def stage(self, disk: str, stage: str) -> Callable[[int], None]:
+        def advance(n: int) -> None:
+            with self._lock:
+                self.done += n
+                if self.callback is not None:
+                    self.callback(ProgressEvent(disk, stage, self.done, self.total))
+
+        if self.callback is not None:
+            self.callback(ProgressEvent(disk, stage, self.done, self.total))
+        return advance
+
+
+def _validate(request: PrepareRequest) -> None:
+    validate_name(request.name)
+    unknown = [name for name in request.hashes if name not in WHOLE_FILE_HASHES]
+    if unknown:
+        raise UsageError(f"--hash {unknown[0]!r}: prepare records {', '.join(WHOLE_FILE_HASHES)} "
+                         "(the sparse digest always)")
+    luns = [lun for lun, _ in request.data_images]
+    for lun in luns:
+        validate_lun(lun)
+    if len(set(luns)) != len(luns):
+        raise UsageError("each data disk needs its own LUN")
+    if request.expect is not None and request.expect not in EXPECT_STATES:
+        raise UsageError(f"--expect must be one of {', '.join(EXPECT_STATES)}")
+    if request.no_local_copy and request.destination is None:
+        raise UsageError("--no-local-copy needs --upload DEST")
+    if os.path.exists(request.output_dir) and not os.path.isdir(request.output_dir):
+        raise UsageError(f"{request.output_dir}: not a folder (-o names the folder for the VHDs and the manifest)")
+
+
+def _open_input(path: str) -> Any:
+    """A local image's path as it is; a blob URL (a disk already in Azure) opened as a remote source."""
+
+    if not is_url(path):
+        return path
+
+    return open_remote(path)
+
+
+def _source_record(disk: VirtualDisk) -> SourceRecord:
+
+    blob = blob_of(disk)
+    if blob is not None:  # a disk already in Azure: its URL (never a token) and the blob's size
+        return SourceRecord(blob.path, disk.format, disk.disk_type, disk.virtual_size, blob.size)
+    path = os.path.abspath(disk.path)
+    return SourceRecord(path, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size)
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    missing: list[str] = []
+    while path and not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove ``folders`` (deepest first) as far as they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+@contextmanager
+def _cleanup_on_failure() -> Iterator[list[str]]:
+    """Remove the files listed in the yielded list if the block fails."""
+    written: list[str] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            with suppress(OSError):
+                os.unlink(path)
+        raise
+
+
+def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None,
+            now: datetime | None = None) -> PrepareResult:
+    """Run the whole job for ``request``; see the module docstring. Returns the manifest written."""
+    _validate(request)
+    created = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    day = request.day or created.date()
+    out_dir = os.path.abspath(request.output_dir)
+    items = request.disks()
+    with ExitStack() as stack:
+        disks: list[VirtualDisk] = []
+        for item in items:
+            disks.append(stack.enter_context(open_image(_open_input(item.path))))
+        views = [FixedVhdView(d) for d in disks]
+        passes = (0 if request.no_local_copy else 1) + (1 if request.destination else 0)
+        tracker = _Tracker(progress, sum(v.size for v in views) * passes)
+
+        outcomes: list[CheckOutcome] = []
+        for item, disk in zip(items, disks, strict=True):
+            tracker.stage(item.label, "check")
+            outcomes.append(check_disk(disk, item, request.expect))
+        failed = [(i, o) for i, o in zip(items, outcomes, strict=True) if o.errors]
+        if failed and not request.force:
+            raise ChecksFailedError(failed)
+        new_folders = _missing_folders(out_dir)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            _remove_empty(new_folders)
+            raise OutputError(f"{out_dir}: cannot create the output folder: {err.strerror or err}") from err
+
+        records: list[DiskRecord] = []
+        try:
+            names = _plan(request, out_dir, day)
+            with _cleanup_on_failure() as written:
+                for item, disk, outcome in zip(items, disks, outcomes, strict=True):
+                    name = names.os if item.lun is None else names.data[item.lun]
+                    records.append(_make_disk(request, item, disk, outcome, name, out_dir, tracker, written))
+                manifest = Manifest(
+                    name=request.name, created=created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    vhdtool_version=__version__, expect=request.expect, forced=bool(failed),
+                    gallery_image_definition=gallery_definition(records[0]), disks=tuple(records),
+                    destination=None if request.destination is None else request.destination.describe())
+                manifest_path = os.path.join(out_dir, names.manifest)
+                write_manifest(manifest, manifest_path)
+        except BaseException:
+            _remove_empty(new_folders)  # a failed run leaves no output folder it made itself
+            raise
+        if progress is not None:
+            progress(ProgressEvent("", "done", tracker.total, tracker.total))
+        return PrepareResult(manifest, manifest_path, tuple(outcomes))
+
+
+def _plan(request: PrepareRequest, out_dir: str, day: date) -> SetNames:
+    def taken(name: str) -> bool:
+        if name.endswith(".json"):
+            return os.path.lexists(os.path.join(out_dir, name))
+        if not request.no_local_copy and os.path.lexists(os.path.join(out_dir, name + VHD_SUFFIX)):
+            return True
+        return request.destination is not None and blob_exists(request.destination, name + VHD_SUFFIX)
+
+    return plan_names(request.name, [lun for lun, _ in request.data_images], day, taken)
+
+
+def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outcome: CheckOutcome, name: str,
+               out_dir: str, tracker: _Tracker, written: list[str]) -> DiskRecord:
+    """Convert (and upload) one disk; return its manifest record."""
+
+    blob_name = name + VHD_SUFFIX
+    blob_url: str | None = None
+    if request.no_local_copy:
+        if request.destination is None:
+            raise UsageError("--no-local-copy needs --upload DEST")
+        blob_url, digests, file_size = upload_disk(disk, request.destination, blob_name,
+                                                   tracker.stage(item.label, "upload"), request.hashes)
+        fixed = FixedVhdRecord(None, file_size - 512, file_size, digests[SPARSE], digests.get("md5"),
+                               digests.get("sha256"))
+    else:
+        out_path = os.path.join(out_dir, blob_name)
+        advance = tracker.stage(item.label, "convert")
+        # convert() writes beside out_path and renames into place only on success, never over a file.
+        result = convert(disk, out_path, hashes=request.hashes, sparse_digest=True, sync=request.sync,
+                         progress=lambda n, _data: advance(n))
+        written.append(out_path)
+        fixed = FixedVhdRecord(blob_name, result.virtual_size, result.file_size, result.digests[SPARSE],
+                               result.digests.get("md5"), result.digests.get("sha256"))
+        if request.destination is not None:
+            # MD5 again only if asked for: the blob then stores it as its Content-MD5.
+            blob_url, sent = upload_file(out_path, request.destination, blob_name,
+                                         tracker.stage(item.label, "upload"),
+                                         tuple(name for name in request.hashes if name == "md5"))
+            for algorithm, value in sent.items():
+                recorded = fixed.digests.get(algorithm)
+                if recorded is not None and value != recorded:
+                    raise TransferError(f"{blob_url}: the uploaded bytes ({algorithm} {value}) differ from "
+                                        f"{out_path} ({algorithm} {recorded}); was the file changed during "
+                                        "the upload?")
+    return DiskRecord(
+        role=item.role, lun=item.lun, name=name, source=_source_record(disk), fixed_vhd=fixed,
+        os=outcome.os, hyper_v_generation=outcome.hyper_v_generation, architecture=outcome.architecture,
+        billing_tier=billing_tier(fixed.virtual_size), findings=outcome.findings,
+        blob_url=None if blob_url is None else strip_token(blob_url))

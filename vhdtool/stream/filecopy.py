@@ -1,0 +1,313 @@
+"""The converter's copy loop: a source into a sparse file, windows in parallel, by the kernel where it clones.
+
+The pump (:mod:`vhdtool.stream.pump`) reads every allocated byte into one buffer and hands it to sinks in
+order, which ordered digests (MD5, SHA-256 of the whole file) need. A plain conversion needs no
+order: this loop cuts the allocated extents into aligned windows and lets a few threads work on
+different windows at once, so reading, zero scanning, hashing and writing overlap on every core.
+
+In a window, each run is handled by where :meth:`~vhdtool.disk.base.VirtualDisk.placements` says it is:
+
+- stored as it is in the image file: the run is mapped (``mmap``: the page cache itself, no copy
+  to user space; faulted in by ``MADV_POPULATE_READ``, so a read error is an error, not SIGBUS),
+  scanned for all-zero blocks in place, and its non-zero blocks go to the output by
+  ``copy_file_range`` where the kernel copies file to file without moving the bytes (XFS, Btrfs
+  and bcachefs share the blocks; NFS 4.2 and SMB copy on the server), and by ``pwrite`` from the
+  mapping elsewhere (on ext4 or tmpfs ``copy_file_range`` is a ``splice`` through a pipe, measured
+  to cost more CPU than one ``pwrite`` of the mapped run);
+- zeros: nothing; anything else (and short stored runs, and where mapping is impossible):
+  ``readinto``/``pread`` the thread's buffer, scanned and written likewise.
+
+Zero blocks stay holes. The sparse digest, when asked, is computed from the same bytes.
+
+Memory: per thread one window buffer, and mappings of at most one window per thread; nothing grows
+with the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Protocol
+
+from vhdtool.blockio.zeros import nonzero_runs_at
+from vhdtool.disk.base import Placement
+from vhdtool.extents import Extent
+from vhdtool.stream.digest import GRANULE, SparseDigest, SparseDigestSink
+from vhdtool.stream.fixed_file import FixedFileSink
+
+WINDOW = 2 * GRANULE  # 8 MiB: large enough that per-window costs vanish, small enough to spread
+QUEUED = 8  # windows waiting per thread: enough that no thread idles while the loop refills
+MAP_AT_LEAST = 256 * 1024  # shorter stored runs are read with pread: a mapping costs more than it saves
+# Filesystems (as /proc/self/mountinfo names them) where copy_file_range shares blocks or copies on
+# the server instead of moving the bytes through the page cache.
+KERNEL_COPY_FILESYSTEMS = frozenset({"xfs", "btrfs", "bcachefs", "ocfs2", "zfs", "nfs", "nfs4", "cifs",
+                                     "smb3", "ceph"})
+Progress = Callable[[int, bool], None]  # (bytes, whether they were data), from the calling thread only
+
+
+class PlacedSource(Protocol):
+    """What :func:`copy_into` reads: extents, placements and reads (a disk, or a fixed-VHD view)."""
+
+    def extents(self) -> list[Extent]: ...
+
+    def placements(self, offset: int, length: int) -> list[Placement]: ...
+
+    def readinto(self, offset: int, view: memoryview) -> None: ...
+
+
+def default_workers() -> int:
+    """Threads for a copy: one per core, at least two (reads and writes overlap even on one), at most 4."""
+    return max(2, min(4, os.cpu_count() or 2))
+
+
+def windows(extents: list[Extent], window: int = WINDOW) -> Iterator[tuple[int, list[tuple[int, int]], int]]:
+    """``(window start, allocated (start, end) runs in it, unallocated bytes passed before it)``.
+
+    Windows are the aligned ``window``-byte stretches that hold allocated bytes; the others are
+    never visited.
+    """
+    current = -1
+    runs: list[tuple[int, int]] = []
+    skipped = 0
+    for e in extents:
+        if not e.allocated:
+            skipped += e.length
+            continue
+        position = e.offset
+        while position < e.end:
+            index = position // window
+            stop = min(e.end, (index + 1) * window)
+            if index != current:
+                if runs:
+                    yield current * window, runs, skipped
+                    skipped = 0
+                current, runs = index, []
+            runs.append((position, stop))
+            position = stop
+    if runs:
+        yield current * window, runs, skipped
+    elif skipped:
+        yield -1, [], skipped
+
+
+# Linux 5.14+: fault a mapping in at once, and report a read error (EIO, a file cut short) as an error
+# where touching the page would kill the process with SIGBUS. Without it, stored runs are read instead.
+_POPULATE_READ: int | None = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
+
+
+class _Unmappable(Exception):
+    """This run cannot be mapped safely (or at all): read it instead."""
+
+
+class _Mapped:
+    """A read-only mapping of ``[offset, offset + length)`` of a file, faulted in; ``view`` is those bytes."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        global _POPULATE_READ
+        if _POPULATE_READ is None:
+            raise _Unmappable()
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            self._map = mmap.mmap(fd, length + offset - base, access=mmap.ACCESS_READ, offset=base)
+        except (OSError, ValueError, OverflowError) as err:  # a filesystem without mmap, a file cut short
+            raise _Unmappable() from err
+        try:
+            self._map.madvise(_POPULATE_READ)
+        except OSError as err:
+            self._map.close()
+            if err.errno != errno.EFAULT:  # not supported here: never map again
+                _POPULATE_READ = None
+            raise _Unmappable() from err
+        self._whole = memoryview(self._map)
+        self.view = self._whole[offset - base:]
+
+    def close(self) -> None:
+        self.view.release()
+        self._whole.release()
+        with contextlib.suppress(BufferError):  # a view still exported somewhere: the mapping goes with it
+            self._map.close()
+
+
+def filesystem_type(fd: int) -> str | None:
+    """The type of the filesystem holding the open file ``fd`` (``"ext4"``, ``"xfs"``, ...), from
+    ``/proc/self/mountinfo``; ``None`` where that cannot be told (not Linux, several matches)."""
+    try:
+        dev = os.fstat(fd).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    kinds = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[2] == wanted and " - " in line:
+            kinds.add(line.split(" - ", 1)[1].split()[0])
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def kernel_copies(src_fd: int, dst_fd: int) -> bool:
+    """Whether ``copy_file_range`` from ``src_fd`` to ``dst_fd`` spares moving the bytes (see the module)."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    try:
+        same = os.fstat(src_fd).st_dev == os.fstat(dst_fd).st_dev
+    except OSError:
+        return False
+    return same and filesystem_type(dst_fd) in KERNEL_COPY_FILESYSTEMS
+
+
+class _Copier:
+    """The per-window work, shared by the threads (each has its own buffer)."""
+
+    def __init__(self, source: PlacedSource, writer: FixedFileSink | None, size: int, window: int,
+                 digest: SparseDigest | None, path: str, kernel_copy: bool | None) -> None:
+        self.source = source
+        self.writer = writer
+        self.size = size
+        self.window = window
+        self.digest = digest
+        self.path = path
+        self.granularity = writer.granularity if writer is not None else 4096
+        self._local = threading.local()
+        self._kernel_copy = kernel_copy
+        self._kernel: dict[int, bool] = {}  # per image file descriptor
+
+    def _kernel_copies(self, fd: int) -> bool:
+        if self.writer is None:
+            return False
+        if self._kernel_copy is not None:
+            return self._kernel_copy
+        known = self._kernel.get(fd)
+        if known is None:
+            known = self._kernel[fd] = kernel_copies(fd, self.writer.fd)
+        return known
+
+    def _buffer(self) -> memoryview:
+        buf: memoryview | None = getattr(self._local, "buffer", None)
+        if buf is None:
+            buf = self._local.buffer = memoryview(bytearray(self.window))
+        return buf
+
+    def run(self, start: int, runs: list[tuple[int, int]]) -> int:
+        """Copy the allocated ``runs`` of the window at ``start``; return the bytes they hold."""
+        end = min(self.size, start + self.window)
+        sink = None if self.digest is None else SparseDigestSink(self.size, start=start, end=end,
+                                                                 into=self.digest)
+        position = start
+        for lo, hi in runs:
+            if sink is not None and lo > position:
+                sink.zeros(position, lo - position)
+            for piece in self.source.placements(lo, hi - lo):
+                self._piece(piece, sink)
+            position = hi
+        if sink is not None:
+            if end > position:
+                sink.zeros(position, end - position)
+            sink.finish()
+        return sum(hi - lo for lo, hi in runs)
+
+    def _piece(self, piece: Placement, sink: SparseDigestSink | None) -> None:
+        if piece.kind == "zero":
+            if sink is not None:
+                sink.zeros(piece.offset, piece.length)
+            return
+        if piece.kind == "file" and piece.image is not None and piece.length >= MAP_AT_LEAST:
+            try:
+                self._stored(piece, piece.image.fd, sink)
+                return
+            except _Unmappable:
+                pass  # read it below, which also names any read error properly
+        view = self._buffer()[:piece.length]
+        if piece.kind == "file" and piece.image is not None:
+            piece.image.preadinto(piece.file_offset, view, "disk data")
+        else:
+            self.source.readinto(piece.offset, view)
+        self._write(piece.offset, view)
+        if sink is not None:
+            sink.data(piece.offset, view)
+
+    def _stored(self, piece: Placement, fd: int, sink: SparseDigestSink | None) -> None:
+        mapped = _Mapped(fd, piece.file_offset, piece.length)
+        try:
+            view = mapped.view
+            writer = self.writer
+            if writer is not None:
+                kernel = self._kernel_copies(fd)
+                for a, b in nonzero_runs_at(view, piece.offset, self.granularity):
+                    if not (kernel and writer.copy_at(fd, piece.file_offset + a, piece.offset + a, b - a)):
+                        writer.write_at(piece.offset + a, view[a:b])
+            if sink is not None:
+                sink.data(piece.offset, view)
+            del view
+        finally:
+            mapped.close()
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        if self.writer is None:
+            return
+        for a, b in nonzero_runs_at(view, offset, self.granularity):
+            self.writer.write_at(offset + a, view[a:b])
+
+
+def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
+              digest: SparseDigest | None = None,
+              workers: int | None = None, progress: Progress | None = None, window: int = WINDOW,
+              path: str = "", kernel_copy: bool | None = None) -> int:
+    """Write ``source`` (``size`` bytes) into ``writer``'s file, leaving zeros as holes; return the
+    allocated bytes visited. ``digest`` (over ``size`` bytes) gets the sparse digest's leaves;
+    without a ``writer`` nothing is written (a digest of the source alone).
+
+    ``writer.finish()`` is the caller's, on success; on failure the caller aborts it. ``path``
+    names the image in errors. ``kernel_copy`` forces (or forbids) ``copy_file_range`` for mapped
+    runs; by default it is used where :func:`kernel_copies` says so. At most
+    ``QUEUED × workers`` windows are queued at once (a queued window holds no data, only its runs).
+    """
+    if window % GRANULE:
+        raise ValueError("the window must be a whole number of digest granules")
+    count = workers or default_workers()
+    copier = _Copier(source, writer, size, window, digest, path, kernel_copy)
+    data = 0
+    pending: set[Future[int]] = set()
+
+    def settle(done: set[Future[int]]) -> None:
+        nonlocal data
+        for future in done:
+            n = future.result()
+            data += n
+            if progress:
+                progress(n, True)
+
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="vhdtool-copy") as pool:
+        try:
+            for start, runs, skipped in windows(source.extents(), window):
+                if skipped and progress:
+                    progress(skipped, False)
+                if not runs:
+                    continue
+                if len(pending) >= QUEUED * count:
+                    # Refill as soon as any window is done (not the oldest): no thread waits for a slow one.
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    settle(done)
+                pending.add(pool.submit(copier.run, start, runs))
+            done, pending = wait(pending)
+            settle(done)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return data
+
+
+def sparse_digest_of(source: PlacedSource, size: int, *, workers: int | None = None,
+                     progress: Progress | None = None, path: str = "") -> str:
+    """The sparse digest of ``source``'s ``size`` bytes, hashing only what its extents allocate."""
+    digest = SparseDigest(size)
+    copy_into(source, None, size, digest=digest, workers=workers, progress=progress, path=path)
+    return digest.hexdigest()

@@ -1,0 +1,65 @@
+"""The one read loop: every allocated byte of a source is read once and handed to every sink.
+
+Convert, hash and upload are the same walk with different sinks. The loop owns its buffers: a view
+given to :meth:`Sink.data` is valid only during the call, and a sink that keeps data must copy it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from vhdtool.extents import Extent, split
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+
+
+class Source(Protocol):
+    """What the pump reads: a :class:`~vhdtool.disk.base.VirtualDisk` or a
+    :class:`~vhdtool.stream.fixed_view.FixedVhdView`."""
+
+    def extents(self) -> list[Extent]: ...
+
+    def readinto(self, offset: int, view: memoryview) -> None: ...
+
+
+class Sink(Protocol):
+    """A consumer of the byte stream, called in increasing offset order."""
+
+    def data(self, offset: int, view: memoryview) -> None:
+        """Bytes that may be non-zero (from an allocated extent); ``view`` is borrowed."""
+        ...
+
+    def zeros(self, offset: int, length: int) -> None:
+        """A range known from metadata to read as zeros."""
+        ...
+
+    def finish(self) -> None:
+        """All bytes were delivered: flush and complete (called only on success)."""
+        ...
+
+
+Progress = Callable[[int, bool], None]  # (bytes done, whether they were data) after each piece
+
+
+def pump(source: Source, sinks: Sequence[Sink], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+         progress: Progress | None = None) -> None:
+    """Walk ``source``'s extents once, reading allocated ones in ``chunk_size`` pieces into one buffer."""
+    buffer = bytearray(chunk_size)
+    whole = memoryview(buffer)
+    for extent in source.extents():
+        if not extent.allocated:
+            for sink in sinks:
+                sink.zeros(extent.offset, extent.length)
+            if progress:
+                progress(extent.length, False)
+            continue
+        for piece in split([extent], chunk_size):
+            view = whole[:piece.length]
+            source.readinto(piece.offset, view)
+            for sink in sinks:
+                sink.data(piece.offset, view)
+            if progress:
+                progress(piece.length, True)
+    for sink in sinks:
+        sink.finish()

@@ -346,8 +346,8 @@ class RecordingProxy:
             status = int(rule.action)
             extra = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
             message = b"<?xml version='1.0'?><Error><Code>Injected</Code><Message>injected</Message></Error>"
+            rec.status = status  # before the answer: the client may look at the record as soon as it has it
             self._reply(h, status, {"Content-Type": "application/xml", **extra}, message)
-            rec.status = status
             return
         if rule is not None and rule.action == "delay":
             time.sleep(rule.seconds)

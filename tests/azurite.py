@@ -2,6 +2,9 @@
 
 Installed by ``scripts/setup.sh`` (``npm install --prefix . azurite@3``). The blob service runs in
 memory and is stopped when the context ends. Used by the tests and by ``benchmarks/upload_bench.py``.
+With a certificate it serves HTTPS, and with ``oauth`` it also accepts Microsoft Entra ID bearer
+tokens (``--oauth basic``: audience, issuer and lifetime checked, signature not; bearer tokens are
+refused over HTTP).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import contextlib
 import hashlib
 import http.client
 import http.server
+import os
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -24,12 +29,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from identity import Certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
 # Azurite's documented, public development key (not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# A second account (its key made up here, base64 of a fixed text), for copies across accounts.
+SECOND_ACCOUNT = "secondaccount"
+SECOND_KEY = base64.b64encode(b"vhdtool test key of the second Azurite account, not a secret").decode()
 
 
 def azurite_binary() -> str | None:
@@ -48,18 +59,26 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Azurite:
-    """A running Azurite blob service."""
+    """A running Azurite blob service (``accounts``: name -> key; the first is the default)."""
 
     port: int
+    accounts: tuple[tuple[str, str], ...] = ((ACCOUNT, ACCOUNT_KEY),)
+    scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
-    def connection_string(self, endpoint: str | None = None) -> str:
-        """A connection string for this service, or for ``endpoint`` (e.g. a proxy in front of it)."""
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={endpoint or self.endpoint};")
+    def connection_string(self, endpoint: str | None = None, account: str = ACCOUNT) -> str:
+        """A connection string for ``account`` on this service, or at ``endpoint`` (a proxy's ``http://host:port``
+        followed by the account, as :attr:`RecordingProxy.endpoint` gives it for the default account)."""
+        key = dict(self.accounts)[account]
+        if endpoint is None:
+            endpoint = f"{self.scheme}://127.0.0.1:{self.port}/{account}"
+        elif account != ACCOUNT and endpoint.endswith(f"/{ACCOUNT}"):
+            endpoint = endpoint[: -len(ACCOUNT)] + account
+        return (f"DefaultEndpointsProtocol={self.scheme};AccountName={account};AccountKey={key};"
+                f"BlobEndpoint={endpoint};")
 
 
 def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -75,8 +94,16 @@ def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], deadline: fl
 
 
 @contextmanager
-def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
-    """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards."""
+def running_azurite(timeout: float = 30.0, second_account: bool = False, *, certificate: Certificate | None = None,
+                    oauth: bool = False) -> Iterator[Azurite]:
+    """Start ``azurite-blob`` in memory on a free port, wait until it answers, stop it afterwards.
+
+    ``second_account`` adds :data:`SECOND_ACCOUNT` (Azurite's ``AZURITE_ACCOUNTS``, which then
+    has to list the default account too), so copies can cross accounts. With ``certificate`` it
+    serves HTTPS (``--cert --key``); ``oauth`` adds ``--oauth basic``.
+    """
+    if oauth and certificate is None:
+        raise ValueError("Azurite accepts bearer tokens only over HTTPS: give a certificate")
     binary = azurite_binary()
     if binary is None:
         raise FileNotFoundError("azurite-blob not found: run scripts/setup.sh "
@@ -86,11 +113,19 @@ def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     args = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
             "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent"]
+    if certificate is not None:
+        args += ["--cert", str(certificate.cert), "--key", str(certificate.key)]
+    if oauth:
+        args += ["--oauth", "basic"]
+    accounts = ((ACCOUNT, ACCOUNT_KEY),) + (((SECOND_ACCOUNT, SECOND_KEY),) if second_account else ())
+    env = dict(os.environ)
+    if second_account:
+        env["AZURITE_ACCOUNTS"] = ";".join(f"{name}:{key}" for name, key in accounts)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=workdir)
+                            cwd=workdir, env=env)
     try:
         _wait_until_listening(port, proc, time.monotonic() + timeout)
-        yield Azurite(port)
+        yield Azurite(port, accounts, "https" if certificate is not None else "http")
     finally:
         proc.terminate()
         try:
@@ -138,22 +173,44 @@ class Recorded:
     md5_ok: bool | None = None
     fault: str | None = None  # what the proxy did instead of (or after) forwarding; "incomplete": body cut
     status: int | None = None
+    response_length: int = 0  # body bytes of the answer Azurite gave (what crossed the wire to the client)
+    copy_source: str | None = None  # Put Page From URL: the x-ms-copy-source URL
+    copy_source_authorization: str | None = None  # and its x-ms-copy-source-authorization, if any
 
     @property
     def is_put_page(self) -> bool:
         return self.page_write == "update"
 
 
+# What an "answer" rule says instead of Azurite: status, headers, body.
+Answer = tuple[int, dict[str, str], bytes]
+
+
 @dataclass
 class Rule:
-    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, or any HTTP status)
-    for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"`` after."""
+    """Answer matching requests with ``action`` (``"delay"``, a kind of :data:`FAULT_KINDS`, any HTTP status, or
+    ``"answer"``) for the next ``times`` matches. ``"delay"`` waits ``seconds`` before forwarding; ``"slow"``
+    after; ``"answer"`` calls ``answer`` with the request: what it returns is sent in Azurite's place
+    (``None``: the request is forwarded as usual)."""
 
     match: Callable[[Recorded], bool]
     action: str
     times: int = 1
     retry_after: float | None = None
     seconds: float = 0.0
+    code: str = "Injected"  # the x-ms-error-code of an answered status
+    answer: Callable[[Recorded], Answer | None] | None = None
+
+
+def storage_error(status: int, code: str, message: str, detail: str | None = None,
+                  headers: dict[str, str] | None = None) -> Answer:
+    """An error as Azure Storage sends it: ``x-ms-error-code`` and an XML body (with
+    ``AuthenticationErrorDetail`` for a refused credential, as Azure adds it)."""
+    extra = f"<AuthenticationErrorDetail>{detail}</AuthenticationErrorDetail>" if detail else ""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z", time.gmtime())
+    body = (f"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}\n"
+            f"RequestId:00000000-0000-0000-0000-000000000000\nTime:{when}</Message>{extra}</Error>").encode()
+    return status, {"Content-Type": "application/xml", "x-ms-error-code": code, **(headers or {})}, body
 
 
 def _every_request(rec: Recorded) -> bool:
@@ -183,10 +240,18 @@ class RandomFaults:
 
 
 class RecordingProxy:
-    """A threaded HTTP/1.1 reverse proxy on 127.0.0.1 forwarding to ``upstream_port``."""
+    """A threaded HTTP/1.1 reverse proxy on 127.0.0.1 forwarding to ``upstream_port``.
 
-    def __init__(self, upstream_port: int) -> None:
+    With ``certificate`` it serves HTTPS; ``upstream_tls`` (a client context trusting Azurite's
+    certificate) makes it talk HTTPS to Azurite. ``rewrite`` may change the headers it forwards.
+    """
+
+    def __init__(self, upstream_port: int, *, certificate: Certificate | None = None,
+                 upstream_tls: ssl.SSLContext | None = None) -> None:
         self.upstream_port = upstream_port
+        self.upstream_tls = upstream_tls
+        self.scheme = "https" if certificate is not None else "http"
+        self.rewrite: Callable[[Recorded, dict[str, str]], dict[str, str]] | None = None
         self.requests: list[Recorded] = []
         self.rules: list[Rule] = []
         self.in_flight = 0
@@ -197,6 +262,13 @@ class RecordingProxy:
         # Called with each request as soon as it is recorded, before it is answered or forwarded
         # (from the proxy's thread): a soak uses it to kill the client at an exact request.
         self.on_request: Callable[[Recorded], None] | None = None
+        # Get Page Ranges paging, as the service does it from REST version 2020-10-02 (``maxresults``
+        # and ``marker``, answers linked by ``NextMarker``) and Azurite does not (it lists every
+        # range in one answer): at most this many ranges per answer when set.
+        self.page_list_limit: int | None = None
+        # Put Page From URL, which Azurite answers with 501: when set (account name -> key), the
+        # proxy stands in for the service (see _put_page_from_url) instead of forwarding.
+        self.copy_from_url_keys: dict[str, str] | None = None
         self._faults: RandomFaults | None = None
         self._rng = random.Random(0)
         self._deck: list[str] = []
@@ -229,6 +301,12 @@ class RecordingProxy:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(certificate.cert), str(certificate.key))
+            # The handshake happens in each connection's own thread, on its first read.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
         # A client that went away (killed, timed out) makes the reply fail: expected, not worth a traceback.
         self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.port = int(self.server.server_address[1])
@@ -237,7 +315,7 @@ class RecordingProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     def put_pages(self) -> list[Recorded]:
         """The Put Page (update) requests Azurite applied, in arrival order."""
@@ -263,6 +341,7 @@ class RecordingProxy:
             self.injected.clear()
             self._faults = None
             self.on_request = None
+            self.rewrite = None
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Once the clients have exited: wait until their connections are closed and no request is being
@@ -320,7 +399,9 @@ class RecordingProxy:
             if spec.startswith("bytes="):
                 a, _, b = spec[6:].partition("-")
                 rec.offset, rec.length = int(a), int(b) - int(a) + 1
-            if rec.page_write == "update":
+            rec.copy_source = headers.get("x-ms-copy-source")
+            rec.copy_source_authorization = headers.get("x-ms-copy-source-authorization")
+            if rec.page_write == "update" and rec.copy_source is None:
                 sent = headers.get("content-md5")
                 rec.md5_ok = sent is not None and base64.b64decode(sent) == hashlib.md5(body).digest()
         with self._lock:
@@ -335,6 +416,17 @@ class RecordingProxy:
         if hook is not None:
             hook(rec)
         rule = self._match(rec)
+        if rule is not None and rule.action == "answer":
+            answer = rule.answer(rec) if rule.answer is not None else None
+            if answer is None:
+                rule = None  # nothing to say: forwarded as usual
+            else:
+                with self._lock:
+                    self.injected["answer"] += 1
+                rec.fault = "answer"
+                rec.status = answer[0]
+                self._reply(h, *answer)
+                return
         if rule is not None and rule.action != "delay":
             with self._lock:
                 self.injected[rule.action] += 1
@@ -345,23 +437,33 @@ class RecordingProxy:
                 return
             status = int(rule.action)
             extra = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
-            message = b"<?xml version='1.0'?><Error><Code>Injected</Code><Message>injected</Message></Error>"
-            rec.status = status  # before the answer: the client may look at the record as soon as it has it
-            self._reply(h, status, {"Content-Type": "application/xml", **extra}, message)
+            message = (f"<?xml version='1.0'?><Error><Code>{rule.code}</Code><Message>injected</Message>"
+                       "</Error>").encode()
+            rec.status = status  # recorded before the answer leaves: the client may look at once
+            self._reply(h, status, {"Content-Type": "application/xml", "x-ms-error-code": rule.code, **extra},
+                        message)
             return
         if rule is not None and rule.action == "delay":
             time.sleep(rule.seconds)
+        if rec.copy_source is not None and self.copy_from_url_keys is not None:
+            status, reply_headers, reply = self._put_page_from_url(rec, parts.path, self.copy_from_url_keys)
+            rec.status = status
+            self._reply(h, status, reply_headers, reply)
+            return
         if rec.is_put_page:
             with self._lock:
                 self.in_flight += 1
                 self.max_in_flight_puts = max(self.max_in_flight_puts, self.in_flight)
         try:
-            status, reply_headers, reply = self._forward(h.command, h.path, h.headers, body)
+            status, reply_headers, reply = self._forward(h.command, h.path, h.headers, body, rec)
         finally:
             if rec.is_put_page:
                 with self._lock:
                     self.in_flight -= 1
+        if status == 200 and query.get("comp") == "pagelist" and self.page_list_limit:
+            reply = self._page(reply, query, self.page_list_limit)
         rec.status = status
+        rec.response_length = len(reply) if h.command != "HEAD" else 0
         if rule is not None and rule.action == "drop-after":
             rec.fault = rule.action  # Azurite applied it; the client never hears so
             self._drop(h)
@@ -375,11 +477,18 @@ class RecordingProxy:
             rec.fault = rule.action
         self._reply(h, status, reply_headers, reply)
 
-    def _forward(self, method: str, path: str, headers: Any,
-                 body: bytes) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+    def _forward(self, method: str, path: str, headers: Any, body: bytes,
+                 rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if self.upstream_tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.upstream_port, timeout=60, context=self.upstream_tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             forward = {k: v for k, v in headers.items() if k.lower() not in ("connection", "keep-alive")}
+            rewrite = self.rewrite
+            if rewrite is not None:
+                forward = rewrite(rec, forward)
             conn.request(method, path, body=body if body else None, headers=forward)
             response = conn.getresponse()
             data = response.read()
@@ -390,6 +499,85 @@ class RecordingProxy:
             return response.status, reply, data
         finally:
             conn.close()
+
+    def _put_page_from_url(self, rec: Recorded, path: str,
+                           keys: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """A stand-in for the service's Put Page From URL, following its REST reference for x-ms-version
+        2020-10-02 and later: the source range (``x-ms-source-range``) and the destination range
+        (``x-ms-range``) are the same length, at most 4 MiB, in whole 512-byte pages, and the body is
+        empty; the service reads the range from ``x-ms-copy-source`` (authorized by the URL's SAS, or
+        by the ``x-ms-copy-source-authorization`` bearer token, which the stand-in passes on as the
+        read's ``Authorization``: checked by an Azurite serving HTTPS with ``--oauth basic``, refused by
+        one over HTTP), answers 201 when the pages are written, and a 4xx with the code
+        CannotVerifyCopySource when it cannot read the source. The pages are written with an
+        ordinary Put Page signed with the destination account's key; the source is read straight
+        from Azurite, so neither leg is recorded as traffic of the client. Behind an HTTPS Azurite
+        (``upstream_tls``) both legs use HTTPS, the write trusting ``REQUESTS_CA_BUNDLE``.
+        """
+        def error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
+            body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
+            return status, {"Content-Type": "application/xml", "x-ms-error-code": code}, body
+
+        def span(spec: str | None) -> tuple[int, int] | None:
+            if not spec or not spec.startswith("bytes="):
+                return None
+            a, _, b = spec[6:].partition("-")
+            return int(a), int(b) + 1
+
+        source_range = span(rec.headers.get("x-ms-source-range"))
+        dest_range = span(rec.headers.get("x-ms-range") or rec.headers.get("range"))
+        if source_range is None or dest_range is None or rec.body_length:
+            return error(400, "InvalidHeaderValue")
+        length = dest_range[1] - dest_range[0]
+        if (source_range[1] - source_range[0] != length or length > 4 * 1024 * 1024 or length <= 0
+                or dest_range[0] % 512 or length % 512):
+            return error(400, "InvalidPageRange")
+        rec.offset, rec.length = dest_range[0], length
+        source = urllib.parse.urlsplit(rec.copy_source or "")
+        if self.upstream_tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.upstream_port, timeout=60, context=self.upstream_tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            target = source.path + (f"?{source.query}" if source.query else "")
+            read = {"x-ms-range": f"bytes={source_range[0]}-{source_range[1] - 1}", "x-ms-version": "2021-08-06"}
+            if rec.copy_source_authorization:
+                read["Authorization"] = rec.copy_source_authorization
+            conn.request("GET", target, headers=read)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status not in (200, 206) or len(data) != length:
+            return error(response.status if 400 <= response.status < 500 else 403, "CannotVerifyCopySource")
+        from azure.storage.blob import BlobClient
+
+        account, _, rest = path.lstrip("/").partition("/")
+        container, _, blob = rest.partition("/")
+        if account not in keys:
+            return error(403, "AuthenticationFailed")
+        scheme = "https" if self.upstream_tls is not None else "http"
+        connection = (f"DefaultEndpointsProtocol={scheme};AccountName={account};AccountKey={keys[account]};"
+                      f"BlobEndpoint={scheme}://127.0.0.1:{self.upstream_port}/{account};")
+        client = BlobClient.from_connection_string(connection, container, urllib.parse.unquote(blob))
+        result = client.upload_page(data, dest_range[0], length)
+        return 201, {"ETag": str(result.get("etag")), "x-ms-request-server-encrypted": "false"}, b""
+
+    @staticmethod
+    def _page(reply: bytes, query: dict[str, str], limit: int) -> bytes:
+        """One page of a Get Page Ranges answer: ranges from ``marker`` on, at most ``maxresults``/``limit``."""
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(reply)
+        ranges = [(int(r.findtext("Start") or 0), int(r.findtext("End") or 0)) for r in root.iter("PageRange")]
+        start = int(query.get("marker") or 0)
+        count = min(limit, int(query.get("maxresults") or limit))
+        chosen = [r for r in ranges if r[0] >= start]
+        page, rest = chosen[:count], chosen[count:]
+        body = "".join(f"<PageRange><Start>{a}</Start><End>{b}</End></PageRange>" for a, b in page)
+        marker = f"<NextMarker>{rest[0][0]}</NextMarker>" if rest else "<NextMarker />"
+        return f'<?xml version="1.0" encoding="utf-8"?><PageList>{body}{marker}</PageList>'.encode()
 
     @staticmethod
     def _reply(h: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str],

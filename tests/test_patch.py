@@ -275,3 +275,54 @@ def test_wrong_base_is_refused_before_writing(tmp_path: Path, src: Store, dst: S
                    connection_string=dst.connection_string)
     assert proc.returncode != 0 and "sparse digest" in proc.stderr, proc.stderr
     assert not any(r.method == "PUT" for r in proxy.requests)
+
+
+def test_interrupted_patch_resumes_without_copying_again(tmp_path: Path, src: Store, dst: Store,
+                                                         proxy: RecordingProxy) -> None:
+    paths, owned = vhd_chain(tmp_path, 1, random.Random(9))
+    put_base("vhdtool", paths[0], src, tmp_path)
+    owned_data = sum(512 for data in owned.values() if any(data))
+    first = check_patched(paths, src, dst, proxy, owned_data)
+    # Stop it half way, as a lost connection would: the state says patching, some owned pages are gone.
+    client = dst.client("patched.vhd")
+    expected = client.download_blob().readall()
+    meta = client.get_blob_properties().metadata
+    client.set_blob_metadata({**meta, "vhdtool_state": "patching"})
+    offset = min(s for s, data in owned.items() if any(data)) * 512
+    client.clear_page(offset, 4096)
+    assert client.download_blob().readall() != expected
+    proxy.clear()
+    proc = vhdtool("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
+                   "--resume", "--json", "--verify=full", connection_string=dst.connection_string)
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["copy_mode"] == "resumed" and not any(r.copy_source for r in proxy.requests)
+    assert result["sparse_sha256"] == first["sparse_sha256"]
+    assert client.download_blob().readall() == expected
+    assert client.get_blob_properties().metadata["vhdtool_state"] == "complete"
+    # Without --resume, an existing blob is refused before anything is written.
+    proxy.clear()
+    proc = vhdtool("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
+                   connection_string=dst.connection_string)
+    assert proc.returncode != 0 and "already exists" in proc.stderr, proc.stderr
+    assert not any(r.method == "PUT" for r in proxy.requests)
+
+
+def test_base_relayed_where_the_service_cannot_copy(tmp_path: Path, src: Store, dst: Store,
+                                                    proxy: RecordingProxy) -> None:
+    paths, owned_data = vhdx_chain(tmp_path, 1, random.Random(21))
+    put_base("vhdtool", paths[0], src, tmp_path)
+    keys, proxy.copy_from_url_keys = proxy.copy_from_url_keys, None  # Azurite itself answers 501
+    try:
+        proc = vhdtool("upload", str(paths[-1]), dst.spec("relayed.vhd"), "--base", src.sas_url("base.vhd"),
+                       "--json", "--verify=full", connection_string=dst.connection_string)
+    finally:
+        proxy.copy_from_url_keys = keys
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["copy_mode"] == "relay" and result["copy_bytes_sent"] > 0
+    assert result["bytes_sent"] <= RATIO * owned_data + 512
+    full = vhdtool("upload", str(paths[-1]), dst.spec("full.vhd"), connection_string=dst.connection_string)
+    assert full.returncode == 0, full.stderr
+    assert dst.client("relayed.vhd").download_blob().readall()[:-512] == \
+        dst.client("full.vhd").download_blob().readall()[:-512]

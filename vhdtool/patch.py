@@ -40,6 +40,7 @@ from .fixed import FixedVhdView, azure_virtual_size
 from .formats.vhd_footer import vhd_timestamp
 from .formats.vhd_layout import FOOTER_SIZE
 from .upload import (
+    META_IDENTITY,
     META_SOURCE,
     META_SPARSE,
     META_STATE,
@@ -273,13 +274,18 @@ class PatchResult:
 
 
 def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, threads: int = 8,
-                 overwrite: bool = False, verify: str | None = None, size: int | None = None,
+                 overwrite: bool = False, resume: bool = False, verify: str | None = None, size: int | None = None,
                  copy_mode: str = "auto", progress: Progress | None = None, timeout: float = 120.0,
                  retry: RetryPolicy | None = None, unique_id: bytes | None = None,
                  timestamp: int | None = None) -> PatchResult:
-    """Upload ``child`` to ``dest`` as its base blob ``base`` copied plus the descendants' ranges."""
+    """Upload ``child`` to ``dest`` as its base blob ``base`` copied plus the descendants' ranges.
+
+    ``resume`` continues an interrupted patch of this same image: an unfinished copy of the base goes
+    on where it stopped, and once the copy is done the owned ranges are written again (each write and
+    clear is idempotent) with the footer's recorded unique id and timestamp.
+    """
     from .remote.blob_source import BlobSource
-    from .remote.copy import copy
+    from .remote.copy import CopyResult, copy
 
     if verify not in (None, *VERIFY_MODES):
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
@@ -311,14 +317,34 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     facts.pages.update(fresh.pages)
     sparse = facts.digest(plan.blob_size)
 
-    source = BlobSource(base, timeout=timeout, threads=threads)
-    try:
-        copied = copy(source, dest, threads=threads, mode=copy_mode, overwrite=overwrite, timeout=timeout,
-                      retry=retry)
-    finally:
-        source.close()
     target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4)
-    warnings = list(copied.warnings)
+    try:
+        state = retrier.call(target.state)
+        recorded = _footer_from_metadata(state.metadata)
+        patching = resume and state.exists and recorded is not None \
+            and state.metadata.get(META_IDENTITY) == identity \
+            and state.metadata.get(META_STATE) in (STATE_PATCHING, STATE_COMPLETE)
+    finally:
+        target.close()
+    copied: CopyResult | None = None
+    if patching and recorded is not None:
+        uid, stamp = recorded  # the copy finished before: only the patch is done again
+        view = FixedVhdView(child, size=plan.virtual_size, unique_id=uid, timestamp=stamp)
+        fresh = scan_granules(view, touched([(plan.virtual_size, plan.blob_size)]), plan.blob_size,
+                              threads=threads)
+        for index in touched([(plan.virtual_size, plan.blob_size)]):
+            facts.leaves.pop(index, None)
+        facts.leaves.update(fresh.leaves)
+        sparse = facts.digest(plan.blob_size)
+    else:
+        source = BlobSource(base, timeout=timeout, threads=threads)
+        try:
+            copied = copy(source, dest, threads=threads, mode=copy_mode, overwrite=overwrite, resume=resume,
+                          timeout=timeout, retry=retry)
+        finally:
+            source.close()
+    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4)
+    warnings = list(copied.warnings) if copied else []
     try:
         record = _Plan(uid, stamp, resumed=False, metadata_ok=True, source=source_id(child))
         _set_metadata(target, retrier, record, identity, STATE_PATCHING, warnings)
@@ -326,7 +352,8 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
             if target.managed_disk:
                 raise UsageError(f"{target.name}: a managed disk cannot grow here; create it with "
                                  f"--upload-size-bytes {plan.blob_size} and copy at that size")
-            retrier.call(lambda: target.resize(plan.blob_size))
+            if retrier.call(target.state).size != plan.blob_size:
+                retrier.call(lambda: target.resize(plan.blob_size))
         written = merge_ranges(retrier.call(target.page_ranges))
         sent, cleared = _apply(target, retrier, view, plan, written, threads=threads, progress=progress)
         _set_metadata(target, retrier, record, identity, STATE_COMPLETE, warnings, {SPARSE_DIGEST: sparse})
@@ -339,8 +366,9 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
         target.close()
     return PatchResult(
         blob=target.name, base=base_target.name, ancestor=proof.ancestor.path, proof=proof.how, levels=levels,
-        virtual_size=plan.virtual_size, blob_size=plan.blob_size, copy_mode=copied.mode,
-        bytes_copied_by_service=copied.bytes_copied_by_service, copy_bytes_sent=copied.bytes_sent,
+        virtual_size=plan.virtual_size, blob_size=plan.blob_size, copy_mode=copied.mode if copied else "resumed",
+        bytes_copied_by_service=copied.bytes_copied_by_service if copied else 0,
+        copy_bytes_sent=copied.bytes_sent if copied else 0,
         bytes_sent=sent, bytes_cleared=cleared, owned_bytes=total(plan.owned),
         full_upload_bytes=facts.nonzero_bytes(), base_bytes_read=proof.base_bytes_read,
         requests=requests, sparse_sha256=sparse, verified=verified, seconds=time.monotonic() - started,

@@ -13,8 +13,8 @@ from . import emit_json, human_size
 
 
 def patch_command(image: str, destination: Destination, base_url: str, *, connection_string: str | None,
-                  account_url: str | None, threads: int, overwrite: bool, verify: str | None, size: int | None,
-                  timeout: float, as_json: bool, show_progress: bool | None, parent: str | None,
+                  account_url: str | None, threads: int, overwrite: bool, resume: bool, verify: str | None,
+                  size: int | None, timeout: float, as_json: bool, show_progress: bool | None, parent: str | None,
                   allow_absolute_parent: bool) -> None:
     """Run the patch upload and print what it did (a table, or ``--json``)."""
     from ..azure import scrub
@@ -25,8 +25,8 @@ def patch_command(image: str, destination: Destination, base_url: str, *, connec
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         bar = _Bar(show_progress)
         try:
-            result = patch_upload(disk, destination, base, threads=threads, overwrite=overwrite, verify=verify,
-                                  size=size, timeout=timeout, progress=bar.update)
+            result = patch_upload(disk, destination, base, threads=threads, overwrite=overwrite, resume=resume,
+                                  verify=verify, size=size, timeout=timeout, progress=bar.update)
         finally:
             bar.close()
     facts = result.to_json()

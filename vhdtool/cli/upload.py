@@ -71,11 +71,11 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     if base_url:
         from .patch import patch_command
 
-        if resume or hash_text:
-            raise click.UsageError("--base does not combine with --resume or --hash")
+        if hash_text:
+            raise click.UsageError("--base does not combine with --hash (the sparse digest is recorded)")
         patch_command(image, destination, base_url, connection_string=connection_string,
-                      account_url=account_url, threads=threads, overwrite=overwrite, verify=verify, size=size,
-                      timeout=timeout, as_json=as_json, show_progress=show_progress, parent=parent,
+                      account_url=account_url, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
+                      size=size, timeout=timeout, as_json=as_json, show_progress=show_progress, parent=parent,
                       allow_absolute_parent=allow_absolute_parent)
         return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:

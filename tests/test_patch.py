@@ -326,3 +326,23 @@ def test_base_relayed_where_the_service_cannot_copy(tmp_path: Path, src: Store, 
     assert full.returncode == 0, full.stderr
     assert dst.client("relayed.vhd").download_blob().readall()[:-512] == \
         dst.client("full.vhd").download_blob().readall()[:-512]
+
+
+def test_last_months_patched_blob_is_next_months_base(tmp_path: Path, src: Store, dst: Store,
+                                                      proxy: RecordingProxy) -> None:
+    paths, _ = vhd_chain(tmp_path, 2, random.Random(31))
+    put_base("vhdtool", paths[0], src, tmp_path)
+    month1 = vhdtool("upload", str(paths[1]), src.spec("month1.vhd"), "--base", src.sas_url("base.vhd"),
+                     connection_string=src.connection_string)
+    assert month1.returncode == 0, month1.stderr
+    proxy.clear()
+    proc = vhdtool("upload", str(paths[2]), dst.spec("month2.vhd"), "--base", src.sas_url("month1.vhd"),
+                   "--json", connection_string=dst.connection_string)
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["proof"] == "metadata" and result["levels"] == 1
+    assert Path(result["ancestor"]).resolve() == paths[1].resolve()
+    full = vhdtool("upload", str(paths[2]), dst.spec("full.vhd"), connection_string=dst.connection_string)
+    assert full.returncode == 0, full.stderr
+    assert dst.client("month2.vhd").download_blob().readall()[:-512] == \
+        dst.client("full.vhd").download_blob().readall()[:-512]

@@ -83,7 +83,7 @@ def main() -> None:
         patch = run("patch_upload", "upload", str(tmp / "child.avhdx"), dest.spec("patched.vhd"),
                     "--base", golden.sas_url("base.vhd"), store=dest)
         report["patch_upload"].update({k: patch[k] for k in ("bytes_copied_by_service", "full_upload_bytes",
-                                                            "owned_bytes", "proof")})
+                                                            "owned_bytes", "proof", "phases")})
         report["sent_ratio"] = round(report["patch_upload"]["bytes_sent"] / report["full_upload"]["bytes_sent"], 4)
         report["time_ratio"] = round(report["patch_upload"]["seconds"] / report["full_upload"]["seconds"], 3)
         proxy.close()

@@ -265,9 +265,13 @@ class PatchResult:
     verified: str | None
     seconds: float
     warnings: tuple[str, ...] = ()
+    # Seconds by step: "prove" (base proved, ancestor read), "plan" (changed granules re-read),
+    # "copy" (the base copied), "patch" (owned ranges and footer sent, metadata, verify).
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         result = asdict(self)
+        result["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
         result["warnings"] = list(self.warnings)
         result["seconds"] = round(self.seconds, 3)
         return result
@@ -301,6 +305,7 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
         proof = prove_base(chain, base_state, base_target, retrier, base_ranges, threads=threads)
     finally:
         base_target.close()
+    phases = {"prove": time.monotonic() - started}
     plan = plan_patch(child, proof.ancestor, base_state.size - FOOTER_SIZE, size)
     levels = chain.index(proof.ancestor)
     identity = image_identity(child, plan.virtual_size)
@@ -326,6 +331,7 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
             and state.metadata.get(META_STATE) in (STATE_PATCHING, STATE_COMPLETE)
     finally:
         target.close()
+    phases["plan"] = time.monotonic() - started - sum(phases.values())
     copied: CopyResult | None = None
     if patching and recorded is not None:
         uid, stamp = recorded  # the copy finished before: only the patch is done again
@@ -344,6 +350,7 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
         finally:
             source.close()
     target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4)
+    phases["copy"] = time.monotonic() - started - sum(phases.values())
     warnings = list(copied.warnings) if copied else []
     try:
         record = _Plan(uid, stamp, resumed=False, metadata_ok=True, source=source_id(child))
@@ -364,6 +371,7 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
         requests = target.requests
     finally:
         target.close()
+    phases["patch"] = time.monotonic() - started - sum(phases.values())
     return PatchResult(
         blob=target.name, base=base_target.name, ancestor=proof.ancestor.path, proof=proof.how, levels=levels,
         virtual_size=plan.virtual_size, blob_size=plan.blob_size, copy_mode=copied.mode if copied else "resumed",
@@ -372,7 +380,7 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
         bytes_sent=sent, bytes_cleared=cleared, owned_bytes=total(plan.owned),
         full_upload_bytes=facts.nonzero_bytes(), base_bytes_read=proof.base_bytes_read,
         requests=requests, sparse_sha256=sparse, verified=verified, seconds=time.monotonic() - started,
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), phases=phases)
 
 
 def _apply(target: PageBlobTarget, retrier: Retrier, view: FixedVhdView, plan: PatchPlan,

@@ -346,3 +346,21 @@ def test_last_months_patched_blob_is_next_months_base(tmp_path: Path, src: Store
     assert full.returncode == 0, full.stderr
     assert dst.client("month2.vhd").download_blob().readall()[:-512] == \
         dst.client("full.vhd").download_blob().readall()[:-512]
+
+
+def test_refusals_are_one_line(tmp_path: Path, src: Store, dst: Store, proxy: RecordingProxy) -> None:
+    paths, _ = vhd_chain(tmp_path, 1, random.Random(41))
+    put_base("vhdtool", paths[0], src, tmp_path)
+    src.client("odd.vhd").upload_blob(bytes(3 * 512 * 1024 + 512), blob_type="PageBlob")
+    cases = [
+        (paths[0], "base.vhd", "needs a differencing disk"),  # no parent to patch over
+        (paths[1], "odd.vhd", "not an Azure fixed VHD"),
+        (paths[1], "missing.vhd", "does not exist"),
+    ]
+    for image, base, message in cases:
+        proxy.clear()
+        proc = vhdtool("upload", str(image), dst.spec("x.vhd"), "--base", src.sas_url(base),
+                       connection_string=dst.connection_string)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert not any(r.method == "PUT" for r in proxy.requests)

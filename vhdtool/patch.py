@@ -35,7 +35,7 @@ from .digest import GRANULE, SparseDigest, granules_touched
 from .digest import NAME as SPARSE_DIGEST
 from .disk import VirtualDisk
 from .errors import TransferError, UsageError
-from .extents import Extent, merge_ranges, subtract_ranges
+from .extents import Extent, MiB, merge_ranges, subtract_ranges
 from .fixed import FixedVhdView, azure_virtual_size
 from .formats.vhd_footer import vhd_timestamp
 from .formats.vhd_layout import FOOTER_SIZE
@@ -198,6 +198,9 @@ def prove_base(chain: list[VirtualDisk], state: BlobState, target: PageBlobTarge
     if state.blob_type not in (None, "PageBlob") or state.size < FOOTER_SIZE + PAGE or state.size % PAGE:
         raise TransferError(f"{name}: the base is not a page blob holding a fixed VHD ({state.size} bytes)")
     vsize = state.size - FOOTER_SIZE
+    if vsize % MiB:
+        raise TransferError(f"{name}: the base is {state.size} bytes, not an Azure fixed VHD (a whole number of "
+                            "MiB and a footer); upload or copy it with vhdtool first")
     candidates = [d for d in chain[1:] if d.virtual_size <= vsize]
     if not candidates:
         raise TransferError(f"{name}: the base's data region is {vsize} bytes, smaller than every parent of "
@@ -324,6 +327,9 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
 
     target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4)
     try:
+        if plan.grows and target.managed_disk:
+            raise UsageError(f"{target.name}: a managed disk cannot grow here; create it with "
+                             f"--upload-size-bytes {base_state.size} and grow the disk after the upload")
         state = retrier.call(target.state)
         recorded = _footer_from_metadata(state.metadata)
         patching = resume and state.exists and recorded is not None \
@@ -355,12 +361,8 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     try:
         record = _Plan(uid, stamp, resumed=False, metadata_ok=True, source=source_id(child))
         _set_metadata(target, retrier, record, identity, STATE_PATCHING, warnings)
-        if plan.grows:
-            if target.managed_disk:
-                raise UsageError(f"{target.name}: a managed disk cannot grow here; create it with "
-                                 f"--upload-size-bytes {plan.blob_size} and copy at that size")
-            if retrier.call(target.state).size != plan.blob_size:
-                retrier.call(lambda: target.resize(plan.blob_size))
+        if plan.grows and retrier.call(target.state).size != plan.blob_size:
+            retrier.call(lambda: target.resize(plan.blob_size))
         written = merge_ranges(retrier.call(target.page_ranges))
         sent, cleared = _apply(target, retrier, view, plan, written, threads=threads, progress=progress)
         _set_metadata(target, retrier, record, identity, STATE_COMPLETE, warnings, {SPARSE_DIGEST: sparse})

@@ -364,3 +364,49 @@ def test_refusals_are_one_line(tmp_path: Path, src: Store, dst: Store, proxy: Re
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
         assert not any(r.method == "PUT" for r in proxy.requests)
+
+
+@pytest.mark.parametrize("local_copy", [True, False])
+def test_prepare_patches_the_os_disk_over_its_base(tmp_path: Path, src: Store, dst: Store, proxy: RecordingProxy,
+                                                   local_copy: bool) -> None:
+    import json
+
+    paths, owned = vhd_chain(tmp_path, 1, random.Random(51))
+    put_base("vhdtool", paths[0], src, tmp_path)
+    out = tmp_path / "out"
+    proxy.clear()
+    proc = vhdtool("prepare", "--name", "web", "--os", str(paths[-1]), "-o", str(out), "--upload", dst.container,
+                   "--base-os", src.sas_url("base.vhd"), "--force", "--json", "-q",
+                   *(() if local_copy else ("--no-local-copy",)), connection_string=dst.connection_string)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    disk = manifest["disks"][0]
+    blob = disk["blob_url"].rsplit("/", 1)[1]
+    owned_data = sum(512 for data in owned.values() if any(data))
+    assert sent_bodies(proxy) <= RATIO * owned_data + 512
+    patched = dst.client(blob).download_blob().readall()
+    if local_copy:  # the blob is the very file prepare wrote, footer included
+        assert patched == (out / disk["fixed_vhd"]["path"]).read_bytes()
+    full = vhdtool("upload", str(paths[-1]), dst.spec("full.vhd"), "--overwrite",
+                   connection_string=dst.connection_string)
+    assert full.returncode == 0, full.stderr
+    assert patched[:-512] == dst.client("full.vhd").download_blob().readall()[:-512]
+    assert disk["fixed_vhd"]["sparse_sha256"] == dst.client(blob).get_blob_properties().metadata[
+        "vhdtool_sparse_sha256"]
+
+
+def test_prepare_base_options_are_checked_first(tmp_path: Path) -> None:
+    paths, _ = vhd_chain(tmp_path, 1, random.Random(61))
+    url = "https://account.blob.core.windows.net/images/base.vhd?sv=2022-11-02&sig=x"
+    cases = [
+        (("--base-os", url), "need --upload"),
+        (("--upload", "https://account.blob.core.windows.net/images?sv=2022-11-02&sig=x", "--base-data", f"3={url}"),
+         "there is no --data 3=IMAGE"),
+        (("--upload", "https://account.blob.core.windows.net/images?sv=2022-11-02&sig=x", "--base-data", "x"),
+         "--base-data 'x': write LUN=URL"),
+    ]
+    for extra, message in cases:
+        proc = vhdtool("prepare", "--name", "web", "--os", str(paths[-1]), "-o", str(tmp_path / "out"), *extra)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()

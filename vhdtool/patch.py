@@ -159,9 +159,8 @@ def scan_granules(view: FixedVhdView, indices: Iterable[int], end: int, *, threa
         buffer = bytearray(min(GRANULE, end - start))
         view.readinto(start, memoryview(buffer))
         array = np.frombuffer(buffer, dtype=np.uint8)
-        padded = len(buffer) + (-len(buffer)) % PAGE
-        pages = np.pad(array, (0, padded - len(buffer))).reshape(-1, PAGE).any(axis=1)
-        count = int(pages.sum())
+        whole = len(buffer) - len(buffer) % PAGE  # a short last page counts as one (the end of a file)
+        count = int(array[:whole].reshape(-1, PAGE).any(axis=1).sum()) + int(array[whole:].any())
         if count:
             leaf = hashlib.sha256(buffer).digest()
             with lock:
@@ -319,8 +318,9 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     # The new blob's granule facts: the ancestor's, with the granules the patch touches re-read.
     changed = touched([*plan.owned, (plan.virtual_size, plan.blob_size)])
     fresh = scan_granules(view, changed, plan.blob_size, threads=threads)
-    facts = Granules({i: v for i, v in proof.granules.leaves.items() if i not in set(changed)},
-                     {i: v for i, v in proof.granules.pages.items() if i not in set(changed)})
+    stale = set(changed)
+    facts = Granules({i: v for i, v in proof.granules.leaves.items() if i not in stale},
+                     {i: v for i, v in proof.granules.pages.items() if i not in stale})
     facts.leaves.update(fresh.leaves)
     facts.pages.update(fresh.pages)
     sparse = facts.digest(plan.blob_size)

@@ -69,6 +69,7 @@ META_STATE = "vhdtool_state"
 META_MD5 = "vhdtool_md5"
 META_SPARSE = "vhdtool_sparse_sha256"
 META_VERSION = "vhdtool_version"
+META_SOURCE = "vhdtool_source"  # the image's own id: "vhd:<unique id>" or "vhdx:<DataWriteGuid>"
 STATE_CLEARING = "clearing"
 STATE_UPLOADING = "uploading"
 STATE_COMPLETE = "complete"
@@ -271,6 +272,17 @@ def image_identity(disk: VirtualDisk, virtual_size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+def source_id(disk: VirtualDisk) -> str:
+    """The id the image's format gives it (a VHD footer's unique id, a VHDX's DataWriteGuid), or ""."""
+    unique_id = getattr(disk, "unique_id", None)
+    if disk.format == "vhd" and isinstance(unique_id, bytes):
+        return f"vhd:{uuid.UUID(bytes=unique_id)}"
+    guid = getattr(disk, "data_write_guid", None)
+    if disk.format == "vhdx" and isinstance(guid, uuid.UUID):
+        return f"vhdx:{guid}"
+    return ""
+
+
 def _footer_from_metadata(metadata: dict[str, str]) -> tuple[bytes, int] | None:
     value = metadata.get(META_FOOTER, "")
     match = re.fullmatch(r"([0-9a-f]{32})-(\d{1,10})", value)
@@ -280,9 +292,11 @@ def _footer_from_metadata(metadata: dict[str, str]) -> tuple[bytes, int] | None:
 
 
 def _metadata(identity: str, unique_id: bytes, timestamp: int, state: str,
-              digests: dict[str, str] | None = None) -> dict[str, str]:
+              digests: dict[str, str] | None = None, source: str = "") -> dict[str, str]:
     result = {META_IDENTITY: identity, META_FOOTER: f"{unique_id.hex()}-{timestamp}", META_STATE: state,
               META_VERSION: __version__}
+    if source:
+        result[META_SOURCE] = source
     for name, key in ((SPARSE_DIGEST, META_SPARSE), ("md5", META_MD5)):
         if digests and name in digests:
             result[key] = digests[name]
@@ -331,6 +345,7 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
         state = retrier.call(target.state)
         plan = _prepare(target, retrier, state, identity, blob_size, overwrite=overwrite, resume=resume,
                         unique_id=unique_id, timestamp=timestamp, warnings=warnings)
+        plan.source = source_id(disk)
         view = FixedVhdView(disk, size=size, unique_id=plan.unique_id, timestamp=plan.timestamp)
         present = RangeSet(retrier.call(target.page_ranges)) if plan.resumed else RangeSet()
 
@@ -375,6 +390,7 @@ class _Plan:
     metadata_ok: bool
     bytes_cleared: int = 0
     reused: bool = False  # an existing blob cleared and rewritten in place: its old properties remain
+    source: str = ""  # recorded as META_SOURCE: which image the blob holds
 
 
 def _prepare(target: PageBlobTarget, retrier: Retrier, state: BlobState, identity: str, blob_size: int, *,
@@ -464,7 +480,7 @@ def _set_metadata(target: PageBlobTarget, retrier: Retrier, plan: _Plan, identit
     if not plan.metadata_ok:
         return
     try:
-        metadata = _metadata(identity, plan.unique_id, plan.timestamp, state, digests)
+        metadata = _metadata(identity, plan.unique_id, plan.timestamp, state, digests, plan.source)
         retrier.call(lambda: target.set_metadata(metadata))
     except PermanentError as err:
         if not target.managed_disk:

@@ -26,13 +26,15 @@ from vhdtool.jobs.prepare import (
 from vhdtool.stream.hasher import parse_algorithms
 
 
-def parse_data_option(values: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+def parse_data_option(values: tuple[str, ...], option: str = "--data",
+                      form: str = "LUN=IMAGE") -> tuple[tuple[int, str], ...]:
     """``("0=data.vhdx", "1=logs.vhd")`` -> ``((0, "data.vhdx"), (1, "logs.vhd"))``."""
     result: list[tuple[int, str]] = []
     for text in values:
         lun_text, sep, path = text.partition("=")
         if not sep or not lun_text.strip().isdigit() or not path:
-            raise UsageError(f"--data {text!r}: write LUN=IMAGE, e.g. --data 0=data.vhdx")
+            example = "0=data.vhdx" if option == "--data" else "0=https://ACCOUNT.blob.core.windows.net/c/b.vhd"
+            raise UsageError(f"{option} {text!r}: write {form}, e.g. {option} {example}")
         result.append((int(lun_text), path))
     return tuple(result)
 
@@ -140,6 +142,11 @@ def print_table(rows: list[list[str]]) -> None:
               help="https://ACCOUNT.blob.core.windows.net, for --upload CONTAINER with an Azure AD login.")
 @click.option("--no-local-copy", is_flag=True,
               help="With --upload: upload straight from the sources, writing no VHD files.")
+@click.option("--base-os", "base_os", metavar="URL",
+              help="With --upload: the OS disk is a differencing disk whose parent was uploaded to this page "
+                   "blob; copy it and send only what the descendants own (see docs/upload.md).")
+@click.option("--base-data", "base_data", multiple=True, metavar="LUN=URL",
+              help="The same for the data disk at LUN; repeat for each.")
 @click.option("--hash", "hash_text", metavar="ALGS",
               help="Also record md5 and/or sha256 of each fixed VHD (e.g. md5,sha256): these hash every zero "
                    "of the disk. The sparse digest is always recorded.")
@@ -150,7 +157,8 @@ def print_table(rows: list[list[str]]) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir: str, expect: str | None,
                     destination: str | None, connection_string: str | None, account_url: str | None,
-                    no_local_copy: bool, hash_text: str | None, sync: bool, force: bool, as_json: bool,
+                    no_local_copy: bool, base_os: str | None, base_data: tuple[str, ...],
+                    hash_text: str | None, sync: bool, force: bool, as_json: bool,
                     quiet: bool) -> None:
     """Check, convert, name and record an image set: one OS disk and its data disks.
 
@@ -164,9 +172,15 @@ def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir:
     hashes = parse_algorithms(hash_text) if hash_text else ()
     dest = None if destination is None else parse_destination(
         destination, connection_string=connection_string, account_url=account_url)
+    from ..remote.address import blob_address
+
+    bases: list[tuple[int | None, str]] = [(None, base_os)] if base_os else []
+    bases += [(lun, url) for lun, url in parse_data_option(base_data, "--base-data", "LUN=URL")]
     request = PrepareRequest(name=name, os_image=os_image, data_images=parse_data_option(data),
                              output_dir=output_dir, expect=expect, destination=dest,
-                             no_local_copy=no_local_copy, force=force, hashes=hashes, sync=sync)
+                             no_local_copy=no_local_copy, force=force, hashes=hashes, sync=sync,
+                             bases=tuple((lun, blob_address(url, connection_string=connection_string,
+                                                            account_url=account_url)) for lun, url in bases))
     try:
         with set_progress(not quiet and not as_json) as progress:
             result = prepare(request, progress=progress)

@@ -43,6 +43,9 @@ from vhdtool.stream.hasher import parse_algorithms
 @click.option("--hash", "hash_text", metavar="ALGS",
               help="Whole-file digests of the fixed VHD besides the sparse digest (always computed): md5 "
                    "(then stored as the blob's Content-MD5), sha256, ... These hash every zero of the disk too.")
+@click.option("--base", "base_url", metavar="URL",
+              help="IMAGE is a differencing disk whose parent (any level) was uploaded to the page blob URL: "
+                   "copy that blob to DEST and send only the ranges the descendants own.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Show a progress bar on stderr (default: when stderr is a terminal).")
@@ -51,8 +54,8 @@ from vhdtool.stream.hasher import parse_algorithms
 def upload(image: str, dest: str | None, connection_string: str | None, account_url: str | None,
            container: str | None, blob_name: str | None, threads: int, overwrite: bool, resume: bool,
            verify: str | None, managed_disk: bool | None, size: int | None, timeout: float,
-           hash_text: str | None, as_json: bool, show_progress: bool | None, parent: str | None,
-           allow_absolute_parent: bool) -> None:
+           hash_text: str | None, base_url: str | None, as_json: bool, show_progress: bool | None,
+           parent: str | None, allow_absolute_parent: bool) -> None:
     """Upload IMAGE (VHDX, VHD or raw) to the page blob DEST as the fixed VHD Azure needs.
 
     DEST is a blob URL with a SAS token (also a managed disk's `az disk grant-access` URL), a blob
@@ -66,6 +69,16 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
 
     destination = make_destination(dest, connection_string=connection_string, account_url=account_url,
                                    container=container, blob=blob_name)
+    if base_url:
+        from .patch import patch_command
+
+        if hash_text:
+            raise click.UsageError("--base does not combine with --hash (the sparse digest is recorded)")
+        patch_command(image, destination, base_url, connection_string=connection_string,
+                      account_url=account_url, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
+                      size=size, timeout=timeout, as_json=as_json, show_progress=show_progress, parent=parent,
+                      allow_absolute_parent=allow_absolute_parent)
+        return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         bar = _Bar(azure_virtual_size(disk.virtual_size, size) + 512, show_progress)
         try:

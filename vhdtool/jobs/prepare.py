@@ -99,6 +99,11 @@ class PrepareRequest:
     day: date | None = None  # the date in the names; today (UTC) by default
     hashes: tuple[str, ...] = ()  # whole-file digests to record too: "md5", "sha256"
     sync: bool = False  # fsync each fixed VHD before it is renamed into place
+    # Patch uploads: (LUN, or None for the OS disk) -> the blob holding the fixed VHD of the disk's base.
+    bases: tuple[tuple[int | None, Destination], ...] = ()
+
+    def base_for(self, item: DiskInput) -> Destination | None:
+        return next((dest for lun, dest in self.bases if lun == item.lun), None)
 
     def disks(self) -> list[DiskInput]:
         return [DiskInput(self.os_image), *(DiskInput(path, lun) for lun, path in sorted(self.data_images))]
@@ -308,6 +313,19 @@ def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
     return strip_token(result.blob), result.digests, result.blob_size
 
 
+def patch_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str, base: Destination,
+               progress: Callable[[int], None], footer: tuple[bytes, int] | None = None,
+               ) -> tuple[str, dict[str, str], int]:
+    """Upload the differencing ``disk`` as its ``base`` blob copied plus what the descendants own
+    (:mod:`vhdtool.patch`); ``footer`` fixes the unique id and timestamp (those of the local file)."""
+    from .patch import patch_upload
+
+    result = patch_upload(disk, destination.for_blob(blob_name), base, progress=lambda done, _of: progress(done),
+                          unique_id=None if footer is None else footer[0],
+                          timestamp=None if footer is None else footer[1])
+    return strip_token(result.blob), {SPARSE: result.sparse_sha256}, result.blob_size
+
+
 def hash_blob(destination: SetDestination, blob_name: str, names: tuple[str, ...] = (SPARSE,),
               progress: Callable[[int], None] | None = None) -> tuple[str, Observed | None]:
     """The digests ``names`` of a blob, read back from its written page ranges only."""
@@ -373,6 +391,13 @@ def _validate(request: PrepareRequest) -> None:
         raise UsageError(f"--expect must be one of {', '.join(EXPECT_STATES)}")
     if request.no_local_copy and request.destination is None:
         raise UsageError("--no-local-copy needs --upload DEST")
+    if request.bases and request.destination is None:
+        raise UsageError("--base-os and --base-data need --upload DEST")
+    if request.bases and request.no_local_copy and request.hashes:
+        raise UsageError("--base-os/--base-data with --no-local-copy record the sparse digest only (drop --hash)")
+    unknown_luns = [lun for lun, _ in request.bases if lun is not None and lun not in luns]
+    if unknown_luns:
+        raise UsageError(f"--base-data {unknown_luns[0]}=URL: there is no --data {unknown_luns[0]}=IMAGE")
     if os.path.exists(request.output_dir) and not os.path.isdir(request.output_dir):
         raise UsageError(f"{request.output_dir}: not a folder (-o names the folder for the VHDs and the manifest)")
 
@@ -501,8 +526,13 @@ def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outc
     if request.no_local_copy:
         if request.destination is None:
             raise UsageError("--no-local-copy needs --upload DEST")
-        blob_url, digests, file_size = upload_disk(disk, request.destination, blob_name,
-                                                   tracker.stage(item.label, "upload"), request.hashes)
+        base = request.base_for(item)
+        if base is not None:
+            blob_url, digests, file_size = patch_disk(disk, request.destination, blob_name, base,
+                                                      tracker.stage(item.label, "upload"))
+        else:
+            blob_url, digests, file_size = upload_disk(disk, request.destination, blob_name,
+                                                       tracker.stage(item.label, "upload"), request.hashes)
         fixed = FixedVhdRecord(None, file_size - 512, file_size, digests[SPARSE], digests.get("md5"),
                                digests.get("sha256"))
     else:
@@ -514,7 +544,19 @@ def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outc
         written.append(out_path)
         fixed = FixedVhdRecord(blob_name, result.virtual_size, result.file_size, result.digests[SPARSE],
                                result.digests.get("md5"), result.digests.get("sha256"))
-        if request.destination is not None:
+        base = request.base_for(item)
+        if request.destination is not None and base is not None:
+            with open_image(out_path) as written_vhd:  # the blob gets the very footer of the file
+                footer_of = getattr(written_vhd, "footer", None)
+                if footer_of is None:
+                    raise OutputError(f"{out_path}: not the fixed VHD prepare wrote")
+                footer = (bytes(footer_of.unique_id), int(footer_of.timestamp))
+            blob_url, sent, _ = patch_disk(disk, request.destination, blob_name, base,
+                                           tracker.stage(item.label, "upload"), footer)
+            if sent[SPARSE] != fixed.sparse_sha256:
+                raise TransferError(f"{blob_url}: the patched blob (sparse digest {sent[SPARSE]}) differs from "
+                                    f"{out_path} ({fixed.sparse_sha256})")
+        elif request.destination is not None:
             # MD5 again only if asked for: the blob then stores it as its Content-MD5.
             blob_url, sent = upload_file(out_path, request.destination, blob_name,
                                          tracker.stage(item.label, "upload"),

@@ -630,6 +630,21 @@ class SparseVhd(VhdDisk):
         self._extents = extents_from_ranges(ranges, self.virtual_size)
         return self._extents
 
+    def owned_ranges(self) -> list[tuple[int, int]]:
+        """The ranges this file decides itself (set bitmap bits), zeros included: a patch upload's unit."""
+        ranges: list[tuple[int, int]] = []
+        for slot, index in enumerate(self._bat.used.tolist()):
+            start = index * self._block_size
+            state = self._block_state(index, slot)
+            if state == _FULL:
+                ranges.append((start, min(self.virtual_size, start + self._block_size)))
+            elif state == _PARTIAL:
+                bits = self._block_bits(index, slot)
+                edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
+                for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+                    ranges.append((start + a * SECTOR_SIZE, min(self.virtual_size, start + b * SECTOR_SIZE)))
+        return merge_ranges(ranges)
+
     # -- reads --------------------------------------------------------------------------------------
 
     def _plan(self, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:

@@ -694,6 +694,18 @@ class VhdxDisk(VirtualDisk):
             self._extents = result
         return result
 
+    def owned_ranges(self) -> list[tuple[int, int]]:
+        """The ranges this file decides itself: present blocks and sectors, and ZERO blocks of a
+        differencing disk (zeros over the parent's bytes); a patch upload's unit."""
+        bs = self.meta.block_size
+        ranges = list(self.bat.block_ranges(PAYLOAD_BLOCK_FULLY_PRESENT, bs))
+        if self.meta.has_parent:
+            for block in self.bat.blocks_in(PAYLOAD_BLOCK_PARTIALLY_PRESENT):
+                base = int(block) * bs
+                ranges.extend((base + s, base + e) for s, e, present in self._sector_runs(int(block)) if present)
+            ranges.extend(self.bat.block_ranges(PAYLOAD_BLOCK_ZERO, bs))
+        return merge_ranges((a, min(b, self.virtual_size)) for a, b in ranges)
+
     def _payload_holes(self) -> list[tuple[int, int]]:
         """Disk ranges of FULLY_PRESENT blocks that are holes in the (sparse) image file.
 

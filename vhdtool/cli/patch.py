@@ -1,0 +1,77 @@
+"""``vhdtool upload CHILD DEST --base URL``: the output of a patch upload (the engine is vhdtool.patch)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import click
+
+from ..azure import Destination
+from ..open import open_image
+from . import emit_json, human_size
+
+
+def patch_command(image: str, destination: Destination, base_url: str, *, connection_string: str | None,
+                  account_url: str | None, threads: int, overwrite: bool, resume: bool, verify: str | None,
+                  size: int | None, timeout: float, as_json: bool, show_progress: bool | None, parent: str | None,
+                  allow_absolute_parent: bool) -> None:
+    """Run the patch upload and print what it did (a table, or ``--json``)."""
+    from ..azure import scrub
+    from ..patch import patch_upload
+    from ..remote.address import blob_address
+
+    base = blob_address(base_url, connection_string=connection_string, account_url=account_url)
+    with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
+        bar = _Bar(show_progress)
+        try:
+            result = patch_upload(disk, destination, base, threads=threads, overwrite=overwrite, resume=resume,
+                                  verify=verify, size=size, timeout=timeout, progress=bar.update)
+        finally:
+            bar.close()
+    facts = result.to_json()
+    secrets = destination.secrets() + base.secrets()
+    facts["blob"] = scrub(str(facts["blob"]), secrets)
+    facts["base"] = scrub(str(facts["base"]), secrets)
+    if as_json:
+        emit_json(facts)
+        return
+    for warning in result.warnings:
+        click.echo(f"vhdtool: warning: {warning}", err=True)
+    share = result.bytes_sent / result.full_upload_bytes if result.full_upload_bytes else 0.0
+    rows = [
+        ("blob", facts["blob"]),
+        ("base", f"{facts['base']} = {result.ancestor} (proved by {result.proof})"),
+        ("blob size", human_size(result.blob_size)),
+        ("copied", f"{human_size(result.bytes_copied_by_service)} by the service, "
+                   f"{human_size(result.copy_bytes_sent)} relayed ({result.copy_mode})"),
+        ("sent", f"{human_size(result.bytes_sent)} of the {human_size(result.full_upload_bytes)} a full upload "
+                 f"sends ({share:.1%})"),
+        ("cleared", human_size(result.bytes_cleared)),
+        ("sparse-sha256", result.sparse_sha256),
+        ("verified", result.verified or "no"),
+        ("time", f"{result.seconds:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+class _Bar:
+    """A tqdm bar over the owned ranges the patch reads and sends (their total is known once planned)."""
+
+    def __init__(self, show: bool | None) -> None:
+        from .bars import byte_bar
+
+        self._lock = threading.Lock()
+        self._bar: Any = byte_bar(1, desc="patch", disable=None if show is None else not show)
+
+    def update(self, done: int, planned: int) -> None:
+        with self._lock:
+            if self._bar.total != planned:
+                self._bar.total = planned
+            self._bar.update(done)
+
+    def close(self) -> None:
+        with self._lock:
+            self._bar.close()

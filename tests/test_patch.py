@@ -20,9 +20,9 @@ from vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
 from vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
 from vhdtool import open_image
-from vhdtool.fixed import FixedVhdView
-from vhdtool.formats.vhd_footer import parse_footer
-from vhdtool.patch import owned_above, plan_patch, split_piece, to_clear
+from vhdtool.azure.patch import owned_above, plan_patch, split_piece, to_clear
+from vhdtool.formats.vhd.footer import parse_footer
+from vhdtool.stream.fixed_view import FixedVhdView
 
 MiB = 1 << 20
 KiB = 1024

@@ -1,4 +1,4 @@
-"""``vhdtool upload CHILD DEST --base URL``: the output of a patch upload (the engine is vhdtool.patch)."""
+"""``vhdtool upload CHILD DEST --base URL``: the output of a patch upload (the engine is vhdtool.azure.patch)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Any
 
 import click
 
-from ..azure import Destination
-from ..open import open_image
-from . import emit_json, human_size
+from vhdtool.azure.patch import patch_upload
+from vhdtool.azure.remote.address import blob_address
+from vhdtool.azure.storage import Destination, scrub
+from vhdtool.cli import emit_json, human_size
+from vhdtool.cli.bars import byte_bar
+from vhdtool.formats.open import open_image
 
 
 def patch_command(image: str, destination: Destination, base_url: str, *, connection_string: str | None,
@@ -17,9 +20,6 @@ def patch_command(image: str, destination: Destination, base_url: str, *, connec
                   size: int | None, timeout: float, as_json: bool, show_progress: bool | None, parent: str | None,
                   allow_absolute_parent: bool) -> None:
     """Run the patch upload and print what it did (a table, or ``--json``)."""
-    from ..azure import scrub
-    from ..patch import patch_upload
-    from ..remote.address import blob_address
 
     base = blob_address(base_url, connection_string=connection_string, account_url=account_url)
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
@@ -61,7 +61,6 @@ class _Bar:
     """A tqdm bar over the owned ranges the patch reads and sends (their total is known once planned)."""
 
     def __init__(self, show: bool | None) -> None:
-        from .bars import byte_bar
 
         self._lock = threading.Lock()
         self._bar: Any = byte_bar(1, desc="patch", disable=None if show is None else not show)

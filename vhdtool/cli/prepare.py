@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from vhdtool.azure.remote.address import blob_address
 from vhdtool.cli import emit_json, human_size, main
 from vhdtool.cli.bars import byte_bar
 from vhdtool.errors import UsageError
@@ -172,7 +173,6 @@ def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir:
     hashes = parse_algorithms(hash_text) if hash_text else ()
     dest = None if destination is None else parse_destination(
         destination, connection_string=connection_string, account_url=account_url)
-    from ..remote.address import blob_address
 
     bases: list[tuple[int | None, str]] = [(None, base_os)] if base_os else []
     bases += [(lun, url) for lun, url in parse_data_option(base_data, "--base-data", "LUN=URL")]

@@ -11,6 +11,7 @@ from vhdtool.azure.storage import PermanentError, make_destination, scrub
 from vhdtool.azure.upload import upload as run_upload
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
 from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.patch import patch_command
 from vhdtool.formats.open import open_image
 from vhdtool.stream.fixed_view import azure_virtual_size
 from vhdtool.stream.hasher import parse_algorithms
@@ -70,7 +71,6 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     destination = make_destination(dest, connection_string=connection_string, account_url=account_url,
                                    container=container, blob=blob_name)
     if base_url:
-        from .patch import patch_command
 
         if hash_text:
             raise click.UsageError("--base does not combine with --hash (the sparse digest is recorded)")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from vhdtool import __version__
 from vhdtool.azure.blob_digest import blob_digests
+from vhdtool.azure.patch import patch_upload
 from vhdtool.azure.remote import blob_of, open_remote
 from vhdtool.azure.remote.address import is_url
 from vhdtool.azure.remote.copy import copy_identity
@@ -317,8 +318,7 @@ def patch_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str, b
                progress: Callable[[int], None], footer: tuple[bytes, int] | None = None,
                ) -> tuple[str, dict[str, str], int]:
     """Upload the differencing ``disk`` as its ``base`` blob copied plus what the descendants own
-    (:mod:`vhdtool.patch`); ``footer`` fixes the unique id and timestamp (those of the local file)."""
-    from .patch import patch_upload
+    (:mod:`vhdtool.azure.patch`); ``footer`` fixes the unique id and timestamp (those of the local file)."""
 
     result = patch_upload(disk, destination.for_blob(blob_name), base, progress=lambda done, _of: progress(done),
                           unique_id=None if footer is None else footer[0],

@@ -29,17 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .azure import BlobState, Destination, PageBlobTarget
-from .blob_digest import _Reader, sparse_digest_of_blob
-from .digest import GRANULE, SparseDigest, granules_touched
-from .digest import NAME as SPARSE_DIGEST
-from .disk import VirtualDisk
-from .errors import TransferError, UsageError
-from .extents import Extent, MiB, merge_ranges, subtract_ranges
-from .fixed import FixedVhdView, azure_virtual_size
-from .formats.vhd_footer import vhd_timestamp
-from .formats.vhd_layout import FOOTER_SIZE
-from .upload import (
+from vhdtool.azure.blob_digest import _Reader, sparse_digest_of_blob
+from vhdtool.azure.pages import MAX_PUT_PAGE, page_runs, split_ranges, total
+from vhdtool.azure.remote.blob_source import BlobSource
+from vhdtool.azure.remote.copy import CopyResult, copy
+from vhdtool.azure.storage import BlobState, Destination, PageBlobTarget
+from vhdtool.azure.upload import (
     META_IDENTITY,
     META_SOURCE,
     META_SPARSE,
@@ -54,7 +49,14 @@ from .upload import (
     image_identity,
     source_id,
 )
-from .upload_plan import MAX_PUT_PAGE, page_runs, split_ranges, total
+from vhdtool.disk.base import VirtualDisk
+from vhdtool.errors import TransferError, UsageError
+from vhdtool.extents import Extent, MiB, merge_ranges, subtract_ranges
+from vhdtool.formats.vhd.footer import vhd_timestamp
+from vhdtool.formats.vhd.layout import FOOTER_SIZE
+from vhdtool.stream.digest import GRANULE, SparseDigest, granules_touched
+from vhdtool.stream.digest import NAME as SPARSE_DIGEST
+from vhdtool.stream.fixed_view import FixedVhdView, azure_virtual_size
 
 PAGE = 512
 STATE_PATCHING = "patching"
@@ -290,8 +292,6 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     on where it stopped, and once the copy is done the owned ranges are written again (each write and
     clear is idempotent) with the footer's recorded unique id and timestamp.
     """
-    from .remote.blob_source import BlobSource
-    from .remote.copy import CopyResult, copy
 
     if verify not in (None, *VERIFY_MODES):
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")

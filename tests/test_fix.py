@@ -222,3 +222,17 @@ def test_cli_needs_yes_and_dry_run_only_reports(tmp_path: Path) -> None:
     qemu_img("create", "-q", "-f", "vpc", "-o", "subformat=dynamic", str(dynamic), "5M")
     refused = run_cli("fix", str(dynamic), "--yes")
     assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1 and "convert" in refused.stderr
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_fix_waits_for_the_disk_only_with_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool) -> None:
+    """Like convert: no fsync unless asked; with --sync each of the two writes is flushed before the next."""
+    path, real = qemu_fixed(tmp_path, 3 * MiB, force=False, seed=4)
+    plan = plan_fix(path)
+    assert len(plan.writes) == 2
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    apply_fix(plan, sync=sync)
+    assert len(synced) == (2 if sync else 0)
+    assert plan_fix(path).needed is False

@@ -313,3 +313,14 @@ def test_a_failing_disk_leaves_no_half_set(sample: dict[str, Path], tmp_path: Pa
         prepare(PrepareRequest("half", str(sample["os"]), ((0, str(data)),), str(out), day=DAY),
                 progress=shrink_when_its_turn_comes)
     assert sorted(p.name for p in out.iterdir()) == ["other.vhd"]
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_prepare_waits_for_the_disk_only_with_sync(sample: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, sync: bool) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    prepare(PrepareRequest("s", str(sample["data"]), (), str(tmp_path / "o"), day=DAY, force=True, sync=sync))
+    # With sync: the VHD before its rename, its folder after, and the manifest.
+    assert len(synced) == (3 if sync else 0)

@@ -152,7 +152,8 @@ def print_table(rows: list[list[str]]) -> None:
               help="Also record md5 and/or sha256 of each fixed VHD (e.g. md5,sha256): these hash every zero "
                    "of the disk. The sparse digest is always recorded.")
 @click.option("--sync", is_flag=True,
-              help="Flush each fixed VHD to the disk before renaming it into place (durable after a crash).")
+              help="Flush each fixed VHD and the manifest to the disk before renaming them into place "
+                   "(durable after a crash); without it the kernel writes them out later.")
 @click.option("--force", is_flag=True, help="Go on even if a check reports errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")

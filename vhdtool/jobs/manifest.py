@@ -198,11 +198,13 @@ def gallery_definition(os_disk: DiskRecord) -> GalleryDefinition:
     return GalleryDefinition(os_type, state, os_disk.hyper_v_generation, os_disk.architecture)
 
 
-def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
+def write_manifest(manifest: Manifest, path: str | os.PathLike[str], *, sync: bool = False) -> None:
     """Write ``manifest`` as JSON, complete or not at all, never replacing an existing file.
 
     The text goes to a temporary file in the same folder, which is then hard-linked to ``path``
     (an atomic create that fails if ``path`` exists); where links are not supported it is renamed.
+    With ``sync`` the text is flushed to the disk before it is linked (as ``prepare --sync`` does
+    for the VHDs it describes).
     """
     target = os.fspath(path)
     text = json.dumps(manifest.to_json(), indent=2) + "\n"
@@ -213,7 +215,8 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                os.fsync(out.fileno())
         os.chmod(temp, 0o644)  # mkstemp makes it 0600; a manifest is meant to be shared
         try:
             os.link(temp, target)

@@ -497,7 +497,7 @@ def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None
                     gallery_image_definition=gallery_definition(records[0]), disks=tuple(records),
                     destination=None if request.destination is None else request.destination.describe())
                 manifest_path = os.path.join(out_dir, names.manifest)
-                write_manifest(manifest, manifest_path)
+                write_manifest(manifest, manifest_path, sync=request.sync)
         except BaseException:
             _remove_empty(new_folders)  # a failed run leaves no output folder it made itself
             raise

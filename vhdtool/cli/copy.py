@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import click
 
 from vhdtool.azure.remote import open_remote
 from vhdtool.azure.remote.copy import copy
 from vhdtool.azure.storage import make_destination
 from vhdtool.cli import emit_json, human_size, main
-from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.bars import WorkerBar
 
 
 @main.command("copy")
@@ -59,10 +56,10 @@ def copy_command(src: str, dest: str, connection_string: str | None, account_url
     source = open_remote(src, connection_string=src_cs, account_url=src_url, timeout=timeout,
                          threads=threads, granule=4096)
     try:
-        bar = _Bar(source.written_bytes, show_progress)
+        bar = WorkerBar(source.written_bytes, "copy", show_progress)
         try:
             result = copy(source, destination, threads=threads, mode=mode, overwrite=overwrite, resume=resume,
-                          verify=verify, managed_disk=managed_disk, progress=bar.update, timeout=timeout)
+                          verify=verify, managed_disk=managed_disk, progress=bar.add, timeout=timeout)
         finally:
             bar.close()
     finally:
@@ -91,20 +88,3 @@ def copy_command(src: str, dest: str, connection_string: str | None, account_url
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
-
-
-class _Bar:
-    """A tqdm bar over the source's written bytes, updated from worker threads."""
-
-    def __init__(self, total: int, show: bool | None) -> None:
-
-        self._lock = threading.Lock()
-        self._bar: Any = byte_bar(total, desc="copy", disable=None if show is None else not show)
-
-    def update(self, n: int) -> None:
-        with self._lock:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        with self._lock:
-            self._bar.close()

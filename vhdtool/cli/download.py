@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import click
 
 from vhdtool.azure.remote import open_remote
 from vhdtool.azure.remote.download import download
 from vhdtool.cli import emit_json, human_size, main
-from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.bars import WorkerBar
 from vhdtool.cli.sources import source_options
 
 
@@ -43,10 +40,10 @@ def download_command(src: str, out: str, output_format: str, threads: int, resum
     source = open_remote(src, connection_string=connection_string, account_url=account_url, timeout=timeout,
                          threads=threads, granule=4096)
     try:
-        bar = _Bar(source.size, show_progress)
+        bar = WorkerBar(source.size, "download", show_progress)
         try:
             result = download(source, out, output_format=output_format, threads=threads, resume=resume,
-                              force=force, progress=bar.update)
+                              force=force, progress=bar.add)
         finally:
             bar.close()
     finally:
@@ -70,20 +67,3 @@ def download_command(src: str, out: str, output_format: str, threads: int, resum
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
-
-
-class _Bar:
-    """A tqdm bar over the output's bytes, updated from worker threads."""
-
-    def __init__(self, total: int, show: bool | None) -> None:
-
-        self._lock = threading.Lock()
-        self._bar: Any = byte_bar(total, desc="download", disable=None if show is None else not show)
-
-    def update(self, n: int) -> None:
-        with self._lock:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        with self._lock:
-            self._bar.close()

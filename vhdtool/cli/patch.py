@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import click
 
 from vhdtool.azure.patch import patch_upload
 from vhdtool.azure.remote.address import blob_address
 from vhdtool.azure.storage import Destination, scrub
 from vhdtool.cli import emit_json, human_size
-from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.bars import WorkerBar
 from vhdtool.formats.open import open_image
 
 
@@ -23,10 +20,10 @@ def patch_command(image: str, destination: Destination, base_url: str, *, connec
 
     base = blob_address(base_url, connection_string=connection_string, account_url=account_url)
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        bar = _Bar(show_progress)
+        bar = WorkerBar(1, "patch", show_progress)
         try:
             result = patch_upload(disk, destination, base, threads=threads, overwrite=overwrite, resume=resume,
-                                  verify=verify, size=size, timeout=timeout, progress=bar.update)
+                                  verify=verify, size=size, timeout=timeout, progress=bar.add_of)
         finally:
             bar.close()
     facts = result.to_json()
@@ -55,22 +52,3 @@ def patch_command(image: str, destination: Destination, base_url: str, *, connec
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
-
-
-class _Bar:
-    """A tqdm bar over the owned ranges the patch reads and sends (their total is known once planned)."""
-
-    def __init__(self, show: bool | None) -> None:
-
-        self._lock = threading.Lock()
-        self._bar: Any = byte_bar(1, desc="patch", disable=None if show is None else not show)
-
-    def update(self, done: int, planned: int) -> None:
-        with self._lock:
-            if self._bar.total != planned:
-                self._bar.total = planned
-            self._bar.update(done)
-
-    def close(self) -> None:
-        with self._lock:
-            self._bar.close()

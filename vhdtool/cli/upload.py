@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import click
 
 from vhdtool.azure.storage import PermanentError, make_destination, scrub
 from vhdtool.azure.upload import upload as run_upload
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
-from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.bars import WorkerBar
 from vhdtool.cli.patch import patch_command
 from vhdtool.formats.open import open_image
 from vhdtool.stream.fixed_view import azure_virtual_size
@@ -80,10 +77,10 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
                       allow_absolute_parent=allow_absolute_parent)
         return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        bar = _Bar(azure_virtual_size(disk.virtual_size, size) + 512, show_progress)
+        bar = WorkerBar(azure_virtual_size(disk.virtual_size, size) + 512, "upload", show_progress)
         try:
             result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
-                                verify=verify, progress=bar.update, managed_disk=managed_disk,
+                                verify=verify, progress=bar.add_sent_skipped, managed_disk=managed_disk,
                                 timeout=timeout, size=size, hashes=hashes)
         except PermanentError as err:
             if err.reason != "sas-expired":
@@ -116,27 +113,3 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
-
-
-class _Bar:
-    """A tqdm bar over the fixed VHD's bytes; updated from worker threads, so updates take a lock."""
-
-    def __init__(self, total: int, show: bool | None) -> None:
-
-        self._lock = threading.Lock()
-        self._sent = 0
-        self._skipped = 0
-        # disable=None: tqdm shows the bar only when stderr is a terminal.
-        self._bar: Any = byte_bar(total, desc="upload", disable=None if show is None else not show)
-
-    def update(self, sent: int, skipped: int) -> None:
-        with self._lock:
-            self._sent += sent
-            self._skipped += skipped
-            self._bar.set_postfix_str(f"sent {self._sent >> 20} MiB, empty {self._skipped >> 20} MiB",
-                                      refresh=False)
-            self._bar.update(sent + skipped)
-
-    def close(self) -> None:
-        with self._lock:
-            self._bar.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 import threading
@@ -13,26 +12,13 @@ import click
 
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
 from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.params import BYTE_SIZE
 from vhdtool.errors import UsageError
 from vhdtool.formats.open import open_image
 from vhdtool.jobs.convert import OutputFormat, convert, output_size
 from vhdtool.stream.digest import NAME as SPARSE_DIGEST
 from vhdtool.stream.hasher import parse_algorithms
 from vhdtool.stream.pump import Progress
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-
-
-def parse_size(text: str) -> int:
-    """``"30G"``, ``"30GiB"``, ``"1024M"`` or a byte count -> bytes (binary units, like qemu-img)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtpb]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise UsageError(f"cannot read size {text!r}; write e.g. 30G, 30GiB, 1024M or a byte count")
-    number, unit = match.groups()
-    value = float(number) * _UNITS[unit.lower()]
-    if value != int(value):
-        raise UsageError(f"size {text!r} is not a whole number of bytes")
-    return int(value)
 
 
 @contextmanager
@@ -76,7 +62,7 @@ def terminate_as_interrupt() -> Iterator[None]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="The file to write (or give it as OUTPUT).")
 @click.option("--format", "output_format", type=click.Choice(["vhd", "raw"]), default="vhd",
               show_default=True, help="vhd: fixed VHD for Azure; raw: the plain disk bytes.")
-@click.option("--size", "size_text", metavar="SIZE",
+@click.option("--size", type=BYTE_SIZE, metavar="SIZE",
               help="Grow the disk to SIZE (e.g. 30G; rounded up to a MiB). Shrinking is refused.")
 @click.option("--keep-id", is_flag=True, help="Reuse the source's VHD unique id / VHDX data write GUID.")
 @click.option("--hash", "hash_text", metavar="ALGS",
@@ -93,7 +79,7 @@ def terminate_as_interrupt() -> Iterator[None]:
 @parent_option
 @absolute_parent_option
 def convert_command(image: str, output_arg: str | None, output: str | None, output_format: OutputFormat,
-                    size_text: str | None, keep_id: bool, hash_text: str | None, sync: bool, force: bool,
+                    size: int | None, keep_id: bool, hash_text: str | None, sync: bool, force: bool,
                     as_json: bool, quiet: bool, parent: str | None, allow_absolute_parent: bool) -> None:
     """Write IMAGE (VHDX, VHD of any type, or raw) as a fixed VHD Azure accepts.
 
@@ -106,7 +92,6 @@ def convert_command(image: str, output_arg: str | None, output: str | None, outp
     target = output if output is not None else output_arg
     if target is None:
         raise UsageError("no output given: vhdtool convert IMAGE OUT.vhd (or -o OUT.vhd)")
-    size = parse_size(size_text) if size_text is not None else None
     names = parse_algorithms(hash_text, extra=(SPARSE_DIGEST,)) if hash_text else ()
     hashes = tuple(name for name in names if name != SPARSE_DIGEST)
     sparse = as_json or SPARSE_DIGEST in names

@@ -8,6 +8,7 @@ from vhdtool.azure.storage import PermanentError, make_destination, scrub
 from vhdtool.azure.upload import upload as run_upload
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
 from vhdtool.cli.bars import WorkerBar
+from vhdtool.cli.params import BYTE_SIZE
 from vhdtool.cli.patch import patch_command
 from vhdtool.formats.open import open_image
 from vhdtool.stream.fixed_view import azure_virtual_size
@@ -34,8 +35,8 @@ from vhdtool.stream.hasher import parse_algorithms
               help="Afterwards compare the blob's page ranges (--verify) and bytes (--verify=full).")
 @click.option("--managed-disk/--no-managed-disk", default=None,
               help="Treat DEST as a managed disk opened for upload (default: detected from the URL).")
-@click.option("--size", type=click.IntRange(1), default=None,
-              help="Grow the virtual size to this many bytes (rounded up to a MiB).")
+@click.option("--size", type=BYTE_SIZE, default=None, metavar="SIZE",
+              help="Grow the virtual size to SIZE (e.g. 30G, or bytes; rounded up to a MiB).")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds one request may take before it is retried.")
 @click.option("--hash", "hash_text", metavar="ALGS",

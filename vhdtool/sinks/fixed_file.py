@@ -121,11 +121,17 @@ class FixedFileSink:
             try:
                 # 0o666 minus the umask: the output gets the permissions of any new file.
                 self.fd = os.open(candidate, flags, 0o666)
+                self.temp_path = candidate
             except FileExistsError:
                 continue
             except OSError as err:
                 raise describe_os_error(self.target, err, "create a temporary file beside it") from err
-            self.temp_path = candidate
+            except BaseException:
+                # Ctrl-C just after the file was made (a signal is handled when the call returns,
+                # before its result is stored): the random name is ours, remove it.
+                with contextlib.suppress(OSError):
+                    os.unlink(candidate)
+                raise
             break
         else:
             raise OutputError(f"{self.target}: cannot find a free temporary name beside it")
@@ -260,6 +266,12 @@ class FixedFileSink:
             os.rename(self.temp_path, self.target)
             return
         os.unlink(self.temp_path)
+
+    def __del__(self) -> None:
+        # A sink dropped unfinished (e.g. Ctrl-C as the constructor returned, before the caller
+        # held it) still removes its temporary file.
+        if getattr(self, "temp_path", ""):
+            self.abort()
 
     def abort(self) -> None:
         """Close and delete the temporary file; safe to call more than once."""

@@ -105,3 +105,13 @@ def test_early_writeback_keeps_the_bytes_right(tmp_path: Path) -> None:
     sink.finish()
     assert target.read_bytes() == bytes(expected)
     assert sink.bytes_written == 16 * 4096
+
+
+def test_a_sink_dropped_unfinished_removes_its_temporary_file(tmp_path: Path) -> None:
+    """What a Ctrl-C leaves when it lands as the constructor returns, before anyone holds the sink."""
+    FixedFileSink(tmp_path / "out.img", 4096)
+    assert list(tmp_path.iterdir()) == []
+    kept = FixedFileSink(tmp_path / "kept.img", 4096)
+    kept.finish()
+    del kept
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.img"]

@@ -186,8 +186,8 @@ def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_forma
         file_size = virtual_size
     extents = source.extents()
     data = allocated_bytes(extents)
-    writer = FixedFileSink(target, file_size, force=force, sync=sync)
     digest: SparseDigest | None = None
+    writer = FixedFileSink(target, file_size, force=force, sync=sync)
     try:  # at once: a Ctrl-C from here on removes the temporary file
         if hasher is None:
             digest = SparseDigest(file_size) if sparse_digest else None

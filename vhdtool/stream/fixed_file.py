@@ -290,6 +290,12 @@ class FixedFileSink:
             return
         os.unlink(self.temp_path)
 
+    def __del__(self) -> None:
+        # A sink dropped unfinished (e.g. Ctrl-C as the constructor returned, before the caller
+        # held it) still removes its temporary file.
+        if getattr(self, "temp_path", ""):
+            self.abort()
+
     def abort(self) -> None:
         """Close and delete the temporary file; safe to call more than once."""
         if self.fd >= 0:

@@ -61,8 +61,9 @@ def qemu_raw_bytes(path: Path, tmp_path: Path, fmt: str | None = None) -> bytes:
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
-    """One in-memory Azurite for the whole run; tests isolate themselves by container name."""
-    with running_azurite() as service:
+    """One in-memory Azurite for the whole run, with a second account for cross-account copies;
+    tests isolate themselves by container name."""
+    with running_azurite(second_account=True) as service:
         yield service
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, running_azurite
+from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
 from remote_helpers import Store, json_of, sdk_upload, vhdtool
 from vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
 from vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
@@ -138,12 +138,6 @@ def vhdx_chain(tmp: Path, levels: int, rng: random.Random) -> tuple[list[Path], 
 
 
 # -- on Azurite -------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite(second_account=True) as service:
-        yield service
-
 
 @pytest.fixture(scope="module")
 def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, Rule, running_azurite
+from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, Rule
 from conftest import qemu_img
 from remote_helpers import ROOT, MiB, Store, json_of, sdk_upload, sig_of, vhdtool
 from test_remote_download import make_raw
@@ -27,12 +27,6 @@ from test_remote_download import make_raw
 from vhdtool.stream.digest import SparseDigest
 
 RATIO = 1.01
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite(second_account=True) as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

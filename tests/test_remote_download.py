@@ -18,18 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from azurite import Azurite, Recorded, RecordingProxy, Rule, running_azurite
+from azurite import Azurite, Recorded, RecordingProxy, Rule
 from conftest import qemu_img
 from remote_helpers import ROOT, MiB, Store, json_of, sdk_upload, vhdtool
 
 REFERENCE = ROOT / "docs" / "scripts" / "sparse_digest.py"
 RATIO = 1.01  # bytes fetched / bytes written in the blob
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite() as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

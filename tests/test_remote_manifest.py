@@ -13,15 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, running_azurite
+from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
 from conftest import unpack_fixture
 from remote_helpers import Store, json_of, sdk_upload, sig_of, vhdtool
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite(second_account=True) as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

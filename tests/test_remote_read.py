@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azurite import Azurite, RecordingProxy, Rule, running_azurite
+from azurite import Azurite, RecordingProxy, Rule
 from conftest import qemu_img
 from linux_images import make_linux
 from remote_helpers import MiB, Store, json_of, sdk_upload, sig_of, vhdtool
@@ -31,12 +31,6 @@ GiB = 1 << 30
 READ_BYTES_BUDGET = 16 * MiB  # check --role os of a 30 GiB OS disk (docs/azure-disks.md)
 READ_REQUESTS_BUDGET = 300
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with running_azurite() as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

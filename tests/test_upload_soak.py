@@ -423,8 +423,12 @@ class Soak:
         if "Traceback" in stderr:
             self.problems.append(f"{where}: a traceback on stderr: {stderr[-1500:]}")
         for r in run.requests:
-            if r.fault == "incomplete" and run.signal == "SIGKILL":
-                continue  # the process died while sending it: never applied
+            if r.fault == "incomplete" and run.signal is not None:
+                # The process ended while sending it: a service never applies a request whose body
+                # did not arrive. Ctrl-C ends the process at once too (cli.exit_now_if_workers_remain),
+                # so a Put Page on the wire is cut there as well; the blob check below proves the
+                # resumed upload made up for it.
+                continue
             if r.fault == "incomplete" or r.is_put_page and not (
                     r.offset is not None and r.length is not None and r.offset % PAGE == 0 and r.length % PAGE == 0
                     and 0 < r.length <= MAX_PUT and r.body_length == r.length and r.md5_ok):

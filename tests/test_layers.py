@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent / "vhdtool"
 
 # Lowest first; a module may import its own layer or any layer below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("vhdtool.errors", "vhdtool.extents"),
+    ("vhdtool.errors", "vhdtool.extents", "vhdtool.units"),
     ("vhdtool.blockio",),
     ("vhdtool.disk",),
     ("vhdtool.formats",),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-MiB = 1024 * 1024
+from vhdtool.units import MiB as MiB  # re-exported: the unit extents are usually counted in
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Finding all-zero stretches in a buffer at memory speed, so empty space is neither written nor sent.
+"""Zeros at memory speed: finding all-zero stretches in a buffer (so empty space is neither written
+nor sent), and filling a buffer with zeros from one shared buffer.
 
 CPython compares a memoryview with ``==`` item by item (about 0.5 GB/s measured here), so large
 buffers go through numpy's reductions over 64-bit words instead (about 30 GB/s).
@@ -8,7 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from vhdtool.units import MiB
+
 _SMALL = 4096
+# One shared buffer of zeros: filling from it is a memcpy, with no allocation per read.
+ZERO_MiB = memoryview(bytes(MiB))
+
+
+def fill_zeros(view: memoryview) -> None:
+    """Set every byte of ``view`` (a writable byte view) to zero, a MiB at a time."""
+    position, n = 0, len(view)
+    while position < n:
+        step = min(n - position, MiB)
+        view[position:position + step] = ZERO_MiB[:step]
+        position += step
 
 
 def is_zero(view: memoryview | bytes | bytearray) -> bool:

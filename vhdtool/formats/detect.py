@@ -10,9 +10,9 @@ import os
 
 from vhdtool.disk.base import ByteSource
 from vhdtool.errors import UnsupportedImageError
-
-VHDX_SIGNATURE = b"vhdxfile"
-VHD_COOKIE = b"conectix"
+from vhdtool.formats.vhd.layout import FOOTER_SIZE, VHD_COOKIE
+from vhdtool.formats.vhdx.layout import FILE_SIGNATURE as VHDX_SIGNATURE
+from vhdtool.units import SECTOR_SIZE
 
 # (magic, offset, name, advice) for files we recognise and refuse. The advice goes through a raw
 # image, which vhdtool then converts: the one route that always ends Azure-ready (a VHD written by
@@ -38,13 +38,13 @@ _REFUSED: list[tuple[bytes, int, str, str]] = [
 
 def sniff(image: ByteSource) -> str:
     """Return ``"vhdx"``, ``"vhd"`` or ``"raw"``; raise :class:`UnsupportedImageError` for refused formats."""
-    head = image.pread(0, min(image.size, 512), "file header")
+    head = image.pread(0, min(image.size, SECTOR_SIZE), "file header")
     if head.startswith(VHDX_SIGNATURE):
         return "vhdx"
-    if image.size >= 512 and image.pread(image.size - 512, 8, "VHD footer") == VHD_COOKIE:
+    if image.size >= FOOTER_SIZE and image.pread(image.size - FOOTER_SIZE, 8, "VHD footer") == VHD_COOKIE:
         return "vhd"
     # A few old tools wrote a 511-byte footer on fixed VHDs.
-    if image.size >= 511 and image.pread(image.size - 511, 8, "VHD footer") == VHD_COOKIE:
+    if image.size >= FOOTER_SIZE - 1 and image.pread(image.size - FOOTER_SIZE + 1, 8, "VHD footer") == VHD_COOKIE:
         return "vhd"
     # A dynamic VHD whose footer at the end is damaged still has its copy at offset 0.
     if head.startswith(VHD_COOKIE):

@@ -14,9 +14,9 @@ from typing import Any
 from construct import ConstructError
 
 from vhdtool.errors import ImageError
-from vhdtool.formats.vhd.layout import FOOTER_SIZE, Footer
+from vhdtool.formats.vhd.layout import FOOTER_SIZE, VHD_COOKIE, Footer
+from vhdtool.units import SECTOR_SIZE
 
-VHD_COOKIE = b"conectix"
 FEATURES_RESERVED = 0x2  # spec: "This bit must always be set to 1"
 FILE_FORMAT_VERSION = 0x00010000
 FIXED_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
@@ -40,7 +40,7 @@ class Geometry:
     @property
     def size(self) -> int:
         """The byte size the geometry describes (what qemu-img uses without ``force_size``)."""
-        return self.cylinders * self.heads * self.sectors_per_track * 512
+        return self.cylinders * self.heads * self.sectors_per_track * SECTOR_SIZE
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def parse_footer(raw: bytes, path: str, offset: int) -> VhdFooter:
 
 def chs_geometry(size: int) -> Geometry:
     """CHS geometry for a disk of ``size`` bytes, per the VHD spec's CHS calculation (rounds down)."""
-    total_sectors = min(size // 512, MAX_CHS_SECTORS)
+    total_sectors = min(size // SECTOR_SIZE, MAX_CHS_SECTORS)
     if total_sectors >= 65535 * 16 * 63:
         sectors_per_track = 255
         heads = 16
@@ -199,7 +199,7 @@ def fixed_footer(size: int, unique_id: bytes | None = None, timestamp: int | Non
 
     Current size = original size = ``size`` (never the CHS-derived size); geometry the nearest fit.
     """
-    if size % 512:
+    if size % SECTOR_SIZE:
         raise ValueError("a VHD size must be a multiple of 512 bytes")
     footer = VhdFooter(
         cookie=VHD_COOKIE,

@@ -1,13 +1,20 @@
 """Binary layout of VHD structures (Virtual Hard Disk Image Format Specification, 2006).
 
-Declarations only; all logic lives in ``vhd_footer.py`` and ``vhd.py``. Everything is big-endian.
+Declarations and the spec's magic numbers, each defined here once; all logic lives in ``footer.py``
+and ``reader.py``. Everything is big-endian.
 """
 
 from __future__ import annotations
 
 from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
-FOOTER_SIZE = 512
+from vhdtool.units import SECTOR_SIZE
+
+FOOTER_SIZE = SECTOR_SIZE  # the footer fills one sector
+VHD_COOKIE = b"conectix"  # spec: "Hard Disk Footer Format", Cookie
+DYNAMIC_HEADER_COOKIE = b"cxsparse"  # spec: "Dynamic Disk Header Format", Cookie
+DYNAMIC_HEADER_VERSION = 0x00010000
+BAT_ENTRY_UNUSED = 0xFFFFFFFF  # spec: "Block Allocation Table", unused entry
 
 # Hard disk footer (spec: "Hard Disk Footer Format").
 Footer = Struct(

@@ -16,15 +16,27 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from construct import ConstructError
 
-from vhdtool.disk.base import ByteSource, Placement, VirtualDisk, append_placement, stored_placement
+from vhdtool.disk.base import ByteSource, Placement, VirtualDisk, stored_placement
 from vhdtool.errors import ImageError, ParentError
 from vhdtool.extents import Extent, align_up, allocated_ranges, extents_from_ranges, merge_ranges, subtract_ranges
+from vhdtool.formats.blocks import (
+    IntArray,
+    ReadPlan,
+    Segment,
+    Source,
+    first_inside,
+    first_overlap,
+    first_past,
+    read_segments,
+    segment_placements,
+)
 from vhdtool.formats.parent import Locator, OpenOptions, resolve_parent
 from vhdtool.formats.raw import holes_in_blocks
 from vhdtool.formats.vhd.footer import (
@@ -32,19 +44,23 @@ from vhdtool.formats.vhd.footer import (
     DISK_TYPE_DYNAMIC,
     DISK_TYPE_FIXED,
     FILE_FORMAT_VERSION,
-    VHD_COOKIE,
     VhdFooter,
     footer_checksum,
     parse_footer,
 )
-from vhdtool.formats.vhd.layout import DYNAMIC_HEADER_SIZE, FOOTER_SIZE, DynamicHeader
+from vhdtool.formats.vhd.layout import (
+    BAT_ENTRY_UNUSED,
+    DYNAMIC_HEADER_COOKIE,
+    DYNAMIC_HEADER_SIZE,
+    DYNAMIC_HEADER_VERSION,
+    FOOTER_SIZE,
+    VHD_COOKIE,
+    DynamicHeader,
+)
+from vhdtool.units import SECTOR_SIZE, MiB
 
-DYNAMIC_HEADER_COOKIE = b"cxsparse"
-DYNAMIC_HEADER_VERSION = 0x00010000
-BAT_ENTRY_UNUSED = 0xFFFFFFFF  # spec: "Block Allocation Table", unused entry
-SECTOR_SIZE = 512
 MIN_BLOCK_SIZE = SECTOR_SIZE
-MAX_BLOCK_SIZE = 256 * 1024 * 1024  # the spec's default is 2 MiB; larger is not seen in practice
+MAX_BLOCK_SIZE = 256 * MiB  # the spec's default is 2 MiB; larger is not seen in practice
 # A Windows path is at most 32,767 UTF-16 characters; anything longer is not a path.
 MAX_LOCATOR_LENGTH = 65536
 _CHECKSUM_FIELD = slice(36, 40)  # dynamic header checksum field (spec: "Checksum")
@@ -60,12 +76,18 @@ PLATFORM_MAC = b"Mac "  # Mac OS alias blob: not a path, not followed
 PLATFORM_NONE = b"\0\0\0\0"
 _RELATIVE_CODES = {PLATFORM_W2RU, PLATFORM_WI2R}
 
-# Block states cached per BAT entry, learnt from the sector bitmap on first use.
-_UNKNOWN, _FULL, _EMPTY, _PARTIAL = 0, 1, 2, 3
-# Segment sources when planning a read.
-_FILE, _ZERO, _PARENT = 0, 1, 2
+
+
+class _BlockState(IntEnum):
+    """What an allocated block's sector bitmap says, cached per BAT entry once learnt."""
+
+    UNKNOWN = 0  # the bitmap is not read yet
+    FULL = 1  # every sector is in the file
+    EMPTY = 2  # no sector is
+    PARTIAL = 3
+
+
 _BITS_CACHE_BLOCKS = 256
-_ZEROS = memoryview(bytes(1 << 20))
 
 
 @dataclass(frozen=True)
@@ -329,6 +351,7 @@ class VhdBlockTable:
 
 
 _BAT_CHUNK_ENTRIES = 1 << 18  # BAT entries read at a time: 1 MiB of table, a few MiB of temporaries
+_BAT = "VHD block allocation table"
 
 
 def read_block_table(image: ByteSource, footer: VhdFooter, header: VhdDynamicHeader,
@@ -339,101 +362,121 @@ def read_block_table(image: ByteSource, footer: VhdFooter, header: VhdDynamicHea
     time, so an absurd entry count (or a table that is a hole in a sparse file) costs nothing:
     memory grows only with the allocated entries, and those are checked as they are read.
     """
-    path = image.path
-    size = footer.current_size
-    block_size = header.block_size
+    blocks, table_bytes = _check_table_fits(image.path, footer, header, data_end)
+    layout = _BlockLayout(image.path, header, footer.current_size, data_end,
+                          _fixed_regions(image.path, header, table_bytes))
+    used_parts: list[npt.NDArray[np.uint32]] = []
+    sector_parts: list[npt.NDArray[np.uint32]] = []
+    count = 0
+    for numbers, entries in _allocated_entries(image, header.table_offset, blocks):
+        count = layout.check_chunk(numbers, entries, count)
+        used_parts.append(numbers.astype(np.uint32))
+        sector_parts.append(entries.astype(np.uint32))
+    used = np.concatenate(used_parts) if used_parts else np.zeros(0, np.uint32)
+    sectors = np.concatenate(sector_parts) if sector_parts else np.zeros(0, np.uint32)
+    layout.check_disjoint(used, sectors)
+    return VhdBlockTable(blocks, used, sectors)
+
+
+def _check_table_fits(path: str, footer: VhdFooter, header: VhdDynamicHeader, data_end: int) -> tuple[int, int]:
+    """``(blocks, table_bytes)``: the entries the disk needs, which the table must hold inside the data area."""
+    size, block_size, table = footer.current_size, header.block_size, header.table_offset
     blocks = -(-size // block_size)
-    table = header.table_offset
     if blocks > header.max_table_entries:
-        raise ImageError(path, "VHD block allocation table", table,
+        raise ImageError(path, _BAT, table,
                          f"has {header.max_table_entries} entries but a disk of {size} bytes in blocks of "
                          f"{block_size} bytes needs {blocks}")
     table_bytes = header.max_table_entries * 4
     if table + table_bytes > data_end:
-        raise ImageError(path, "VHD block allocation table", table,
+        raise ImageError(path, _BAT, table,
                          f"{header.max_table_entries} entries ({table_bytes} bytes) extend past the data "
                          f"area, which ends at byte {data_end}")
+    return blocks, table_bytes
 
-    # The regions the file holds besides blocks; none may overlap another or any block.
+
+def _fixed_regions(path: str, header: VhdDynamicHeader, table_bytes: int) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of what the file holds besides blocks, checked not to overlap one another."""
+    table = header.table_offset
     regions = [("footer copy at offset 0", 0, FOOTER_SIZE),
                ("dynamic header", header.offset, header.offset + DYNAMIC_HEADER_SIZE),
                ("block allocation table", table, table + table_bytes)]
     regions += [(f"parent locator {loc.index} data", loc.data_offset, loc.data_offset + loc.data_length)
                 for loc in header.locators if loc.data_length]
     regions.sort(key=lambda r: r[1])
-    for (name_a, start_a, end_a), (name_b, start_b, _) in zip(regions, regions[1:], strict=False):
-        if start_b < end_a:
-            raise ImageError(path, "VHD layout", start_b,
-                             f"the {name_b} (byte {start_b}) overlaps the {name_a} (byte {start_a})")
+    clash = first_overlap(np.array([r[1] for r in regions], np.int64), np.array([r[2] for r in regions], np.int64))
+    if clash is not None:
+        (name_b, start_b, _), (name_a, start_a, _) = regions[clash[0]], regions[clash[1]]
+        raise ImageError(path, "VHD layout", start_b,
+                         f"the {name_b} (byte {start_b}) overlaps the {name_a} (byte {start_a})")
+    return regions
 
-    bitmap_size = header.bitmap_size
-    # Blocks that do not overlap each take a bitmap and a whole block of the data area (the last may be shorter).
-    most = data_end // (bitmap_size + block_size) + 1
-    used_parts: list[npt.NDArray[np.uint32]] = []
-    sector_parts: list[npt.NDArray[np.uint32]] = []
-    count = 0
+
+def _allocated_entries(image: ByteSource, table: int, blocks: int) -> Iterator[tuple[IntArray, IntArray]]:
+    """``(block numbers, file sectors)`` of the allocated entries, one bounded chunk of the table at a time."""
     for first in range(0, blocks, _BAT_CHUNK_ENTRIES):
         n = min(_BAT_CHUNK_ENTRIES, blocks - first)
-        entries = np.frombuffer(image.pread(table + 4 * first, 4 * n, "VHD block allocation table"), dtype=">u4")
+        entries = np.frombuffer(image.pread(table + 4 * first, 4 * n, _BAT), dtype=">u4")
         where = np.flatnonzero(entries != BAT_ENTRY_UNUSED)
-        if not where.size:
-            continue
-        numbers = where + first
-        starts = entries[where].astype(np.int64) * SECTOR_SIZE
-        # Only the part of the last block inside the disk must exist (spec: "Block Format").
-        ends = starts + bitmap_size + np.minimum(block_size, size - numbers * block_size)
-        past = np.flatnonzero(ends > data_end)
-        if past.size:
-            i = int(numbers[past[0]])
-            raise ImageError(path, "VHD block allocation table", table + 4 * i,
-                             f"entry {i} places block {i} at byte {int(starts[past[0]])}, ending at byte "
-                             f"{int(ends[past[0]])}, past the data area, which ends at byte {data_end}")
-        for name, lo, hi in regions:
-            inside = np.flatnonzero((starts < hi) & (ends > lo))
-            if inside.size:
-                i = int(numbers[inside[0]])
-                raise ImageError(path, "VHD block allocation table", table + 4 * i,
-                                 f"block {i} (BAT entry {i}, byte {int(starts[inside[0]])}) overlaps the {name} "
-                                 f"(byte {lo})")
-        if count + where.size > most:
-            i = int(numbers[most - count])
-            raise ImageError(path, "VHD block allocation table", table + 4 * i,
-                             f"entry {i} is allocated block number {most + 1}, but no more than {most} blocks of "
-                             f"{bitmap_size + block_size} bytes fit in the data area of {data_end} bytes "
-                             "without overlapping")
-        count += where.size
-        used_parts.append(numbers.astype(np.uint32))
-        sector_parts.append(entries[where].astype(np.uint32))
-    used = np.concatenate(used_parts) if used_parts else np.zeros(0, np.uint32)
-    sectors = np.concatenate(sector_parts) if sector_parts else np.zeros(0, np.uint32)
+        if where.size:
+            yield (where + first).astype(np.int64), entries[where].astype(np.int64)
 
-    if used.size > 1:
-        order = np.argsort(sectors, kind="stable")
-        s = sectors[order].astype(np.int64) * SECTOR_SIZE
-        numbers = used[order].astype(np.int64)
-        e = s + bitmap_size + np.minimum(block_size, size - numbers * block_size)
-        reach = np.maximum.accumulate(e)
-        clash = np.flatnonzero(s[1:] < reach[:-1])
-        if clash.size:
-            j = int(clash[0]) + 1
-            k = int(np.argmax(e[:j]))
+
+class _BlockLayout:
+    """Where blocks may lie: each takes its bitmap and its data inside the data area, clear of the
+    fixed regions and of every other block (the last block only up to the disk's size)."""
+
+    def __init__(self, path: str, header: VhdDynamicHeader, size: int, data_end: int,
+                 regions: list[tuple[str, int, int]]) -> None:
+        self.path, self.size, self.data_end, self.regions = path, size, data_end, regions
+        self.table = header.table_offset
+        self.block_size = header.block_size
+        self.bitmap_size = header.bitmap_size
+        # Blocks that do not overlap each take a bitmap and a whole block of the data area (the last may be shorter).
+        self.most = data_end // (self.bitmap_size + self.block_size) + 1
+
+    def ends(self, numbers: IntArray, starts: IntArray) -> IntArray:
+        # Only the part of the last block inside the disk must exist (spec: "Block Format").
+        data: IntArray = np.minimum(self.block_size, self.size - numbers * self.block_size)
+        return starts + self.bitmap_size + data
+
+    def fail(self, block: int, problem: str) -> ImageError:
+        return ImageError(self.path, _BAT, self.table + 4 * block, problem)
+
+    def check_chunk(self, numbers: IntArray, sectors: IntArray, count: int) -> int:
+        """Check one chunk of allocated entries (``count`` of them seen before); the new count."""
+        starts = sectors * SECTOR_SIZE
+        ends = self.ends(numbers, starts)
+        past = first_past(ends, self.data_end)
+        if past is not None:
+            i = int(numbers[past])
+            raise self.fail(i, f"entry {i} places block {i} at byte {int(starts[past])}, ending at byte "
+                            f"{int(ends[past])}, past the data area, which ends at byte {self.data_end}")
+        for name, lo, hi in self.regions:
+            inside = first_inside(starts, ends, lo, hi)
+            if inside is not None:
+                i = int(numbers[inside])
+                raise self.fail(i, f"block {i} (BAT entry {i}, byte {int(starts[inside])}) overlaps the {name} "
+                                f"(byte {lo})")
+        if count + numbers.size > self.most:
+            i = int(numbers[self.most - count])
+            raise self.fail(i, f"entry {i} is allocated block number {self.most + 1}, but no more than "
+                            f"{self.most} blocks of {self.bitmap_size + self.block_size} bytes fit in the data "
+                            f"area of {self.data_end} bytes without overlapping")
+        return count + int(numbers.size)
+
+    def check_disjoint(self, used: npt.NDArray[np.uint32], sectors: npt.NDArray[np.uint32]) -> None:
+        numbers = used.astype(np.int64)
+        starts = sectors.astype(np.int64) * SECTOR_SIZE
+        clash = first_overlap(starts, self.ends(numbers, starts))
+        if clash is not None:
+            j, k = clash
             second, first_block = int(numbers[j]), int(numbers[k])
-            raise ImageError(path, "VHD block allocation table", table + 4 * second,
-                             f"block {second} (BAT entry {second}, byte {int(s[j])}) overlaps block {first_block} "
-                             f"(BAT entry {first_block}, byte {int(s[k])})")
-    return VhdBlockTable(blocks, used, sectors)
+            raise self.fail(second, f"block {second} (BAT entry {second}, byte {int(starts[j])}) overlaps block "
+                            f"{first_block} (BAT entry {first_block}, byte {int(starts[k])})")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Disks
-
-
-def _zero(view: memoryview) -> None:
-    position = 0
-    while position < len(view):
-        n = min(len(view) - position, len(_ZEROS))
-        view[position:position + n] = _ZEROS[:n]
-        position += n
 
 
 def _as_bytes_view(view: memoryview) -> memoryview:
@@ -524,7 +567,7 @@ class SparseVhd(VhdDisk):
         self._bitmap_size = header.bitmap_size
         self._parent = parent
         self.parent_path = parent_path
-        self._absent = _PARENT if parent is not None else _ZERO
+        self._absent = Source.PARENT if parent is not None else Source.ZERO
         self._state = np.zeros(len(bat), dtype=np.uint8)  # per allocated entry, as ``bat.used``
         self._bits: OrderedDict[int, npt.NDArray[np.uint8]] = OrderedDict()
         self._lock = threading.Lock()
@@ -562,7 +605,7 @@ class SparseVhd(VhdDisk):
     def _block_state(self, index: int, slot: int) -> int:
         """FULL, EMPTY or PARTIAL for allocated block ``index`` (entry ``slot``), learnt once from its bitmap."""
         state = int(self._state[slot])
-        if state != _UNKNOWN:
+        if state != _BlockState.UNKNOWN:
             return state
         bitmap = self._read_bitmap(index, slot)
         sectors = self._block_sectors(index)
@@ -570,11 +613,11 @@ class SparseVhd(VhdDisk):
         mask = (0xFF00 >> rest) & 0xFF  # the first ``rest`` bits; bit 7 is the first sector
         head, tail = bitmap[:whole], (bitmap[whole] & mask if rest else 0)
         if head.count(0xFF) == whole and tail == mask:
-            state = _FULL
+            state = _BlockState.FULL
         elif head.count(0) == whole and tail == 0:
-            state = _EMPTY
+            state = _BlockState.EMPTY
         else:
-            state = _PARTIAL
+            state = _BlockState.PARTIAL
             self._remember_bits(index, self._unpack(bitmap, sectors))
         self._state[slot] = state
         return state
@@ -617,9 +660,9 @@ class SparseVhd(VhdDisk):
         for slot, index in enumerate(self._bat.used.tolist()):
             start = index * block_size
             state = self._block_state(index, slot)
-            if state == _FULL:
+            if state == _BlockState.FULL:
                 ranges.append((start, start + block_size))
-            elif state == _PARTIAL:
+            elif state == _BlockState.PARTIAL:
                 bits = self._block_bits(index, slot)
                 edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
                 for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
@@ -636,9 +679,9 @@ class SparseVhd(VhdDisk):
         for slot, index in enumerate(self._bat.used.tolist()):
             start = index * self._block_size
             state = self._block_state(index, slot)
-            if state == _FULL:
+            if state == _BlockState.FULL:
                 ranges.append((start, min(self.virtual_size, start + self._block_size)))
-            elif state == _PARTIAL:
+            elif state == _BlockState.PARTIAL:
                 bits = self._block_bits(index, slot)
                 edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
                 for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
@@ -647,11 +690,12 @@ class SparseVhd(VhdDisk):
 
     # -- reads --------------------------------------------------------------------------------------
 
-    def _plan(self, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-        """``(source, disk_start, disk_end, file_offset)`` pieces of ``[start, end)``, one per run."""
+    def _plan(self, start: int, end: int) -> list[Segment]:
+        """The segments of ``[start, end)``: a block at a time, through the bitmap for partial blocks."""
         block_size = self._block_size
         used, sectors = self._bat.used, self._bat.sectors
         slot = int(np.searchsorted(used, start // block_size))  # the next allocated entry at or after
+        plan = ReadPlan()
         position = start
         while position < end:
             index = position // block_size
@@ -659,70 +703,43 @@ class SparseVhd(VhdDisk):
             stop = min(end, block_start + block_size)
             if slot < len(used) and int(used[slot]) == index:
                 state = self._block_state(index, slot)
-                entry = int(sectors[slot])
-                this = slot
+                data = int(sectors[slot]) * SECTOR_SIZE + self._bitmap_size - block_start  # + disk offset
+                if state == _BlockState.FULL:
+                    plan.add(Source.FILE, position, stop, data + position)
+                elif state == _BlockState.EMPTY:
+                    plan.add(self._absent, position, stop)
+                else:
+                    self._plan_partial(plan, index, slot, position, stop, data)
                 slot += 1
             else:
-                state, entry, this = _EMPTY, 0, -1
-            data = entry * SECTOR_SIZE + self._bitmap_size - block_start  # file offset = data + disk offset
-            if state == _FULL:
-                yield _FILE, position, stop, data + position
-            elif state == _EMPTY:
-                yield self._absent, position, stop, 0
-            else:
-                first = (position - block_start) // SECTOR_SIZE
-                last = -(-(stop - block_start) // SECTOR_SIZE)
-                bits = self._block_bits(index, this)[first:last]
-                cuts = (np.flatnonzero(bits[1:] != bits[:-1]) + 1).tolist()
-                for a, b in zip([0, *cuts], [*cuts, len(bits)], strict=True):
-                    lo = max(position, block_start + (first + a) * SECTOR_SIZE)
-                    hi = min(stop, block_start + (first + b) * SECTOR_SIZE)
-                    if bits[a]:
-                        yield _FILE, lo, hi, data + lo
-                    else:
-                        yield self._absent, lo, hi, 0
+                plan.add(self._absent, position, stop)
             position = stop
+        return plan.segments
 
-    def _coalesced(self, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-        """The plan with neighbouring pieces of one source merged (contiguous in the file for data)."""
-        pending: tuple[int, int, int, int] | None = None
-        for piece in self._plan(start, end):
-            if pending is not None and pending[0] == piece[0] and pending[2] == piece[1] and (
-                    piece[0] != _FILE or pending[3] + (pending[2] - pending[1]) == piece[3]):
-                pending = (pending[0], pending[1], piece[2], pending[3])
-                continue
-            if pending is not None:
-                yield pending
-            pending = piece
-        if pending is not None:
-            yield pending
+    def _plan_partial(self, plan: ReadPlan, index: int, slot: int, position: int, stop: int, data: int) -> None:
+        """Runs of set bits (``data + disk offset`` in the file) and clear bits (absent) of ``[position, stop)``."""
+        block_start = index * self._block_size
+        first = (position - block_start) // SECTOR_SIZE
+        last = -(-(stop - block_start) // SECTOR_SIZE)
+        bits = self._block_bits(index, slot)[first:last]
+        cuts = (np.flatnonzero(bits[1:] != bits[:-1]) + 1).tolist()
+        for a, b in zip([0, *cuts], [*cuts, len(bits)], strict=True):
+            lo = max(position, block_start + (first + a) * SECTOR_SIZE)
+            hi = min(stop, block_start + (first + b) * SECTOR_SIZE)
+            if bits[a]:
+                plan.add(Source.FILE, lo, hi, data + lo)
+            else:
+                plan.add(self._absent, lo, hi)
 
     def readinto(self, offset: int, view: memoryview) -> None:
         view = _as_bytes_view(view)
         self.check_range(offset, len(view))
-        for source, lo, hi, file_offset in self._coalesced(offset, offset + len(view)):
-            part = view[lo - offset:hi - offset]
-            if source == _FILE:
-                self.image.preadinto(file_offset, part, "VHD data block")
-            elif source == _ZERO:
-                _zero(part)
-            else:
-                assert self._parent is not None  # _PARENT is only planned when there is a parent
-                self._parent.readinto(lo, part)
+        read_segments(self._plan(offset, offset + len(view)), offset, view, self.image, self._parent,
+                      "VHD data block")
 
     def placements(self, offset: int, length: int) -> list[Placement]:
         self.check_range(offset, length)
-        result: list[Placement] = []
-        for source, lo, hi, file_offset in self._coalesced(offset, offset + length):
-            if source == _FILE:
-                append_placement(result, stored_placement(lo, hi - lo, self.image, file_offset))
-            elif source == _ZERO:
-                append_placement(result, Placement(lo, hi - lo, "zero"))
-            else:
-                assert self._parent is not None  # _PARENT is only planned when there is a parent
-                for piece in self._parent.placements(lo, hi - lo):
-                    append_placement(result, piece)
-        return result
+        return segment_placements(self._plan(offset, offset + length), self.image, self._parent)
 
     def close(self) -> None:
         try:

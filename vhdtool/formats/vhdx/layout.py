@@ -1,7 +1,7 @@
 """Binary layout of VHDX structures ([MS-VHDX] section 2), declarations only.
 
 Everything is little-endian. GUIDs are kept as their 16 raw bytes (the Microsoft mixed-endian
-form, ``uuid.UUID(bytes_le=...)``); logic and validation live in ``vhdx.py`` and ``vhdx_log.py``.
+form, ``uuid.UUID(bytes_le=...)``); logic and validation live in ``reader.py`` and ``log.py``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import uuid
 
 from construct import Bytes, BytesInteger, Int16ul, Int32ul, Int64ul, Struct
 
-KiB = 1024
-MiB = 1024 * KiB
+from vhdtool.units import KiB, MiB
 
 # 2.1 File layout: the first MiB holds the identifier, two headers and two region tables.
 FILE_IDENTIFIER_OFFSET = 0

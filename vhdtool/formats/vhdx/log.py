@@ -31,9 +31,10 @@ from vhdtool.formats.vhdx.layout import (
     LogDescriptor,
     LogEntryHeader,
 )
+from vhdtool.units import MiB
 
 # Reading the whole log at once is fine up to this size; larger logs are scanned in chunks.
-_SCAN_CHUNK = 1024 * 1024
+_SCAN_CHUNK = MiB
 
 
 @dataclass(frozen=True)

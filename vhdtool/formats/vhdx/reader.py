@@ -12,16 +12,30 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import crc32c
 import numpy as np
 from construct import Construct, ConstructError
 
-from vhdtool.disk.base import ByteSource, Placement, VirtualDisk, append_placement, stored_placement
+from vhdtool.disk.base import ByteSource, Placement, VirtualDisk
 from vhdtool.errors import ImageError, ParentError, UnsupportedImageError
 from vhdtool.extents import Extent, extents_from_ranges, merge_ranges, subtract_ranges
+from vhdtool.formats.blocks import (
+    IntArray,
+    ReadPlan,
+    Segment,
+    Source,
+    consecutive_runs,
+    first_inside,
+    first_overlap,
+    first_past,
+    read_segments,
+    segment_placements,
+)
 from vhdtool.formats.parent import Locator, OpenOptions, resolve_parent
 from vhdtool.formats.raw import holes_in_blocks
 from vhdtool.formats.vhdx.layout import (
@@ -54,38 +68,42 @@ from vhdtool.formats.vhdx.layout import (
     Header,
     MetadataTableEntry,
     MetadataTableHeader,
-    MiB,
     ParentLocatorEntry,
     ParentLocatorHeader,
     RegionTableEntry,
     RegionTableHeader,
 )
 from vhdtool.formats.vhdx.log import ReplayedFile, find_active_sequence
+from vhdtool.units import SECTOR_SIZE, MiB
 
-# 2.5.1.1 Payload BAT entry states.
-PAYLOAD_BLOCK_NOT_PRESENT = 0
-PAYLOAD_BLOCK_UNDEFINED = 1
-PAYLOAD_BLOCK_ZERO = 2
-PAYLOAD_BLOCK_UNMAPPED = 3
-PAYLOAD_BLOCK_FULLY_PRESENT = 6
-PAYLOAD_BLOCK_PARTIALLY_PRESENT = 7
-# 2.5.1.2 Sector bitmap BAT entry states.
-SB_BLOCK_NOT_PRESENT = 0
-SB_BLOCK_PRESENT = 6
 
-PAYLOAD_STATE_NAMES = {0: "NOT_PRESENT", 1: "UNDEFINED", 2: "ZERO", 3: "UNMAPPED",
-                       6: "FULLY_PRESENT", 7: "PARTIALLY_PRESENT"}
+class PayloadState(IntEnum):
+    """2.5.1.1 Payload BAT entry states."""
+
+    NOT_PRESENT = 0
+    UNDEFINED = 1
+    ZERO = 2
+    UNMAPPED = 3
+    FULLY_PRESENT = 6
+    PARTIALLY_PRESENT = 7
+
+
+class BitmapState(IntEnum):
+    """2.5.1.2 Sector bitmap BAT entry states."""
+
+    NOT_PRESENT = 0
+    PRESENT = 6
+
 
 # 2.6.2.1 / 2.6.2.2 / 2.6.2.4 limits.
 MIN_BLOCK_SIZE = 1 * MiB
 MAX_BLOCK_SIZE = 256 * MiB
 MAX_VIRTUAL_SIZE = 64 * 1024**4
-SECTOR_SIZES = (512, 4096)
+SECTOR_SIZES = (SECTOR_SIZE, 4096)
 SECTOR_BITMAP_BLOCK_SIZE = 1 * MiB
 MAX_METADATA_ITEM_SIZE = 1 * MiB
 SECTORS_PER_BITMAP_BLOCK = 1 << 23  # 2.5: one bit per sector, 1 MiB of bits
 _BAT_READ_CHUNK = 2 * MiB
-_ZERO = bytes(1 * MiB)
 
 _KNOWN_REGIONS = {BAT_REGION_GUID: "BAT", METADATA_REGION_GUID: "metadata"}
 _KNOWN_ITEMS = {FILE_PARAMETERS_GUID: "file parameters", VIRTUAL_DISK_SIZE_GUID: "virtual disk size",
@@ -133,8 +151,6 @@ class VhdxMetadata:
     parent_locator: dict[str, str] | None
 
 
-IntArray = np.ndarray[Any, np.dtype[np.int64]]
-
 
 @dataclass(frozen=True)
 class BatMap:
@@ -164,17 +180,18 @@ class BatMap:
         j = int(np.searchsorted(self.run_starts, block, side="right")) - 1
         if j >= 0 and block < int(self.run_ends[j]):
             return int(self.run_states[j]), 0
-        return PAYLOAD_BLOCK_NOT_PRESENT, 0
+        return PayloadState.NOT_PRESENT, 0
 
-    def block_ranges(self, state: int, block_size: int) -> list[tuple[int, int]]:
+    def block_ranges(self, state: PayloadState, block_size: int) -> list[tuple[int, int]]:
         """Merged byte ranges of the blocks in ``state`` (not NOT_PRESENT)."""
-        if state in (PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT):
-            return _runs(self.present_blocks[self.present_states == state], block_size)
+        if state in (PayloadState.FULLY_PRESENT, PayloadState.PARTIALLY_PRESENT):
+            starts, ends, _ = consecutive_runs(self.present_blocks[self.present_states == state])
+            return [(s * block_size, e * block_size) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
         pick = self.run_states == state
         return merge_ranges((int(a) * block_size, int(b) * block_size)
                             for a, b in zip(self.run_starts[pick], self.run_ends[pick], strict=True))
 
-    def blocks_in(self, state: int) -> IntArray:
+    def blocks_in(self, state: PayloadState) -> IntArray:
         """Sorted numbers of the present blocks in ``state`` (FULLY or PARTIALLY_PRESENT)."""
         result: IntArray = self.present_blocks[self.present_states == state]
         return result
@@ -426,8 +443,22 @@ def read_metadata(view: ReplayedFile, region: Region, warnings: list[str]) -> Vh
 # BAT (2.5)
 
 
-def bat_geometry(meta: VhdxMetadata) -> tuple[int, int, int]:
-    """``(chunk_ratio, payload_blocks, bat_entries)`` for the disk (2.5)."""
+@dataclass(frozen=True)
+class BatGeometry:
+    """How the BAT of a disk is shaped (2.5): a sector bitmap entry after every ``chunk_ratio`` payload ones."""
+
+    chunk_ratio: int
+    payload_blocks: int
+    entries: int
+
+    @property
+    def group(self) -> int:
+        """Entries per chunk: its payload entries and its sector bitmap entry."""
+        return self.chunk_ratio + 1
+
+
+def bat_geometry(meta: VhdxMetadata) -> BatGeometry:
+    """The BAT geometry of the disk (2.5)."""
     chunk_ratio = (SECTORS_PER_BITMAP_BLOCK * meta.logical_sector_size) // meta.block_size
     payload_blocks = -(-meta.virtual_size // meta.block_size)
     bitmap_blocks = -(-payload_blocks // chunk_ratio)
@@ -435,7 +466,7 @@ def bat_geometry(meta: VhdxMetadata) -> tuple[int, int, int]:
         entries = bitmap_blocks * (chunk_ratio + 1)
     else:
         entries = payload_blocks + (payload_blocks - 1) // chunk_ratio
-    return chunk_ratio, payload_blocks, entries
+    return BatGeometry(chunk_ratio, payload_blocks, entries)
 
 
 def read_bat(view: ReplayedFile, region: Region, meta: VhdxMetadata,
@@ -446,28 +477,47 @@ def read_bat(view: ReplayedFile, region: Region, meta: VhdxMetadata,
     log, BAT and metadata (``reserved``), and not overlapping one another. Errors name the BAT
     index and the byte offset of its entry.
     """
-    path = view.path
-    chunk_ratio, payload_blocks, entries = bat_geometry(meta)
-    if entries * BAT_ENTRY_SIZE > region.length:
-        raise ImageError(path, "VHDX BAT region", region.file_offset,
-                         f"{region.length} bytes cannot hold the {entries} entries a "
+    geometry = bat_geometry(meta)
+    if geometry.entries * BAT_ENTRY_SIZE > region.length:
+        raise ImageError(view.path, "VHDX BAT region", region.file_offset,
+                         f"{region.length} bytes cannot hold the {geometry.entries} entries a "
                          f"{meta.virtual_size}-byte disk needs")
-    group = chunk_ratio + 1
+    scan = _BatScan(_EntryErrors(view.path, region), geometry, meta, warnings)
+    for first_row, table in _bat_chunks(view, region, geometry):
+        scan.add_payload(first_row, table[:, :geometry.chunk_ratio])
+        scan.add_bitmaps(first_row, table[:, geometry.chunk_ratio])
+    bat = scan.build()
+    _check_stored_blocks(bat, geometry, meta, view.size, reserved, scan.fail)
+    return bat
 
-    def fail(bat_index: int, problem: str) -> ImageError:
-        return ImageError(path, f"VHDX BAT entry {bat_index}",
-                          region.file_offset + bat_index * BAT_ENTRY_SIZE, problem)
 
-    allowed = [0, 1, 2, 3, 6] + ([7] if meta.has_parent else [])
-    present_parts: list[tuple[IntArray, IntArray, IntArray, IntArray]] = []
-    run_parts: list[tuple[IntArray, IntArray, IntArray]] = []
-    bitmap_parts: list[tuple[IntArray, IntArray]] = []
-    # Read whole chunks (chunk_ratio payload entries + their bitmap entry) so each read is a
-    # 2-D array: payload entries in the first columns, sector bitmap entries in the last.
+@dataclass(frozen=True)
+class _EntryErrors:
+    """Errors about one BAT entry, named by its index and the byte offset of the entry."""
+
+    path: str
+    region: Region
+
+    def __call__(self, bat_index: int, problem: str) -> ImageError:
+        return ImageError(self.path, f"VHDX BAT entry {bat_index}",
+                          self.region.file_offset + bat_index * BAT_ENTRY_SIZE, problem)
+
+
+U64Array = np.ndarray[Any, np.dtype[np.uint64]]
+
+
+def _bat_chunks(view: ReplayedFile, region: Region, geometry: BatGeometry) -> Iterator[tuple[int, U64Array]]:
+    """``(first row, table)`` for each read of whole chunks that holds a non-zero entry.
+
+    Each table is 2-D: one row per chunk, payload entries in the first columns, the sector bitmap
+    entry in the last; entries past the table's end read as NOT_PRESENT. The table lives in one
+    buffer reused by every read (a 64 TiB disk of 1 MiB blocks has a 512 MiB BAT, mostly zeros,
+    and copying each chunk or testing it byte by byte would cost more than reading it), so it is
+    valid until the next one is asked for.
+    """
+    group, entries = geometry.group, geometry.entries
     rows_per_read = max(1, _BAT_READ_CHUNK // BAT_ENTRY_SIZE // group)
     total_rows = -(-entries // group)
-    # One buffer for every read: a 64 TiB disk of 1 MiB blocks has a 512 MiB BAT, mostly zeros, and
-    # copying each chunk or testing it byte by byte would cost more than reading it.
     buffer = bytearray(rows_per_read * group * BAT_ENTRY_SIZE)
     for first_row in range(0, total_rows, rows_per_read):
         rows = min(rows_per_read, total_rows - first_row)
@@ -479,117 +529,145 @@ def read_bat(view: ReplayedFile, region: Region, meta: VhdxMetadata,
         if not words[:count].any():
             continue  # all NOT_PRESENT: skipped at C speed
         if count < rows * group:
-            words[count:] = 0  # the entries past the table's end: NOT_PRESENT
-        table = words.reshape(rows, group)
-        payload = table[:, :chunk_ratio]
+            words[count:] = 0
+        yield first_row, words.reshape(rows, group)
+
+
+def _state(values: U64Array) -> IntArray:
+    result: IntArray = (values & np.uint64(7)).astype(np.int64)
+    return result
+
+
+def _file_offset(values: U64Array) -> IntArray:
+    """FileOffsetMB of BAT entries, in bytes (2.5.1: bits 20-63)."""
+    result: IntArray = ((values >> np.uint64(20)) << np.uint64(20)).astype(np.int64)
+    return result
+
+
+def _concat(parts: list[IntArray]) -> IntArray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+_RUN_STATES = (PayloadState.UNDEFINED, PayloadState.ZERO, PayloadState.UNMAPPED)
+_STATES_WITHOUT_PARENT = np.array([PayloadState.NOT_PRESENT, *_RUN_STATES, PayloadState.FULLY_PRESENT], np.int64)
+_STATES_WITH_PARENT = np.array([*_STATES_WITHOUT_PARENT, PayloadState.PARTIALLY_PRESENT], np.int64)
+_BITMAP_STATES = np.array([BitmapState.NOT_PRESENT, BitmapState.PRESENT], np.int64)
+
+
+class _BatScan:
+    """The BAT's non-empty entries gathered a read at a time, each checked for a known state."""
+
+    def __init__(self, fail: _EntryErrors, geometry: BatGeometry, meta: VhdxMetadata,
+                 warnings: list[str]) -> None:
+        self.fail = fail
+        self.geometry = geometry
+        self.has_parent = meta.has_parent
+        self.allowed = _STATES_WITH_PARENT if meta.has_parent else _STATES_WITHOUT_PARENT
+        self.warnings = warnings
+        self.present: list[tuple[IntArray, IntArray, IntArray]] = []  # block, state, offset
+        self.runs: list[tuple[IntArray, IntArray, IntArray]] = []  # start, end, state
+        self.bitmaps: list[tuple[IntArray, IntArray]] = []  # index, offset
+
+    def add_payload(self, first_row: int, payload: U64Array) -> None:
+        chunk_ratio, payload_blocks = self.geometry.chunk_ratio, self.geometry.payload_blocks
+        rows = payload.shape[0]
         first_block = first_row * chunk_ratio
-        last_block = min(first_block + rows * chunk_ratio, payload_blocks)
         value0 = payload[0, 0]
         state0 = int(value0 & np.uint64(7))
-        if state0 in (1, 2, 3) and bool((payload == value0).all()):
+        uniform = bool((payload == value0).all())
+        if uniform and state0 in _RUN_STATES:
             # A uniform stretch (qemu marks every block of a new disk ZERO): one run, no per-entry work.
-            run_parts.append((np.array([first_block], np.int64), np.array([last_block], np.int64),
+            last_block = min(first_block + rows * chunk_ratio, payload_blocks)
+            self.runs.append((np.array([first_block], np.int64), np.array([last_block], np.int64),
                               np.array([state0], np.int64)))
-        elif not (state0 == 0 and bool((payload == value0).all())):
-            p_value = payload.ravel()
-            p_block = np.arange(first_block, first_block + rows * chunk_ratio, dtype=np.int64)
-            p_state = (p_value & np.uint64(7)).astype(np.int64)
-            in_disk = p_block < payload_blocks  # padding and a differencing disk's spare entries
-            bad = np.flatnonzero(~np.isin(p_state, allowed) & in_disk)
-            if bad.size:
-                block = int(p_block[bad[0]])
-                suffix = "" if meta.has_parent else " for a disk without parent"
-                raise fail(block + block // chunk_ratio,
-                           f"payload block {block} has invalid state {int(p_state[bad[0]])}{suffix}")
-            present = (p_state >= PAYLOAD_BLOCK_FULLY_PRESENT) & in_disk
-            if present.any():
-                blocks = p_block[present]
-                offsets = ((p_value[present] >> np.uint64(20)) << np.uint64(20)).astype(np.int64)
-                present_parts.append((blocks + blocks // chunk_ratio, blocks, p_state[present], offsets))
-            other = (p_state != PAYLOAD_BLOCK_NOT_PRESENT) & ~present & in_disk
-            if other.any():
-                blocks, states = p_block[other], p_state[other]
-                breaks = np.flatnonzero((np.diff(blocks) != 1) | (np.diff(states) != 0))
-                starts = np.concatenate([blocks[:1], blocks[breaks + 1]])
-                ends = np.concatenate([blocks[breaks], blocks[-1:]]) + 1
-                run_parts.append((starts, ends, np.concatenate([states[:1], states[breaks + 1]])))
-        b_value = table[:, chunk_ratio]
-        if b_value.any():
-            b_index = (np.arange(first_row, first_row + rows, dtype=np.int64) + 1) * group - 1
-            b_state = (b_value & np.uint64(7)).astype(np.int64)
-            if not meta.has_parent:
-                if np.any(b_state == SB_BLOCK_PRESENT) and not any("sector bitmap" in w for w in warnings):
-                    warnings.append("sector bitmap blocks are allocated in a disk without parent; ignored")
-                continue
-            bad = np.flatnonzero(~np.isin(b_state, [SB_BLOCK_NOT_PRESENT, SB_BLOCK_PRESENT]))
-            if bad.size:
-                i = int(bad[0])
-                raise fail(int(b_index[i]), f"sector bitmap entry has invalid state {int(b_state[i])}")
-            keep = b_state == SB_BLOCK_PRESENT
-            bitmap_parts.append((b_index[keep],
-                                 ((b_value[keep] >> np.uint64(20)) << np.uint64(20)).astype(np.int64)))
+            return
+        if uniform and state0 == PayloadState.NOT_PRESENT:
+            return
+        values = payload.ravel()
+        blocks = np.arange(first_block, first_block + rows * chunk_ratio, dtype=np.int64)
+        states = _state(values)
+        in_disk = blocks < payload_blocks  # padding and a differencing disk's spare entries
+        bad = np.flatnonzero(~np.isin(states, self.allowed) & in_disk)
+        if bad.size:
+            block = int(blocks[bad[0]])
+            suffix = "" if self.has_parent else " for a disk without parent"
+            raise self.fail(block + block // chunk_ratio,
+                            f"payload block {block} has invalid state {int(states[bad[0]])}{suffix}")
+        present = (states >= PayloadState.FULLY_PRESENT) & in_disk
+        if present.any():
+            picked = blocks[present]
+            self.present.append((picked, states[present], _file_offset(values[present])))
+        other = (states != PayloadState.NOT_PRESENT) & ~present & in_disk
+        if other.any():
+            starts, ends, firsts = consecutive_runs(blocks[other], states[other])
+            self.runs.append((starts, ends, states[other][firsts]))
 
-    def cat(parts: list[IntArray]) -> IntArray:
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    def add_bitmaps(self, first_row: int, values: U64Array) -> None:
+        if not values.any():
+            return
+        group = self.geometry.group
+        indexes = (np.arange(first_row, first_row + values.shape[0], dtype=np.int64) + 1) * group - 1
+        states = _state(values)
+        if not self.has_parent:
+            if np.any(states == BitmapState.PRESENT) and not any("sector bitmap" in w for w in self.warnings):
+                self.warnings.append("sector bitmap blocks are allocated in a disk without parent; ignored")
+            return
+        bad = np.flatnonzero(~np.isin(states, _BITMAP_STATES))
+        if bad.size:
+            i = int(bad[0])
+            raise self.fail(int(indexes[i]), f"sector bitmap entry has invalid state {int(states[i])}")
+        keep = states == BitmapState.PRESENT
+        self.bitmaps.append((indexes[keep], _file_offset(values[keep])))
 
-    pr_index = cat([p[0] for p in present_parts])
-    pr_blocks = cat([p[1] for p in present_parts])
-    pr_states = cat([p[2] for p in present_parts])
-    pr_start = cat([p[3] for p in present_parts])
-    b_index = cat([b[0] for b in bitmap_parts])
-    b_offsets = cat([b[1] for b in bitmap_parts])
-    bitmaps = {int(i) // group: int(o) for i, o in zip(b_index, b_offsets, strict=True)}
+    def build(self) -> BatMap:
+        group = self.geometry.group
+        bitmaps = {int(i) // group: int(o) for i, o in zip(_concat([b[0] for b in self.bitmaps]),
+                                                           _concat([b[1] for b in self.bitmaps]), strict=True)}
+        return BatMap(chunk_ratio=self.geometry.chunk_ratio, entry_count=self.geometry.entries,
+                      present_blocks=_concat([p[0] for p in self.present]),
+                      present_states=_concat([p[1] for p in self.present]),
+                      present_offsets=_concat([p[2] for p in self.present]),
+                      run_starts=_concat([r[0] for r in self.runs]), run_ends=_concat([r[1] for r in self.runs]),
+                      run_states=_concat([r[2] for r in self.runs]), bitmaps=bitmaps)
 
-    # Every present block must hold, inside the file and clear of everything else, the bytes a
-    # read takes from it: a whole block, but the last one only up to the virtual size (qemu writes
-    # a fixed disk of an unaligned size exactly that long), and a sector bitmap block 1 MiB, the
-    # last chunk's only the bits of the blocks it has.
-    pr_end = pr_start + np.minimum(meta.block_size, meta.virtual_size - pr_blocks * meta.block_size)
+
+def _check_stored_blocks(bat: BatMap, geometry: BatGeometry, meta: VhdxMetadata, file_size: int,
+                         reserved: list[tuple[int, int, str]], fail: _EntryErrors) -> None:
+    """Every present block must hold, inside the file and clear of everything else, the bytes a
+    read takes from it: a whole block, but the last one only up to the virtual size (qemu writes
+    a fixed disk of an unaligned size exactly that long), and a sector bitmap block 1 MiB, the
+    last chunk's only the bits of the blocks it has."""
+    chunk_ratio, group = geometry.chunk_ratio, geometry.group
+    payload_end = bat.present_offsets + np.minimum(meta.block_size,
+                                                   meta.virtual_size - bat.present_blocks * meta.block_size)
+    chunks = np.array(sorted(bat.bitmaps), np.int64)
+    bitmap_start = np.array([bat.bitmaps[c] for c in chunks.tolist()], np.int64)
     sectors_per_block = meta.block_size // meta.logical_sector_size
-    chunk_blocks = np.minimum(chunk_ratio, payload_blocks - (b_index // group) * chunk_ratio)
-    b_end = b_offsets + np.minimum(SECTOR_BITMAP_BLOCK_SIZE, chunk_blocks * sectors_per_block // 8)
-    all_index = np.concatenate([pr_index, b_index])
-    all_start = np.concatenate([pr_start, b_offsets])
-    all_end = np.concatenate([pr_end, b_end])
-    zero = np.flatnonzero(all_start == 0)
-    if zero.size:
-        raise fail(int(all_index[zero[0]]), "block is present but its file offset is 0")
-    past = np.flatnonzero(all_end > view.size)
-    if past.size:
-        i = int(past[0])
-        raise fail(int(all_index[i]), f"block at file offset {int(all_start[i])} needs the bytes up to "
-                   f"{int(all_end[i])}, past the end of the file ({view.size} bytes)")
+    chunk_blocks = np.minimum(chunk_ratio, geometry.payload_blocks - chunks * chunk_ratio)
+    bitmap_end = bitmap_start + np.minimum(SECTOR_BITMAP_BLOCK_SIZE, chunk_blocks * sectors_per_block // 8)
+    index = np.concatenate([bat.present_blocks + bat.present_blocks // chunk_ratio, (chunks + 1) * group - 1])
+    start = np.concatenate([bat.present_offsets, bitmap_start])
+    end = np.concatenate([payload_end, bitmap_end])
+    at_zero = np.flatnonzero(start == 0)
+    if at_zero.size:
+        raise fail(int(index[at_zero[0]]), "block is present but its file offset is 0")
+    past = first_past(end, file_size)
+    if past is not None:
+        raise fail(int(index[past]), f"block at file offset {int(start[past])} needs the bytes up to "
+                   f"{int(end[past])}, past the end of the file ({file_size} bytes)")
     for lo, hi, what in reserved:
-        inside = np.flatnonzero((all_start < hi) & (all_end > lo))
-        if inside.size:
-            i = int(inside[0])
-            raise fail(int(all_index[i]), f"block at file offset {int(all_start[i])} overlaps the {what}")
-    order = np.argsort(all_start, kind="stable")
-    s_start, s_end, s_index = all_start[order], all_end[order], all_index[order]
-    clash = np.flatnonzero(s_start[1:] < s_end[:-1])
-    if clash.size:
-        i = int(clash[0])
-        raise fail(int(s_index[i + 1]), f"block at file offset {int(s_start[i + 1])} overlaps the block of "
-                   f"BAT entry {int(s_index[i])}")
-    for block in pr_blocks[pr_states == PAYLOAD_BLOCK_PARTIALLY_PRESENT]:
-        if int(block) // chunk_ratio not in bitmaps:
-            bat_index = int(block) + int(block) // chunk_ratio
-            raise fail(bat_index, f"payload block {int(block)} is partially present but its chunk has "
-                       "no sector bitmap block")
-    return BatMap(chunk_ratio=chunk_ratio, entry_count=entries, present_blocks=pr_blocks,
-                  present_states=pr_states, present_offsets=pr_start,
-                  run_starts=cat([r[0] for r in run_parts]), run_ends=cat([r[1] for r in run_parts]),
-                  run_states=cat([r[2] for r in run_parts]), bitmaps=bitmaps)
-
-
-def _runs(blocks: np.ndarray[Any, np.dtype[np.int64]], block_size: int) -> list[tuple[int, int]]:
-    """Byte ranges covered by sorted block numbers, consecutive blocks merged."""
-    if not blocks.size:
-        return []
-    breaks = np.flatnonzero(np.diff(blocks) != 1)
-    starts = np.concatenate([blocks[:1], blocks[breaks + 1]])
-    ends = np.concatenate([blocks[breaks], blocks[-1:]]) + 1
-    return [(int(s) * block_size, int(e) * block_size) for s, e in zip(starts, ends, strict=True)]
+        inside = first_inside(start, end, lo, hi)
+        if inside is not None:
+            raise fail(int(index[inside]), f"block at file offset {int(start[inside])} overlaps the {what}")
+    clash = first_overlap(start, end)
+    if clash is not None:
+        later, earlier = clash
+        raise fail(int(index[later]), f"block at file offset {int(start[later])} overlaps the block of "
+                   f"BAT entry {int(index[earlier])}")
+    for block in bat.blocks_in(PayloadState.PARTIALLY_PRESENT).tolist():
+        if block // chunk_ratio not in bat.bitmaps:
+            raise fail(block + block // chunk_ratio, f"payload block {block} is partially present but its "
+                       "chunk has no sector bitmap block")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,14 +756,14 @@ class VhdxDisk(VirtualDisk):
             if self._extents is not None:
                 return self._extents
         bs = self.meta.block_size
-        ranges = subtract_ranges(self.bat.block_ranges(PAYLOAD_BLOCK_FULLY_PRESENT, bs), self._payload_holes())
+        ranges = subtract_ranges(self.bat.block_ranges(PayloadState.FULLY_PRESENT, bs), self._payload_holes())
         if self.meta.has_parent:
-            for block in self.bat.blocks_in(PAYLOAD_BLOCK_PARTIALLY_PRESENT):
+            for block in self.bat.blocks_in(PayloadState.PARTIALLY_PRESENT):
                 base = int(block) * bs
                 ranges.extend((base + s, base + e)
                               for s, e, present in self._sector_runs(int(block)) if present)
             child = merge_ranges(ranges)
-            zero = self.bat.block_ranges(PAYLOAD_BLOCK_ZERO, bs)
+            zero = self.bat.block_ranges(PayloadState.ZERO, bs)
             parent_ranges = ([] if self._parent is None else
                              merge_ranges((e.offset, e.end) for e in self._parent.extents() if e.allocated))
             ranges = child + subtract_ranges(parent_ranges, zero)
@@ -698,12 +776,12 @@ class VhdxDisk(VirtualDisk):
         """The ranges this file decides itself: present blocks and sectors, and ZERO blocks of a
         differencing disk (zeros over the parent's bytes); a patch upload's unit."""
         bs = self.meta.block_size
-        ranges = list(self.bat.block_ranges(PAYLOAD_BLOCK_FULLY_PRESENT, bs))
+        ranges = list(self.bat.block_ranges(PayloadState.FULLY_PRESENT, bs))
         if self.meta.has_parent:
-            for block in self.bat.blocks_in(PAYLOAD_BLOCK_PARTIALLY_PRESENT):
+            for block in self.bat.blocks_in(PayloadState.PARTIALLY_PRESENT):
                 base = int(block) * bs
                 ranges.extend((base + s, base + e) for s, e, present in self._sector_runs(int(block)) if present)
-            ranges.extend(self.bat.block_ranges(PAYLOAD_BLOCK_ZERO, bs))
+            ranges.extend(self.bat.block_ranges(PayloadState.ZERO, bs))
         return merge_ranges((a, min(b, self.virtual_size)) for a, b in ranges)
 
     def _payload_holes(self) -> list[tuple[int, int]]:
@@ -713,76 +791,45 @@ class VhdxDisk(VirtualDisk):
         """
         if self.view.replayed:
             return []
-        full = self.bat.present_states == PAYLOAD_BLOCK_FULLY_PRESENT
+        full = self.bat.present_states == PayloadState.FULLY_PRESENT
         return holes_in_blocks(self.image.holes(), self.bat.present_blocks[full],
                                self.bat.present_offsets[full], self.meta.block_size)
 
-    def _segments(self, offset: int, end: int) -> list[list[Any]]:
-        """``[kind, file offset, disk offset, length]`` runs of ``[offset, end)``, kind "file" | "zero" |
-        "parent", neighbours of one kind merged (file runs only where contiguous in the file)."""
-        segments: list[list[Any]] = []
-
-        def add(kind: str, source: int, position: int, length: int) -> None:
-            if segments:
-                last = segments[-1]
-                if last[0] == kind and last[2] + last[3] == position and (
-                        kind != "file" or last[1] + last[3] == source):
-                    last[3] += length
-                    return
-            segments.append([kind, source, position, length])
-
+    def _plan(self, offset: int, end: int) -> list[Segment]:
+        """The segments of ``[offset, end)``, a block at a time, through the bitmap for partial blocks."""
         bs = self.meta.block_size
-        differencing = self.meta.has_parent
+        # Unwritten blocks of a differencing disk show the parent's bytes; of any other disk, zeros.
+        absent = Source.PARENT if self.meta.has_parent else Source.ZERO
+        plan = ReadPlan()
         position = offset
         while position < end:
             block, within = divmod(position, bs)
             n = min(bs - within, end - position)
             state, file_offset = self.bat.lookup(block)
-            if state == PAYLOAD_BLOCK_FULLY_PRESENT:
-                add("file", file_offset + within, position, n)
-            elif state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+            if state == PayloadState.FULLY_PRESENT:
+                plan.add(Source.FILE, position, position + n, file_offset + within)
+            elif state == PayloadState.PARTIALLY_PRESENT:
                 for start, stop, present in self._sector_runs(block):
                     lo, hi = max(start, within), min(stop, within + n)
-                    if lo < hi:
-                        add("file" if present else "parent", file_offset + lo,
-                            position + lo - within, hi - lo)
-            elif state == PAYLOAD_BLOCK_ZERO or not differencing:
-                add("zero", 0, position, n)
-            else:  # NOT_PRESENT, UNDEFINED, UNMAPPED in a differencing disk: the parent's bytes
-                add("parent", 0, position, n)
+                    plan.add(Source.FILE if present else Source.PARENT, position + lo - within,
+                             position + hi - within, file_offset + lo)
+            elif state == PayloadState.ZERO:
+                plan.add(Source.ZERO, position, position + n)
+            else:  # NOT_PRESENT, UNDEFINED, UNMAPPED
+                plan.add(absent, position, position + n)
             position += n
-        return segments
+        return plan.segments
 
     def readinto(self, offset: int, view: memoryview) -> None:
         self.check_range(offset, len(view))
-        for kind, source, at, length in self._segments(offset, offset + len(view)):
-            sub = view[at - offset:at - offset + length]
-            if kind == "file":
-                self.view.preadinto(source, sub, "VHDX payload block")
-            elif kind == "parent" and self._parent is not None:
-                self._parent.readinto(at, sub)
-            else:
-                for i in range(0, length, len(_ZERO)):
-                    piece = min(len(_ZERO), length - i)
-                    sub[i:i + piece] = _ZERO[:piece]
+        read_segments(self._plan(offset, offset + len(view)), offset, view, self.view, self._parent,
+                      "VHDX payload block")
 
     def placements(self, offset: int, length: int) -> list[Placement]:
         self.check_range(offset, length)
-        result: list[Placement] = []
         # A replayed log overlays writes on the file: then the file's bytes are not the disk's.
-        direct = not self.view.replayed
-        for kind, source, at, n in self._segments(offset, offset + length):
-            if kind == "file":
-                if direct and source + n <= self.image.size:
-                    append_placement(result, stored_placement(at, n, self.image, source))
-                else:
-                    append_placement(result, Placement(at, n, "read"))
-            elif kind == "parent" and self._parent is not None:
-                for piece in self._parent.placements(at, n):
-                    append_placement(result, piece)
-            else:
-                append_placement(result, Placement(at, n, "zero"))
-        return result
+        stored = None if self.view.replayed else self.image
+        return segment_placements(self._plan(offset, offset + length), stored, self._parent)
 
     def details(self) -> dict[str, Any]:
         h = self.header

@@ -7,6 +7,8 @@ buffers go through numpy's reductions over 64-bit words instead (about 30 GB/s).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from vhdtool.units import MiB
@@ -14,6 +16,14 @@ from vhdtool.units import MiB
 _SMALL = 4096
 # One shared buffer of zeros: filling from it is a memcpy, with no allocation per read.
 ZERO_MiB = memoryview(bytes(MiB))
+
+
+def zero_pieces(length: int) -> Iterator[memoryview]:
+    """``length`` zero bytes as consecutive views of at most a MiB (for hashing zeros without allocating)."""
+    while length > 0:
+        step = min(length, MiB)
+        yield ZERO_MiB[:step]
+        length -= step
 
 
 def fill_zeros(view: memoryview) -> None:

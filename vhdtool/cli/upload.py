@@ -11,6 +11,7 @@ from vhdtool.cli.bars import WorkerBar
 from vhdtool.cli.params import BYTE_SIZE
 from vhdtool.cli.patch import patch_command
 from vhdtool.formats.open import open_image
+from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.stream.fixed_view import azure_virtual_size
 from vhdtool.stream.hasher import parse_algorithms
 
@@ -78,7 +79,7 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
                       allow_absolute_parent=allow_absolute_parent)
         return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        bar = WorkerBar(azure_virtual_size(disk.virtual_size, size) + 512, "upload", show_progress)
+        bar = WorkerBar(azure_virtual_size(disk.virtual_size, size) + FOOTER_SIZE, "upload", show_progress)
         try:
             result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
                                 verify=verify, progress=bar.add_sent_skipped, managed_disk=managed_disk,

@@ -5,7 +5,8 @@ as zeros, or come from the parent disk. A reader cuts a range into such :class:`
 :class:`ReadPlan` (which merges neighbours, so one read or one placement serves a long run), and
 :func:`read_segments` / :func:`segment_placements` carry them out the same way for both formats.
 
-The ``first_*`` checks find the first stored block that lies outside the file, over a reserved
+:func:`holes_in_blocks` finds the stored bytes that are holes in a sparse image file. The
+``first_*`` checks find the first stored block that lies outside the file, over a reserved
 structure, or over another block, on numpy arrays of file ranges (a BAT can hold millions of
 blocks); each reader words its own error, naming its own structures.
 """
@@ -16,9 +17,11 @@ from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from vhdtool.blockio.zeros import fill_zeros
 from vhdtool.disk.base import ByteSource, Placement, VirtualDisk, append_placement, stored_placement
+from vhdtool.extents import merge_ranges
 
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
@@ -146,3 +149,29 @@ def consecutive_runs(blocks: IntArray, states: IntArray | None = None) -> tuple[
     firsts = np.concatenate([np.zeros(1, np.int64), breaks + 1])
     lasts = np.concatenate([breaks, np.array([blocks.size - 1], np.int64)])
     return blocks[firsts], blocks[lasts] + 1, firsts
+
+
+def holes_in_blocks(holes: list[tuple[int, int]], blocks: npt.NDArray[Any], file_offsets: npt.NDArray[Any],
+                    block_size: int) -> list[tuple[int, int]]:
+    """Disk byte ranges of stored blocks whose bytes are holes in the image file.
+
+    ``blocks[i]`` (a block number) is stored at ``file_offsets[i]``. A block's never-written bytes are
+    often a hole in a sparse VHD/VHDX (qemu, ``cp --sparse``) or unwritten pages of a page blob: they
+    read as zeros, so convert and upload need not touch them. ``holes`` come from the byte source's
+    metadata (``SEEK_HOLE``, Get Page Ranges), no data read.
+    """
+    if not holes or not len(blocks):
+        return []
+    order = np.argsort(file_offsets, kind="stable")
+    blocks, offsets = blocks[order], file_offsets[order]
+    result: list[tuple[int, int]] = []
+    for hole_start, hole_end in holes:
+        i = max(0, int(np.searchsorted(offsets, hole_start, side="right")) - 1)
+        while i < len(offsets) and int(offsets[i]) < hole_end:
+            block_file = int(offsets[i])
+            lo, hi = max(hole_start, block_file), min(hole_end, block_file + block_size)
+            if lo < hi:
+                base = int(blocks[i]) * block_size - block_file
+                result.append((base + lo, base + hi))
+            i += 1
+    return merge_ranges(result)

@@ -4,40 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from vhdtool.blockio.fileio import data_ranges, file_holes
 from vhdtool.disk.base import ByteSource, Placement, VirtualDisk, stored_placement
-from vhdtool.extents import Extent, extents_from_ranges, merge_ranges
+from vhdtool.extents import Extent, align_down, align_up, extents_from_ranges
+from vhdtool.units import SECTOR_SIZE
 
-__all__ = ["RawDisk", "data_ranges", "file_holes", "holes_in_blocks"]
+__all__ = ["RawDisk", "data_ranges", "file_extents", "file_holes"]
 
 
-def holes_in_blocks(holes: list[tuple[int, int]], blocks: npt.NDArray[Any], file_offsets: npt.NDArray[Any],
-                    block_size: int) -> list[tuple[int, int]]:
-    """Disk byte ranges of stored blocks whose bytes are holes in the image file.
-
-    ``blocks[i]`` (a block number) is stored at ``file_offsets[i]``. A block's never-written bytes are
-    often a hole in a sparse VHD/VHDX (qemu, ``cp --sparse``) or unwritten pages of a page blob: they
-    read as zeros, so convert and upload need not touch them. ``holes`` come from the byte source's
-    metadata (``SEEK_HOLE``, Get Page Ranges), no data read.
-    """
-    if not holes or not len(blocks):
-        return []
-    order = np.argsort(file_offsets, kind="stable")
-    blocks, offsets = blocks[order], file_offsets[order]
-    result: list[tuple[int, int]] = []
-    for hole_start, hole_end in holes:
-        i = max(0, int(np.searchsorted(offsets, hole_start, side="right")) - 1)
-        while i < len(offsets) and int(offsets[i]) < hole_end:
-            block_file = int(offsets[i])
-            lo, hi = max(hole_start, block_file), min(hole_end, block_file + block_size)
-            if lo < hi:
-                base = int(blocks[i]) * block_size - block_file
-                result.append((base + lo, base + hi))
-            i += 1
-    return merge_ranges(result)
+def file_extents(image: ByteSource, limit: int, size: int) -> list[Extent]:
+    """Extents of a disk of ``size`` bytes stored as it is in ``image`` from offset 0, from the file's
+    data ranges up to ``limit``: holes are reported in filesystem blocks, aligned out to sectors here."""
+    ranges = image.data_ranges(limit)
+    return extents_from_ranges([(align_down(s, SECTOR_SIZE), align_up(e, SECTOR_SIZE)) for s, e in ranges], size)
 
 
 class RawDisk(VirtualDisk):
@@ -55,10 +34,7 @@ class RawDisk(VirtualDisk):
 
     def extents(self) -> list[Extent]:
         if self._extents is None:
-            ranges = self.image.data_ranges(self.image.size)
-            # Holes are reported in filesystem blocks; align out to 512-byte sectors.
-            aligned = [(s - s % 512, -(-e // 512) * 512) for s, e in ranges]
-            self._extents = extents_from_ranges(aligned, self.virtual_size)
+            self._extents = file_extents(self.image, self.image.size, self.virtual_size)
         return self._extents
 
     def readinto(self, offset: int, view: memoryview) -> None:

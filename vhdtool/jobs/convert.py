@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vhdtool.blockio.zeros import fill_zeros
 from vhdtool.disk.base import Placement, VirtualDisk, append_placement
 from vhdtool.errors import ImageError, OutputError, UsageError, VhdtoolError
-from vhdtool.extents import Extent, MiB, allocated_bytes, check_cover
+from vhdtool.extents import Extent, allocated_bytes, check_cover
 from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.stream.digest import NAME as SPARSE_DIGEST
 from vhdtool.stream.digest import SparseDigest, SparseDigestSink
@@ -29,6 +30,7 @@ from vhdtool.stream.fixed_file import FixedFileSink
 from vhdtool.stream.fixed_view import FixedVhdView, azure_virtual_size
 from vhdtool.stream.hasher import HashSink
 from vhdtool.stream.pump import DEFAULT_CHUNK_SIZE, Progress, Sink, pump
+from vhdtool.units import MiB
 
 OutputFormat = Literal["vhd", "raw"]
 
@@ -91,7 +93,7 @@ class PaddedView:
         if n:
             self.disk.readinto(offset, view[:n])
         if n < len(view):
-            view[n:] = bytes(len(view) - n)
+            fill_zeros(view[n:])
 
     def placements(self, offset: int, length: int) -> list[Placement]:
         result: list[Placement] = []

@@ -26,7 +26,7 @@ from typing import Any
 from vhdtool.blockio import fileio
 from vhdtool.disk.base import ImageFile
 from vhdtool.errors import ImageError, OutputError, UnsupportedImageError
-from vhdtool.extents import MiB, align_up
+from vhdtool.extents import align_up
 from vhdtool.formats.detect import sniff
 from vhdtool.formats.vhd.footer import (
     DISK_TYPE_FIXED,
@@ -40,6 +40,7 @@ from vhdtool.formats.vhd.footer import (
 from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.formats.vhd.reader import read_footer
 from vhdtool.stream.fixed_file import describe_os_error
+from vhdtool.units import MiB
 
 
 @dataclass(frozen=True)

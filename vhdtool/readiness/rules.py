@@ -12,16 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vhdtool.formats.vhd.footer import FIXED_DATA_OFFSET as FIXED_DATA_OFFSET
+from vhdtool.formats.vhd.layout import FOOTER_SIZE as FOOTER_SIZE
+from vhdtool.formats.vhd.layout import VHD_COOKIE as VHD_COOKIE_BYTES
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN
 from vhdtool.inspect.report import DiskReport
+from vhdtool.units import GiB, MiB, TiB
 
 ERROR, WARNING, INFO = "error", "warning", "info"
-MiB = 1 << 20
-GiB = 1 << 30
-TiB = 1 << 40
-FOOTER_SIZE = 512
-VHD_COOKIE = "conectix"
-FIXED_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
+VHD_COOKIE = VHD_COOKIE_BYTES.decode("ascii")  # as the footer's JSON form spells it
 # docs/azure-rules.md §1: managed-disk direct upload range (file size), OS disk by generation, data disk, page blob.
 UPLOAD_MIN_FILE = 20 * MiB + FOOTER_SIZE
 UPLOAD_MAX_FILE = 32767 * GiB + FOOTER_SIZE  # "32 TiB" in Azure's wording: 35,183,298,347,520

@@ -22,10 +22,11 @@ import hashlib
 import struct
 import threading
 
-from vhdtool.blockio.zeros import is_zero
+from vhdtool.blockio.zeros import ZERO_MiB, is_zero, zero_pieces
 from vhdtool.extents import Extent
+from vhdtool.units import MiB
 
-GRANULE = 4 * 1024 * 1024
+GRANULE = 4 * MiB
 NAME = "sparse-sha256"
 _DOMAIN = b"vhdtool-sparse-sha256-v1\n"
 _U64 = struct.Struct(">Q")
@@ -169,14 +170,9 @@ class SparseDigestSink:
         return self.digest.hexdigest()
 
 
-_ZERO = memoryview(bytes(1024 * 1024))
-
-
 def _feed_zeros(h: hashlib._Hash, length: int) -> None:
-    while length > 0:
-        n = min(length, len(_ZERO))
-        h.update(_ZERO[:n])
-        length -= n
+    for piece in zero_pieces(length):
+        h.update(piece)
 
 
 def granules_touched(extents: list[Extent]) -> list[int]:
@@ -210,7 +206,7 @@ def _zero_prefix(length: int) -> hashlib._Hash:
             _prefixes.append(hashlib.sha256())
         while len(_prefixes) <= steps:
             following = _prefixes[-1].copy()
-            following.update(_ZERO[:_PREFIX_STEP])
+            following.update(ZERO_MiB[:_PREFIX_STEP])
             _prefixes.append(following)
         h = _prefixes[steps].copy()
     if rest:

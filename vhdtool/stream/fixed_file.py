@@ -25,11 +25,12 @@ from collections.abc import Iterator
 from vhdtool.blockio import fileio
 from vhdtool.blockio.zeros import nonzero_runs
 from vhdtool.errors import OutputError
+from vhdtool.units import MiB
 
 DEFAULT_GRANULARITY = 4096  # a filesystem block: the unit in which a hole can be left
 # Start writeback of what was written every this many bytes, so the final fsync has little left
 # to wait for and the output does not fill the page cache (see FixedFileSink._start_writeback).
-WRITEBACK_EVERY = 64 * 1024 * 1024
+WRITEBACK_EVERY = 64 * MiB
 TEMP_SUFFIX = ".vhdtool-partial"
 
 _PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vhdtool.blockio.zeros import fill_zeros
 from vhdtool.disk.base import Placement, VirtualDisk, append_placement
 from vhdtool.errors import UsageError
-from vhdtool.extents import Extent, MiB, align_up, check_cover
+from vhdtool.extents import Extent, align_up, check_cover
 from vhdtool.formats.vhd.footer import VhdFooter, build_footer, fixed_footer
 from vhdtool.formats.vhd.layout import FOOTER_SIZE
+from vhdtool.units import MiB
 
 
 def azure_virtual_size(size: int, requested: int | None = None, alignment: int = MiB) -> int:
@@ -81,7 +83,7 @@ class FixedVhdView:
         if position < end and position < footer_start:
             n = min(end, footer_start) - position
             start = position - offset
-            view[start:start + n] = bytes(n)
+            fill_zeros(view[start:start + n])
             position += n
         if position < end:
             start = position - offset

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from vhdtool.blockio.zeros import zero_pieces
 from vhdtool.errors import UsageError
 
 SUPPORTED = ("md5", "sha1", "sha256", "sha512")
-_ZERO = memoryview(bytes(1024 * 1024))
 
 
 def parse_algorithms(text: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -60,13 +60,9 @@ class HashSink:
 
     def zeros(self, offset: int, length: int) -> None:
         self._expect(offset)
-        remaining = length
-        while remaining:
-            n = min(remaining, len(_ZERO))
-            piece = _ZERO[:n]
+        for piece in zero_pieces(length):
             for h in self._hashes.values():
                 h.update(piece)
-            remaining -= n
         self.position += length
 
     def finish(self) -> None:

@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from vhdtool.extents import Extent, split
+from vhdtool.units import MiB
 
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 4 * MiB
 
 
 class Source(Protocol):

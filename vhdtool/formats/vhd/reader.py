@@ -34,11 +34,12 @@ from vhdtool.formats.blocks import (
     first_inside,
     first_overlap,
     first_past,
+    holes_in_blocks,
     read_segments,
     segment_placements,
 )
 from vhdtool.formats.parent import Locator, OpenOptions, resolve_parent
-from vhdtool.formats.raw import holes_in_blocks
+from vhdtool.formats.raw import file_extents
 from vhdtool.formats.vhd.footer import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -534,9 +535,7 @@ class FixedVhd(VhdDisk):
 
     def extents(self) -> list[Extent]:
         if self._extents is None:
-            ranges = self.image.data_ranges(self.virtual_size)
-            aligned = [(s - s % SECTOR_SIZE, align_up(e, SECTOR_SIZE)) for s, e in ranges]
-            self._extents = extents_from_ranges(aligned, self.virtual_size)
+            self._extents = file_extents(self.image, self.virtual_size, self.virtual_size)
         return self._extents
 
     def readinto(self, offset: int, view: memoryview) -> None:

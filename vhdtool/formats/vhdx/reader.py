@@ -33,11 +33,11 @@ from vhdtool.formats.blocks import (
     first_inside,
     first_overlap,
     first_past,
+    holes_in_blocks,
     read_segments,
     segment_placements,
 )
 from vhdtool.formats.parent import Locator, OpenOptions, resolve_parent
-from vhdtool.formats.raw import holes_in_blocks
 from vhdtool.formats.vhdx.layout import (
     BAT_ENTRY_SIZE,
     BAT_REGION_GUID,
@@ -355,8 +355,57 @@ def _parse_parent_locator(raw: bytes, path: str, offset: int) -> dict[str, str]:
     return result
 
 
+@dataclass(frozen=True)
+class _MetadataItems:
+    """The known system items of the metadata table (2.6.1): their bytes and file offsets, by item id."""
+
+    path: str
+    table_offset: int
+    items: dict[uuid.UUID, tuple[bytes, int]]
+
+    def need(self, item_id: uuid.UUID, size: int) -> tuple[bytes, int]:
+        """The bytes and file offset of a required item of at least ``size`` bytes."""
+        name = _KNOWN_ITEMS[item_id]
+        if item_id not in self.items:
+            raise ImageError(self.path, "VHDX metadata table", self.table_offset, f"no {name} item")
+        data, at = self.items[item_id]
+        if len(data) < size:
+            raise ImageError(self.path, f"VHDX metadata item {name}", at, f"{len(data)} bytes, needs {size}")
+        return data, at
+
+
 def read_metadata(view: ReplayedFile, region: Region, warnings: list[str]) -> VhdxMetadata:
     """The metadata table and its system items (2.6), validated; unknown required items refused."""
+    items = _read_metadata_items(view, region)
+    path = view.path
+    data, at = items.need(FILE_PARAMETERS_GUID, 8)
+    params = _parse(FileParameters, data[:8], path, "VHDX file parameters", at)
+    block_size = params.block_size
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+        raise ImageError(path, "VHDX file parameters", at,
+                         f"block size {block_size} is not a power of two from 1 MiB to 256 MiB")
+    has_parent = bool(params.flags & 2)
+    logical, physical = _sector_sizes(items, warnings)
+    data, at = items.need(VIRTUAL_DISK_SIZE_GUID, 8)
+    virtual_size = int.from_bytes(data[:8], "little")
+    if not 0 < virtual_size <= MAX_VIRTUAL_SIZE or virtual_size % logical:
+        raise ImageError(path, "VHDX virtual disk size", at,
+                         f"{virtual_size} is not a multiple of the {logical}-byte sector up to 64 TiB")
+    data, at = items.need(PAGE83_DATA_GUID, 16)
+    page83 = _guid(data[:16])
+    locator: dict[str, str] | None = None
+    if has_parent:
+        data, at = items.need(PARENT_LOCATOR_GUID, 20)
+        locator = _parse_parent_locator(data, path, at)
+        if "parent_linkage" not in locator:
+            raise ImageError(path, "VHDX parent locator", at, "no parent_linkage entry")
+    return VhdxMetadata(block_size=block_size, leave_blocks_allocated=bool(params.flags & 1),
+                        has_parent=has_parent, virtual_size=virtual_size, page83=page83,
+                        logical_sector_size=logical, physical_sector_size=physical, parent_locator=locator)
+
+
+def _read_metadata_items(view: ReplayedFile, region: Region) -> _MetadataItems:
+    """Read the metadata table and the known system items it lists, each checked to lie in the region."""
     path = view.path
     base = region.file_offset
     if region.length < METADATA_TABLE_SIZE:
@@ -373,17 +422,9 @@ def read_metadata(view: ReplayedFile, region: Region, warnings: list[str]) -> Vh
         entry = _parse(MetadataTableEntry, raw[start:start + 32], path, "VHDX metadata table entry",
                        base + start)
         item_id = _guid(entry.item_id)
-        is_required = bool(entry.flags & 4)
-        name = _KNOWN_ITEMS.get(item_id)
-        if entry.flags & 1:  # IsUser: user metadata is never needed to read the disk
-            continue
+        name = _wanted_item(path, entry, item_id, base + start)
         if name is None:
-            if is_required:
-                raise UnsupportedImageError(f"{path}: VHDX metadata table entry at byte {base + start}: "
-                                            f"required item {item_id} is unknown to vhdtool")
             continue
-        if entry.length == 0 and entry.offset == 0:
-            continue  # 2.6.1.2: a zero-length item is present but empty
         if entry.length > MAX_METADATA_ITEM_SIZE:  # 2.6.1.2: "Length MUST be less than or equal to 1 MB"
             raise ImageError(path, f"VHDX metadata item {name}", base + start,
                              f"length {entry.length} is more than the 1 MiB an item may have")
@@ -394,49 +435,38 @@ def read_metadata(view: ReplayedFile, region: Region, warnings: list[str]) -> Vh
             raise ImageError(path, f"VHDX metadata item {name}", base + start, "listed twice")
         items[item_id] = (view.pread(base + entry.offset, entry.length, f"VHDX metadata item {name}"),
                           base + entry.offset)
+    return _MetadataItems(path, base, items)
 
-    def need(item_id: uuid.UUID, size: int) -> tuple[bytes, int]:
-        name = _KNOWN_ITEMS[item_id]
-        if item_id not in items:
-            raise ImageError(path, "VHDX metadata table", base, f"no {name} item")
-        data, at = items[item_id]
-        if len(data) < size:
-            raise ImageError(path, f"VHDX metadata item {name}", at, f"{len(data)} bytes, needs {size}")
-        return data, at
 
-    data, at = need(FILE_PARAMETERS_GUID, 8)
-    params = _parse(FileParameters, data[:8], path, "VHDX file parameters", at)
-    block_size = params.block_size
-    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
-        raise ImageError(path, "VHDX file parameters", at,
-                         f"block size {block_size} is not a power of two from 1 MiB to 256 MiB")
-    has_parent = bool(params.flags & 2)
-    data, at = need(LOGICAL_SECTOR_SIZE_GUID, 4)
+def _wanted_item(path: str, entry: Any, item_id: uuid.UUID, entry_offset: int) -> str | None:
+    """The name of a system item this reader reads; ``None`` for user items, unknown optional ones
+    and empty ones; an unknown required item is refused."""
+    if entry.flags & 1:  # IsUser: user metadata is never needed to read the disk
+        return None
+    name = _KNOWN_ITEMS.get(item_id)
+    if name is None:
+        if entry.flags & 4:  # IsRequired
+            raise UnsupportedImageError(f"{path}: VHDX metadata table entry at byte {entry_offset}: "
+                                        f"required item {item_id} is unknown to vhdtool")
+        return None
+    if entry.length == 0 and entry.offset == 0:
+        return None  # 2.6.1.2: a zero-length item is present but empty
+    return name
+
+
+def _sector_sizes(items: _MetadataItems, warnings: list[str]) -> tuple[int, int]:
+    """``(logical, physical)`` sector sizes (2.6.2.4, 2.6.2.5); only the logical one shapes reads."""
+    data, at = items.need(LOGICAL_SECTOR_SIZE_GUID, 4)
     logical = _item_u32(data)
     if logical not in SECTOR_SIZES:
-        raise ImageError(path, "VHDX logical sector size", at, f"{logical} is neither 512 nor 4096")
-    data, at = need(PHYSICAL_SECTOR_SIZE_GUID, 4)
+        raise ImageError(items.path, "VHDX logical sector size", at, f"{logical} is neither 512 nor 4096")
+    data, at = items.need(PHYSICAL_SECTOR_SIZE_GUID, 4)
     physical = _item_u32(data)
     if physical not in SECTOR_SIZES:
         # A hint to the guest (2.6.2.5) that no read depends on: qemu-img reads such a disk too.
         warnings.append(f"VHDX physical sector size at byte {at} is {physical}, neither 512 nor 4096; "
                         "it does not change how the disk reads")
-    data, at = need(VIRTUAL_DISK_SIZE_GUID, 8)
-    virtual_size = int.from_bytes(data[:8], "little")
-    if not 0 < virtual_size <= MAX_VIRTUAL_SIZE or virtual_size % logical:
-        raise ImageError(path, "VHDX virtual disk size", at,
-                         f"{virtual_size} is not a multiple of the {logical}-byte sector up to 64 TiB")
-    data, at = need(PAGE83_DATA_GUID, 16)
-    page83 = _guid(data[:16])
-    locator: dict[str, str] | None = None
-    if has_parent:
-        data, at = need(PARENT_LOCATOR_GUID, 20)
-        locator = _parse_parent_locator(data, path, at)
-        if "parent_linkage" not in locator:
-            raise ImageError(path, "VHDX parent locator", at, "no parent_linkage entry")
-    return VhdxMetadata(block_size=block_size, leave_blocks_allocated=bool(params.flags & 1),
-                        has_parent=has_parent, virtual_size=virtual_size, page83=page83,
-                        logical_sector_size=logical, physical_sector_size=physical, parent_locator=locator)
+    return logical, physical
 
 
 # ---------------------------------------------------------------------------------------------

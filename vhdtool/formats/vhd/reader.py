@@ -651,9 +651,8 @@ class SparseVhd(VhdDisk):
         return holes_in_blocks(self.image.holes(), self._bat.used.astype(np.int64), data_offsets,
                                self._block_size)
 
-    def extents(self) -> list[Extent]:
-        if self._extents is not None:
-            return self._extents
+    def _set_ranges(self) -> list[tuple[int, int]]:
+        """Merged disk ranges of the sectors whose bitmap bits are set (whole blocks, up to a block past the disk)."""
         ranges: list[tuple[int, int]] = []
         block_size = self._block_size
         for slot, index in enumerate(self._bat.used.tolist()):
@@ -666,7 +665,12 @@ class SparseVhd(VhdDisk):
                 edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
                 for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
                     ranges.append((start + a * SECTOR_SIZE, start + b * SECTOR_SIZE))
-        ranges = subtract_ranges(merge_ranges(ranges), self._data_holes())
+        return merge_ranges(ranges)
+
+    def extents(self) -> list[Extent]:
+        if self._extents is not None:
+            return self._extents
+        ranges = subtract_ranges(self._set_ranges(), self._data_holes())
         if self._parent is not None:
             ranges.extend(allocated_ranges(self._parent.extents()))
         self._extents = extents_from_ranges(ranges, self.virtual_size)
@@ -674,18 +678,7 @@ class SparseVhd(VhdDisk):
 
     def owned_ranges(self) -> list[tuple[int, int]]:
         """The ranges this file decides itself (set bitmap bits), zeros included: a patch upload's unit."""
-        ranges: list[tuple[int, int]] = []
-        for slot, index in enumerate(self._bat.used.tolist()):
-            start = index * self._block_size
-            state = self._block_state(index, slot)
-            if state == _BlockState.FULL:
-                ranges.append((start, min(self.virtual_size, start + self._block_size)))
-            elif state == _BlockState.PARTIAL:
-                bits = self._block_bits(index, slot)
-                edges = np.flatnonzero(np.diff(bits, prepend=np.uint8(0), append=np.uint8(0)))
-                for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-                    ranges.append((start + a * SECTOR_SIZE, min(self.virtual_size, start + b * SECTOR_SIZE)))
-        return merge_ranges(ranges)
+        return merge_ranges((a, min(self.virtual_size, b)) for a, b in self._set_ranges())
 
     # -- reads --------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from construct import Construct, ConstructError
 
 from vhdtool.disk.base import ByteSource, Placement, VirtualDisk
 from vhdtool.errors import ImageError, ParentError, UnsupportedImageError
-from vhdtool.extents import Extent, extents_from_ranges, merge_ranges, subtract_ranges
+from vhdtool.extents import Extent, allocated_ranges, extents_from_ranges, merge_ranges, subtract_ranges
 from vhdtool.formats.blocks import (
     IntArray,
     ReadPlan,
@@ -788,14 +788,9 @@ class VhdxDisk(VirtualDisk):
         bs = self.meta.block_size
         ranges = subtract_ranges(self.bat.block_ranges(PayloadState.FULLY_PRESENT, bs), self._payload_holes())
         if self.meta.has_parent:
-            for block in self.bat.blocks_in(PayloadState.PARTIALLY_PRESENT):
-                base = int(block) * bs
-                ranges.extend((base + s, base + e)
-                              for s, e, present in self._sector_runs(int(block)) if present)
-            child = merge_ranges(ranges)
+            child = merge_ranges(ranges + self._present_sector_ranges())
             zero = self.bat.block_ranges(PayloadState.ZERO, bs)
-            parent_ranges = ([] if self._parent is None else
-                             merge_ranges((e.offset, e.end) for e in self._parent.extents() if e.allocated))
+            parent_ranges = [] if self._parent is None else allocated_ranges(self._parent.extents())
             ranges = child + subtract_ranges(parent_ranges, zero)
         result = extents_from_ranges(ranges, self.virtual_size)
         with self._lock:
@@ -808,11 +803,18 @@ class VhdxDisk(VirtualDisk):
         bs = self.meta.block_size
         ranges = list(self.bat.block_ranges(PayloadState.FULLY_PRESENT, bs))
         if self.meta.has_parent:
-            for block in self.bat.blocks_in(PayloadState.PARTIALLY_PRESENT):
-                base = int(block) * bs
-                ranges.extend((base + s, base + e) for s, e, present in self._sector_runs(int(block)) if present)
-            ranges.extend(self.bat.block_ranges(PayloadState.ZERO, bs))
+            ranges += self._present_sector_ranges()
+            ranges += self.bat.block_ranges(PayloadState.ZERO, bs)
         return merge_ranges((a, min(b, self.virtual_size)) for a, b in ranges)
+
+    def _present_sector_ranges(self) -> list[tuple[int, int]]:
+        """Disk ranges of the present sectors of PARTIALLY_PRESENT blocks, from their bitmaps."""
+        bs = self.meta.block_size
+        ranges: list[tuple[int, int]] = []
+        for block in self.bat.blocks_in(PayloadState.PARTIALLY_PRESENT).tolist():
+            base = block * bs
+            ranges.extend((base + s, base + e) for s, e, present in self._sector_runs(block) if present)
+        return ranges
 
     def _payload_holes(self) -> list[tuple[int, int]]:
         """Disk ranges of FULLY_PRESENT blocks that are holes in the (sparse) image file.

@@ -12,7 +12,6 @@ from vhdtool.extents import (
     allocated_bytes,
     allocated_ranges,
     check_cover,
-    clip,
     extents_from_ranges,
     merge_ranges,
     split,
@@ -53,15 +52,6 @@ def test_split_respects_the_limit_and_keeps_coverage(rs: list[tuple[int, int]], 
     assert all(p.length <= limit for p in pieces)
     check_cover(pieces, size)
     assert allocated_bytes(pieces) == allocated_bytes(extents)
-
-
-@given(ranges, st.integers(1, 13_000), st.integers(0, 13_000), st.integers(0, 13_000))
-def test_clip_returns_the_window(rs: list[tuple[int, int]], size: int, a: int, b: int) -> None:
-    lo, hi = min(a, b), max(a, b)
-    extents = extents_from_ranges(rs, size)
-    window = list(clip(extents, lo, hi))
-    assert sum(e.length for e in window) == max(0, min(hi, size) - min(lo, size))
-    assert all(lo <= e.offset and e.end <= hi for e in window)
 
 
 @given(st.integers(0, 1 << 50), st.sampled_from([1, 512, 4096, 1 << 20]))

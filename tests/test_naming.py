@@ -23,8 +23,6 @@ def test_plain_names() -> None:
     assert names.data == {0: "sample-datadisk-0-2026-11-23", 2: "sample-datadisk-2-2026-11-23"}
     assert names.counter is None
     assert names.manifest == "sample.manifest.json"
-    assert names.all_disks() == ["sample-os-2026-11-23", "sample-datadisk-0-2026-11-23",
-                                 "sample-datadisk-2-2026-11-23"]
 
 
 def test_collision_adds_one_counter_to_the_whole_set() -> None:
@@ -89,7 +87,7 @@ def test_plan_avoids_taken_names_and_uses_the_smallest_free_counter(
     for counter in ([None] if plain_taken else []) + sorted(used):
         taken.add(disk_name(name, None, day, counter))
     names = plan_names(name, luns, day, taken.__contains__)
-    chosen = names.all_disks()
+    chosen = [names.os, *names.data.values()]
     assert not set(chosen) & taken
     assert len(set(chosen)) == len(chosen) == 1 + len(luns)
     free = [c for c in [None, *range(1, 100)] if c not in used and not (c is None and plain_taken)]

@@ -14,9 +14,8 @@ from vhdtool.azure.pages import (
     RangeSet,
     RunList,
     align_extents,
-    complement,
     page_runs,
-    plan_puts,
+    split_ranges,
     total,
 )
 from vhdtool.azure.storage import Destination, is_managed_disk_url, make_destination, public_url, scrub
@@ -76,28 +75,32 @@ def test_page_runs_refuse_unaligned_pieces() -> None:
 
 
 @given(ranges_strategy.map(lambda rs: [(a * 512, b * 512) for a, b in rs]))
-def test_plan_puts_cover_the_runs_with_aligned_requests_of_at_most_4_mib(runs: list[tuple[int, int]]) -> None:
-    puts = plan_puts(runs)
+def test_put_windows_cover_the_runs_with_aligned_requests_of_at_most_4_mib(runs: list[tuple[int, int]]) -> None:
+    # How verify and patch cut merged page runs into Put Page / Get Blob windows.
+    merged = RangeSet(runs).ranges
+    puts = list(split_ranges(merged, MAX_PUT_PAGE))
     for a, b in puts:
         assert 0 < b - a <= MAX_PUT_PAGE
         assert a % PAGE_SIZE == 0 and b % PAGE_SIZE == 0
     assert all(puts[i][1] <= puts[i + 1][0] for i in range(len(puts) - 1))
-    assert RangeSet(puts).ranges == RangeSet(runs).ranges
+    assert RangeSet(puts).ranges == merged
     # As few requests as the limit allows: per merged run, ceil(length / 4 MiB).
-    assert len(puts) == sum(-(-(b - a) // MAX_PUT_PAGE) for a, b in RangeSet(runs).ranges)
+    assert len(puts) == sum(-(-(b - a) // MAX_PUT_PAGE) for a, b in merged)
 
 
 @given(ranges_strategy, st.integers(0, 1 << 23), st.integers(0, 1 << 23))
-def test_rangeset_missing_is_the_complement_within_the_window(ranges: list[tuple[int, int]], start: int,
-                                                              length: int) -> None:
+def test_rangeset_missing_is_what_the_set_leaves_of_the_window(ranges: list[tuple[int, int]], start: int,
+                                                               length: int) -> None:
     end = start + length
     present = RangeSet(ranges)
     missing = present.missing(start, end)
-    assert missing == complement(ranges, start, end)
-    # Missing and present parts tile [start, end) exactly.
+    # Separate, in order, inside the window, and touching no range of the set...
+    assert all(start <= a < b <= end for a, b in missing)
+    assert all(missing[i][1] < missing[i + 1][0] for i in range(len(missing) - 1))
+    assert not any(a < d and c < b for a, b in missing for c, d in present.ranges)
+    # ...so missing and present parts tile [start, end) exactly.
     inside = [(max(a, start), min(b, end)) for a, b in present.ranges if min(b, end) > max(a, start)]
     assert total(missing) + total(inside) == length
-    assert present.covers(start, end) == (not missing)
 
 
 def test_runlist_merges_touching_runs_and_refuses_going_back() -> None:

@@ -94,12 +94,20 @@ def allocated_bytes(extents: Iterable[Extent]) -> int:
     return sum(e.length for e in extents if e.allocated)
 
 
-def clip(extents: Iterable[Extent], start: int, end: int) -> Iterator[Extent]:
-    """The parts of ``extents`` that fall inside ``[start, end)``."""
-    for e in extents:
-        lo, hi = max(e.offset, start), min(e.end, end)
-        if lo < hi:
-            yield Extent(lo, hi - lo, e.allocated)
+def total(ranges: Iterable[tuple[int, int]]) -> int:
+    """Sum of the lengths of half-open ``(start, end)`` ranges (assumed disjoint)."""
+    return sum(b - a for a, b in ranges)
+
+
+def split_ranges(ranges: Iterable[tuple[int, int]], max_length: int) -> Iterator[tuple[int, int]]:
+    """Cut each ``(start, end)`` range into consecutive pieces of at most ``max_length`` bytes."""
+    if max_length <= 0:
+        raise ValueError("max_length must be positive")
+    for start, end in ranges:
+        while start < end:
+            piece = min(end, start + max_length)
+            yield start, piece
+            start = piece
 
 
 def split(extents: Iterable[Extent], max_length: int) -> Iterator[Extent]:
@@ -107,11 +115,8 @@ def split(extents: Iterable[Extent], max_length: int) -> Iterator[Extent]:
     if max_length <= 0:
         raise ValueError("max_length must be positive")
     for e in extents:
-        position = e.offset
-        while position < e.end:
-            length = min(max_length, e.end - position)
-            yield Extent(position, length, e.allocated)
-            position += length
+        for start, end in split_ranges(((e.offset, e.end),), max_length):
+            yield Extent(start, end - start, e.allocated)
 
 
 def check_cover(extents: list[Extent], size: int) -> None:

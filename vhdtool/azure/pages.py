@@ -9,10 +9,12 @@ half-open ``(start, end)`` byte ranges, with no I/O, so it is tested with hypoth
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from vhdtool.blockio.zeros import nonzero_runs
-from vhdtool.extents import Extent, align_down, align_up, extents_from_ranges, merge_ranges
+from vhdtool.extents import Extent, align_down, align_up, extents_from_ranges, merge_ranges, subtract_ranges
+from vhdtool.extents import split_ranges as split_ranges  # the range arithmetic the uploaders use, from its one home
+from vhdtool.extents import total as total
 
 PAGE_SIZE = 512  # Put Page: "the start offset must be a modulus of 512 and the length a modulus of 512"
 MAX_PUT_PAGE = 4 * 1024 * 1024  # Put Page: "the maximum size for a page write is 4 MiB"
@@ -44,44 +46,6 @@ def page_runs(offset: int, view: memoryview, page: int = PAGE_SIZE) -> list[Rang
     return [(offset + a, offset + b) for a, b in nonzero_runs(view, page)]
 
 
-def split_ranges(ranges: Iterable[Range], max_length: int = MAX_PUT_PAGE) -> Iterator[Range]:
-    """Cut each range into consecutive pieces of at most ``max_length`` bytes."""
-    if max_length <= 0:
-        raise ValueError("max_length must be positive")
-    for start, end in ranges:
-        while start < end:
-            piece = min(end, start + max_length)
-            yield start, piece
-            start = piece
-
-
-def plan_puts(runs: Iterable[Range], max_length: int = MAX_PUT_PAGE) -> list[Range]:
-    """Put Page requests for non-zero page runs: touching runs merged, then split at ``max_length``."""
-    return list(split_ranges(merge_ranges(runs), max_length))
-
-
-def complement(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
-    """The parts of ``[start, end)`` covered by none of ``ranges``."""
-    gaps: list[Range] = []
-    position = start
-    for a, b in merge_ranges(ranges):
-        if b <= position:
-            continue
-        if a >= end:
-            break
-        if a > position:
-            gaps.append((position, a))
-        position = max(position, b)
-    if position < end:
-        gaps.append((position, end))
-    return gaps
-
-
-def total(ranges: Iterable[Range]) -> int:
-    """Sum of the lengths of ``ranges`` (assumed disjoint)."""
-    return sum(b - a for a, b in ranges)
-
-
 class RangeSet:
     """An immutable, merged set of byte ranges with fast "what is missing from it" queries.
 
@@ -103,28 +67,12 @@ class RangeSet:
         return total(self.ranges)
 
     def missing(self, start: int, end: int) -> list[Range]:
-        """The parts of ``[start, end)`` not in the set."""
-        if not self.ranges:
-            return [(start, end)] if start < end else []
-        i = max(0, bisect.bisect_right(self._starts, start) - 1)
-        gaps: list[Range] = []
-        position = start
-        while i < len(self.ranges) and position < end:
-            a, b = self.ranges[i]
-            if a >= end:
-                break
-            if b > position:
-                if a > position:
-                    gaps.append((position, a))
-                position = max(position, b)
-            i += 1
-        if position < end:
-            gaps.append((position, end))
-        return gaps
-
-    def covers(self, start: int, end: int) -> bool:
-        """Whether every byte of ``[start, end)`` is in the set."""
-        return not self.missing(start, end)
+        """The parts of ``[start, end)`` not in the set (only the ranges that can touch it are looked at)."""
+        if start >= end:
+            return []
+        first = max(0, bisect.bisect_right(self._starts, start) - 1)
+        last = bisect.bisect_left(self._starts, end)
+        return subtract_ranges([(start, end)], self.ranges[first:last])
 
 
 class RunList:

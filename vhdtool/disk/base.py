@@ -243,12 +243,6 @@ class VirtualDisk(ABC):
         """``"clean"`` or ``"dirty"`` for VHDX, ``None`` for formats without a log."""
         return None
 
-    @property
-    def identity(self) -> str:
-        """A stable identity of the image contents' container, for resume keys (path, size, mtime)."""
-        st = os.stat(self.path)
-        return f"{self.format}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset`` (clipped to the disk size)."""
         length = max(0, min(length, self.virtual_size - offset))

@@ -60,9 +60,6 @@ class SetNames:
     counter: int | None
     manifest: str
 
-    def all_disks(self) -> list[str]:
-        return [self.os, *(self.data[lun] for lun in sorted(self.data))]
-
 
 def manifest_name(name: str, day: date, counter: int | None, plain: bool) -> str:
     """``NAME.manifest.json``, or, when that is taken, one named after the set's date and counter."""

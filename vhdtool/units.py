@@ -10,4 +10,5 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
+PiB = 1 << 50
 SECTOR_SIZE = 512

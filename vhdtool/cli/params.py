@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from vhdtool.errors import UsageError
+from vhdtool.units import GiB, KiB, MiB, PiB, TiB
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB, "p": PiB}
 
 
 def parse_size(text: str) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from vhdtool.blockio import fileio
 from vhdtool.errors import ImageError
 from vhdtool.extents import Extent, allocated_bytes
+from vhdtool.units import SECTOR_SIZE
 
 
 class ByteSource(Protocol):
@@ -205,8 +206,8 @@ class VirtualDisk(ABC):
     format: str  # "vhd" | "vhdx" | "raw"
     disk_type: str  # "fixed" | "dynamic" | "differencing"
     virtual_size: int
-    logical_sector_size: int = 512
-    physical_sector_size: int = 512
+    logical_sector_size: int = SECTOR_SIZE
+    physical_sector_size: int = SECTOR_SIZE
     block_size: int | None = None
 
     def __init__(self) -> None:

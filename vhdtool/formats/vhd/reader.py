@@ -291,27 +291,7 @@ def read_dynamic_header(image: ByteSource, footer: VhdFooter, data_end: int) -> 
     warnings: list[str] = []
     if footer.disk_type == DISK_TYPE_DIFFERENCING:
         # Dynamic disks leave these entries unused; only a differencing disk's are read.
-        for index, entry in enumerate(c.parent_locators):
-            code = bytes(entry.platform_code)
-            if code == PLATFORM_NONE:
-                continue
-            entry_offset = offset + _LOCATOR_TABLE_OFFSET + 24 * index
-            structure = f"VHD parent locator {index} ({code.decode('latin-1')!r})"
-            # A locator only helps find the parent (the unique id proves it): a broken one is
-            # skipped, as qemu-img and libvhdi skip it, and the other locators, the parent's name
-            # or --parent still find the parent.
-            if entry.data_length > MAX_LOCATOR_LENGTH:
-                warnings.append(f"{structure} at byte {entry_offset}: data length {entry.data_length} is "
-                                "too long for a path; locator ignored")
-                continue
-            if entry.data_offset + entry.data_length > data_end:
-                warnings.append(f"{structure} at byte {entry_offset}: data at byte {entry.data_offset} "
-                                f"({entry.data_length} bytes) lies past the data area, which ends at byte "
-                                f"{data_end}; locator ignored")
-                continue
-            data = image.pread(entry.data_offset, entry.data_length, structure) if entry.data_length else b""
-            locators.append(VhdParentLocator(index, code, entry.data_space, entry.data_length,
-                                             entry.data_offset, _decode_locator(code, data)))
+        locators = _read_locators(image, c.parent_locators, offset, data_end, warnings)
     name = bytes(c.parent_unicode_name).decode("utf-16-be", errors="replace").split("\0", 1)[0]
     return VhdDynamicHeader(
         offset=offset,
@@ -328,6 +308,36 @@ def read_dynamic_header(image: ByteSource, footer: VhdFooter, data_end: int) -> 
         locators=tuple(locators),
         warnings=tuple(warnings),
     )
+
+
+def _read_locators(image: ByteSource, entries: Any, header_offset: int, data_end: int,
+                   warnings: list[str]) -> list[VhdParentLocator]:
+    """The parent locators of a differencing disk's header, their paths decoded.
+
+    A locator only helps find the parent (the unique id proves it): a broken one is skipped, as
+    qemu-img and libvhdi skip it, and the other locators, the parent's name or --parent still
+    find the parent.
+    """
+    locators: list[VhdParentLocator] = []
+    for index, entry in enumerate(entries):
+        code = bytes(entry.platform_code)
+        if code == PLATFORM_NONE:
+            continue
+        entry_offset = header_offset + _LOCATOR_TABLE_OFFSET + 24 * index
+        structure = f"VHD parent locator {index} ({code.decode('latin-1')!r})"
+        if entry.data_length > MAX_LOCATOR_LENGTH:
+            warnings.append(f"{structure} at byte {entry_offset}: data length {entry.data_length} is "
+                            "too long for a path; locator ignored")
+            continue
+        if entry.data_offset + entry.data_length > data_end:
+            warnings.append(f"{structure} at byte {entry_offset}: data at byte {entry.data_offset} "
+                            f"({entry.data_length} bytes) lies past the data area, which ends at byte "
+                            f"{data_end}; locator ignored")
+            continue
+        data = image.pread(entry.data_offset, entry.data_length, structure) if entry.data_length else b""
+        locators.append(VhdParentLocator(index, code, entry.data_space, entry.data_length,
+                                         entry.data_offset, _decode_locator(code, data)))
+    return locators
 
 
 @dataclass(frozen=True)

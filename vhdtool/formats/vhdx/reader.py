@@ -73,8 +73,8 @@ from vhdtool.formats.vhdx.layout import (
     RegionTableEntry,
     RegionTableHeader,
 )
-from vhdtool.formats.vhdx.log import ReplayedFile, find_active_sequence
-from vhdtool.units import SECTOR_SIZE, MiB
+from vhdtool.formats.vhdx.log import LogSequence, ReplayedFile, find_active_sequence
+from vhdtool.units import SECTOR_SIZE, MiB, TiB
 
 
 class PayloadState(IntEnum):
@@ -98,7 +98,7 @@ class BitmapState(IntEnum):
 # 2.6.2.1 / 2.6.2.2 / 2.6.2.4 limits.
 MIN_BLOCK_SIZE = 1 * MiB
 MAX_BLOCK_SIZE = 256 * MiB
-MAX_VIRTUAL_SIZE = 64 * 1024**4
+MAX_VIRTUAL_SIZE = 64 * TiB
 SECTOR_SIZES = (SECTOR_SIZE, 4096)
 SECTOR_BITMAP_BLOCK_SIZE = 1 * MiB
 MAX_METADATA_ITEM_SIZE = 1 * MiB
@@ -947,52 +947,22 @@ def _open_parent(disk: VhdxDisk, image: ByteSource, options: OpenOptions) -> Non
 
 def open_vhdx(image: ByteSource, options: OpenOptions) -> VirtualDisk:
     """Open a VHDX image read-only: headers, log replay in memory, regions, metadata, BAT, parent."""
-    path = image.path
     signature = image.pread(0, 8, "VHDX file identifier")
     if signature != FILE_SIGNATURE:
-        raise ImageError(path, "VHDX file identifier", 0, f"bad signature {signature!r}")
+        raise ImageError(image.path, "VHDX file identifier", 0, f"bad signature {signature!r}")
     warnings: list[str] = []
     header = read_current_header(image, warnings)
-    header_offset = HEADER1_OFFSET if header.index == 1 else HEADER2_OFFSET
     reserved: list[tuple[int, int, str]] = [(0, HEADER_AREA_SIZE, "header area")]
-    sequence = None
-    log_length = header.log_length  # 0 when the log is left out of the layout checks
-    if header.log_length or header.log_guid != NULL_GUID:
-        # 2.2.2: LogOffset and LogLength are 1 MiB multiples, the log lies after the header area.
-        if (header.log_offset % MiB or header.log_length % MiB or header.log_offset < HEADER_AREA_SIZE
-                or header.log_offset + header.log_length > image.size):
-            problem = (f"log at {header.log_offset} length {header.log_length} is not a 1 MiB aligned "
-                       f"range inside the file of {image.size} bytes")
-            if header.log_guid != NULL_GUID:
-                raise ImageError(path, f"VHDX header {header.index}", header_offset, problem)
-            # A clean log (LogGuid zero) is never read, so its range cannot make a read wrong.
-            warnings.append(f"VHDX header {header.index}: {problem}; the log is clean, so it is ignored")
-            log_length = 0
-        if header.log_version != 0:
-            raise UnsupportedImageError(f"{path}: VHDX header {header.index} at byte {header_offset}: "
-                                        f"log version {header.log_version} is not supported (only 0)")
-        if log_length:
-            reserved.append((header.log_offset, header.log_offset + log_length, "log"))
-    if header.log_guid != NULL_GUID:
-        if header.log_length == 0:
-            warnings.append("the header names a log (LogGuid set) but its length is 0; nothing to replay")
-        else:
-            sequence = find_active_sequence(image, header.log_offset, header.log_length, header.log_guid)
-            if sequence is None:
-                warnings.append("the header names a log (LogGuid set) but the log holds no valid "
-                                "entries; nothing replayed")
-            else:
-                flushed = max(e.flushed_file_offset for e in sequence.entries)
-                if image.size < flushed:
-                    raise ImageError(path, "VHDX log", header.log_offset,
-                                     f"the log says the file was at least {flushed} bytes, but it is "
-                                     f"{image.size} bytes: truncated")
+    log_length = _checked_log_length(image, header, warnings)
+    if log_length:
+        reserved.append((header.log_offset, header.log_offset + log_length, "log"))
+    sequence = _active_log(image, header, warnings)
     view = ReplayedFile(image, sequence)
     regions = read_regions(view, warnings)
     for region in regions.values():
         if log_length and (region.file_offset < header.log_offset + log_length
-                                  and header.log_offset < region.file_offset + region.length):
-            raise ImageError(path, f"VHDX {_KNOWN_REGIONS[region.guid]} region", region.file_offset,
+                           and header.log_offset < region.file_offset + region.length):
+            raise ImageError(image.path, f"VHDX {_KNOWN_REGIONS[region.guid]} region", region.file_offset,
                              "overlaps the log")
         reserved.append((region.file_offset, region.file_offset + region.length,
                          f"{_KNOWN_REGIONS[region.guid]} region"))
@@ -1002,3 +972,45 @@ def open_vhdx(image: ByteSource, options: OpenOptions) -> VirtualDisk:
     if meta.has_parent:
         _open_parent(disk, image, options)
     return disk
+
+
+def _checked_log_length(image: ByteSource, header: VhdxHeader, warnings: list[str]) -> int:
+    """The log's length for the layout checks (0 when there is none, or a clean one lies outside the file)."""
+    if not (header.log_length or header.log_guid != NULL_GUID):
+        return header.log_length
+    header_offset = HEADER1_OFFSET if header.index == 1 else HEADER2_OFFSET
+    log_length = header.log_length
+    # 2.2.2: LogOffset and LogLength are 1 MiB multiples, the log lies after the header area.
+    if (header.log_offset % MiB or header.log_length % MiB or header.log_offset < HEADER_AREA_SIZE
+            or header.log_offset + header.log_length > image.size):
+        problem = (f"log at {header.log_offset} length {header.log_length} is not a 1 MiB aligned "
+                   f"range inside the file of {image.size} bytes")
+        if header.log_guid != NULL_GUID:
+            raise ImageError(image.path, f"VHDX header {header.index}", header_offset, problem)
+        # A clean log (LogGuid zero) is never read, so its range cannot make a read wrong.
+        warnings.append(f"VHDX header {header.index}: {problem}; the log is clean, so it is ignored")
+        log_length = 0
+    if header.log_version != 0:
+        raise UnsupportedImageError(f"{image.path}: VHDX header {header.index} at byte {header_offset}: "
+                                    f"log version {header.log_version} is not supported (only 0)")
+    return log_length
+
+
+def _active_log(image: ByteSource, header: VhdxHeader, warnings: list[str]) -> LogSequence | None:
+    """The log sequence to replay (2.3.3), or ``None`` when the header names no log or it holds none."""
+    if header.log_guid == NULL_GUID:
+        return None
+    if header.log_length == 0:
+        warnings.append("the header names a log (LogGuid set) but its length is 0; nothing to replay")
+        return None
+    sequence = find_active_sequence(image, header.log_offset, header.log_length, header.log_guid)
+    if sequence is None:
+        warnings.append("the header names a log (LogGuid set) but the log holds no valid "
+                        "entries; nothing replayed")
+        return None
+    flushed = max(e.flushed_file_offset for e in sequence.entries)
+    if image.size < flushed:
+        raise ImageError(image.path, "VHDX log", header.log_offset,
+                         f"the log says the file was at least {flushed} bytes, but it is "
+                         f"{image.size} bytes: truncated")
+    return sequence

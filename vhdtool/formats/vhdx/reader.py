@@ -151,7 +151,6 @@ class VhdxMetadata:
     parent_locator: dict[str, str] | None
 
 
-
 @dataclass(frozen=True)
 class BatMap:
     """The BAT (2.5) in a compact form, sorted by payload block number.

@@ -355,11 +355,6 @@ class VhdBlockTable:
     def __len__(self) -> int:
         return len(self.used)
 
-    def find(self, block: int) -> int:
-        """The position of ``block`` in :attr:`used`, or -1 when the block is not allocated."""
-        i = int(np.searchsorted(self.used, block))
-        return i if i < len(self.used) and int(self.used[i]) == block else -1
-
 
 _BAT_CHUNK_ENTRIES = 1 << 18  # BAT entries read at a time: 1 MiB of table, a few MiB of temporaries
 _BAT = "VHD block allocation table"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from vhdtool.inspect.filesystems import LINUX_FILESYSTEMS, LVM2, DissectMissing, open_tree
 from vhdtool.inspect.lvm import LogicalVolumeDisk, logical_volumes, read_pv
+from vhdtool.inspect.os_facts import LinuxFacts, OsFacts, WindowsFacts
 from vhdtool.inspect.report import LVM_LV_TYPE
 
 if TYPE_CHECKING:
@@ -24,23 +25,20 @@ if TYPE_CHECKING:
 def disk_architecture(disk: VirtualDisk, report: DiskReport) -> str | None:
     """``x64`` / ``Arm64`` for the OS ``report`` found on ``disk``; ``None`` when nothing tells."""
     machine = linux_binary_machine(disk, report)
-    return guess_architecture(report.os.facts if report.os else {},
+    return guess_architecture(report.os.facts if report.os else None,
                               [*report.generation.evidence, *([machine] if machine else [])])
 
 
-def guess_architecture(facts: dict[str, object], clues: Sequence[str]) -> str | None:
+def guess_architecture(facts: OsFacts | None, clues: Sequence[str]) -> str | None:
     """``x64`` / ``Arm64`` from the OS facts (Windows' PROCESSOR_ARCHITECTURE, Linux kernel names)
     and ``clues`` (the UEFI loader names ``BOOTX64.EFI`` / ``BOOTAA64.EFI``, the ELF machine of a
     binary: ``x86_64`` / ``aarch64``); ``None`` when nothing tells or the clues disagree."""
     words: list[str] = []
-    arch = facts.get("architecture")
-    if isinstance(arch, str):
-        words.append(arch)
-    drivers = facts.get("hyperv_drivers")
-    if isinstance(drivers, dict):
-        for kernels in drivers.values():
-            if isinstance(kernels, list):
-                words.extend(str(k) for k in kernels)
+    if isinstance(facts, WindowsFacts) and facts.architecture is not None:
+        words.append(facts.architecture)
+    if isinstance(facts, LinuxFacts):
+        for kernels in facts.hyperv_drivers.values():
+            words.extend(kernels)
     words.extend(clues)
     text = " ".join(words).lower()
     arm = re.search(r"arm64|aarch64|aa64", text) is not None

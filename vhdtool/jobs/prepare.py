@@ -58,7 +58,8 @@ from vhdtool.jobs.manifest import (
     write_manifest,
 )
 from vhdtool.jobs.naming import VHD_SUFFIX, SetNames, plan_names, validate_lun, validate_name
-from vhdtool.readiness.rules import Facts, evaluate
+from vhdtool.readiness.facts import Container, facts_for
+from vhdtool.readiness.rules import evaluate
 from vhdtool.stream.fixed_view import FixedVhdView
 
 if TYPE_CHECKING:
@@ -192,9 +193,8 @@ def run_rules(view: FixedVhdView, report: DiskReport, item: DiskInput, expect: s
     """
 
     footer = parse_footer(view.footer_bytes, f"{item.path} (fixed VHD footer)", view.virtual_size)
-    facts = Facts(format="vhd", disk_type="fixed", virtual_size=view.virtual_size, file_size=view.size,
-                  footer=footer.to_json(), report=report, role=item.role, expect=expect)
-    return [Finding(f.rule, f.severity, f.message) for result in evaluate(facts) for f in result.findings]
+    facts = facts_for(Container("vhd", "fixed", view.virtual_size, view.size, footer), report, item.role, expect)
+    return [Finding(f.rule, f.severity.value, f.message) for result in evaluate(facts) for f in result.findings]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Snapshot ``inspect --json``, ``check --json`` and ``check --junit`` on every fixture, or compare two snapshots.
+
+The JSON the CLI prints is a public contract: a change of the code behind it must leave it byte for
+byte the same. Usage:
+    json_snapshot.py take OUT_DIR      # build the fixtures under /tmp/vhdtool-json-fixtures, record outputs
+    json_snapshot.py compare A_DIR B_DIR
+Images are built at one fixed path so the paths inside the outputs match between two runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = Path("/tmp/vhdtool-json-fixtures")
+LINUX = [("gpt-ext4", "generalized"), ("mbr-ext4", "specialized"), ("gpt-xfs", "in-between"),
+         ("gpt-split", "nodrivers"), ("bare-ext4", "boot-traps"), ("luks", "generalized"),
+         ("gpt-swap", "specialized"), ("gpt-lvm", "generalized"), ("gpt-ext4", "boot-traps")]
+CHECK_ARGS = [[], ["--expect", "generalized"], ["--role", "data"], ["--generation", "V1"]]
+
+
+def build() -> list[Path]:
+    shutil.rmtree(IMAGES, ignore_errors=True)
+    IMAGES.mkdir(parents=True)
+    images = []
+    for gz in sorted((ROOT / "fixtures").rglob("*.gz")):
+        out = IMAGES / f"{gz.parent.name}-{gz.name[:-3]}"
+        out.write_bytes(gzip.decompress(gz.read_bytes()))
+        images.append(out)
+    windows = IMAGES / "windows"
+    subprocess.run([sys.executable, str(ROOT / "fixtures/windows/make_fixtures.py"), str(windows)], check=True,
+                   stdout=subprocess.DEVNULL)
+    images += sorted(p for p in windows.iterdir() if p.is_file())
+    for layout, state in LINUX:
+        out = IMAGES / f"linux-{layout}-{state}.img"
+        subprocess.run([sys.executable, str(ROOT / "fixtures/linux/make_linux.py"), str(out), layout, state],
+                       check=True, stdout=subprocess.DEVNULL)
+        images.append(out)
+    return images
+
+
+def run(args: list[str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True)
+    return f"exit {done.returncode}\n--- stdout\n{done.stdout}--- stderr\n{done.stderr}"
+
+
+def take(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for image in build():
+        (out_dir / f"{image.name}.inspect").write_text(run(["inspect", "--json", str(image)]))
+        for i, extra in enumerate(CHECK_ARGS):
+            junit = IMAGES / "junit.xml"
+            junit.unlink(missing_ok=True)
+            text = run(["check", "--json", "--junit", str(junit), *extra, str(image)])
+            xml = junit.read_text() if junit.exists() else "(none)\n"
+            (out_dir / f"{image.name}.check{i}").write_text(text + "--- junit\n" + xml)
+    print(f"{len(list(out_dir.iterdir()))} outputs in {out_dir}")
+
+
+def compare(a: Path, b: Path) -> int:
+    names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
+    differ = [n for n in names if not (a / n).exists() or not (b / n).exists()
+              or (a / n).read_bytes() != (b / n).read_bytes()]
+    for n in differ:
+        print(f"differs: {n}")
+    print(f"{len(names)} outputs compared, {len(differ)} differ")
+    return 1 if differ else 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[1] == "take":
+        take(Path(argv[2]))
+        return 0
+    if len(argv) == 4 and argv[1] == "compare":
+        return compare(Path(argv[2]), Path(argv[3]))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

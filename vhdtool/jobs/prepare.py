@@ -39,7 +39,6 @@ from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
 from vhdtool.formats.open import open_image
 from vhdtool.formats.vhd.footer import parse_footer
 from vhdtool.formats.vhd.reader import VhdDisk
-from vhdtool.inspect.architecture import disk_architecture
 from vhdtool.inspect.report import inspect_disk
 from vhdtool.jobs.convert import convert
 from vhdtool.jobs.manifest import (
@@ -179,7 +178,7 @@ def check_disk(disk: VirtualDisk, item: DiskInput, expect: str | None) -> CheckO
         supported = report.generation.supported
         # A disk bootable both ways is recorded as V2 (UEFI, the generation Azure recommends).
         generation = "V2" if "V2" in supported else ("V1" if "V1" in supported else None)
-        architecture = disk_architecture(disk, report)
+        architecture = report.architecture
     return CheckOutcome(tuple(findings), os_record, generation, architecture)
 
 

@@ -5,7 +5,9 @@ The JSON the CLI prints is a public contract: a change of the code behind it mus
 byte the same. Usage:
     json_snapshot.py take OUT_DIR      # build the fixtures under /tmp/vhdtool-json-fixtures, record outputs
     json_snapshot.py compare A_DIR B_DIR
-Images are built at one fixed path so the paths inside the outputs match between two runs.
+Images are built at one fixed path so the paths inside the outputs match between two runs. The JSON,
+exit codes and stderr must match byte for byte; the JUnit reports must carry the same elements,
+attributes and texts (indentation aside).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import gzip
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,10 +65,27 @@ def take(out_dir: Path) -> None:
     print(f"{len(list(out_dir.iterdir()))} outputs in {out_dir}")
 
 
+def _junit_shape(text: str) -> object:
+    """What a JUnit report says: each element's tag, attributes and text, without layout whitespace."""
+    if text.strip() == "(none)":
+        return None
+
+    def shape(e: ET.Element) -> object:
+        return (e.tag, sorted(e.attrib.items()), (e.text or "").strip(), [shape(c) for c in e])
+
+    return shape(ET.fromstring(text.encode()))
+
+
+def same(a: bytes, b: bytes) -> bool:
+    a_text, _, a_junit = a.decode().partition("--- junit\n")
+    b_text, _, b_junit = b.decode().partition("--- junit\n")
+    return a_text == b_text and _junit_shape(a_junit or "(none)") == _junit_shape(b_junit or "(none)")
+
+
 def compare(a: Path, b: Path) -> int:
     names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
     differ = [n for n in names if not (a / n).exists() or not (b / n).exists()
-              or (a / n).read_bytes() != (b / n).read_bytes()]
+              or not same((a / n).read_bytes(), (b / n).read_bytes())]
     for n in differ:
         print(f"differs: {n}")
     print(f"{len(names)} outputs compared, {len(differ)} differ")

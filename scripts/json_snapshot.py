@@ -3,9 +3,11 @@
 
 The JSON the CLI prints is a public contract: a change of the code behind it must leave it byte for
 byte the same. Usage:
-    json_snapshot.py take OUT_DIR      # build the fixtures under /tmp/vhdtool-json-fixtures, record outputs
+    json_snapshot.py build                     # build the images under /tmp/vhdtool-json-fixtures
+    json_snapshot.py take OUT_DIR [CODE_DIR]   # record outputs of the vhdtool in CODE_DIR (default: this tree)
     json_snapshot.py compare A_DIR B_DIR
-Images are built at one fixed path so the paths inside the outputs match between two runs. The JSON,
+The images are built once (``take`` builds them only when missing: the filesystem builders write fresh
+UUIDs each time) at one fixed path, so two takes see the same bytes under the same paths. The JSON,
 exit codes and stderr must match byte for byte; the JUnit reports must carry the same elements,
 attributes and texts (indentation aside).
 """
@@ -27,39 +29,42 @@ LINUX = [("gpt-ext4", "generalized"), ("mbr-ext4", "specialized"), ("gpt-xfs", "
 CHECK_ARGS = [[], ["--expect", "generalized"], ["--role", "data"], ["--generation", "V1"]]
 
 
-def build() -> list[Path]:
+def build() -> None:
     shutil.rmtree(IMAGES, ignore_errors=True)
     IMAGES.mkdir(parents=True)
-    images = []
     for gz in sorted((ROOT / "fixtures").rglob("*.gz")):
         out = IMAGES / f"{gz.parent.name}-{gz.name[:-3]}"
         out.write_bytes(gzip.decompress(gz.read_bytes()))
-        images.append(out)
     windows = IMAGES / "windows"
     subprocess.run([sys.executable, str(ROOT / "fixtures/windows/make_fixtures.py"), str(windows)], check=True,
                    stdout=subprocess.DEVNULL)
-    images += sorted(p for p in windows.iterdir() if p.is_file())
     for layout, state in LINUX:
         out = IMAGES / f"linux-{layout}-{state}.img"
         subprocess.run([sys.executable, str(ROOT / "fixtures/linux/make_linux.py"), str(out), layout, state],
                        check=True, stdout=subprocess.DEVNULL)
-        images.append(out)
-    return images
+    (IMAGES / "complete").touch()
 
 
-def run(args: list[str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True)
+def images() -> list[Path]:
+    if not (IMAGES / "complete").exists():
+        build()
+    found = [p for p in IMAGES.iterdir() if p.is_file() and p.name != "complete"]
+    return sorted(found + [p for p in (IMAGES / "windows").iterdir() if p.is_file()])
+
+
+def run(args: list[str], code: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, cwd=code)
     return f"exit {done.returncode}\n--- stdout\n{done.stdout}--- stderr\n{done.stderr}"
 
 
-def take(out_dir: Path) -> None:
+def take(out_dir: Path, code: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for image in build():
-        (out_dir / f"{image.name}.inspect").write_text(run(["inspect", "--json", str(image)]))
+    for image in images():
+        (out_dir / f"{image.name}.inspect").write_text(run(["inspect", "--json", str(image)], code))
         for i, extra in enumerate(CHECK_ARGS):
-            junit = IMAGES / "junit.xml"
+            junit = out_dir.parent / f"{out_dir.name}-junit.xml"
             junit.unlink(missing_ok=True)
-            text = run(["check", "--json", "--junit", str(junit), *extra, str(image)])
+            text = run(["check", "--json", "--junit", str(junit), *extra, str(image)], code)
             xml = junit.read_text() if junit.exists() else "(none)\n"
             (out_dir / f"{image.name}.check{i}").write_text(text + "--- junit\n" + xml)
     print(f"{len(list(out_dir.iterdir()))} outputs in {out_dir}")
@@ -93,8 +98,11 @@ def compare(a: Path, b: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[1] == "take":
-        take(Path(argv[2]))
+    if len(argv) == 2 and argv[1] == "build":
+        build()
+        return 0
+    if len(argv) in (3, 4) and argv[1] == "take":
+        take(Path(argv[2]), Path(argv[3]).resolve() if len(argv) == 4 else ROOT)
         return 0
     if len(argv) == 4 and argv[1] == "compare":
         return compare(Path(argv[2]), Path(argv[3]))

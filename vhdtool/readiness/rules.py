@@ -26,31 +26,32 @@ from vhdtool.inspect.report import DiskReport
 from vhdtool.readiness.facts import Facts, facts_from_disk
 
 
-class Severity(str, Enum):
+class _TextEnum(str, Enum):
+    """An enum whose members are their text: equal to it, printed and formatted as it, JSON as it.
+
+    What ``enum.StrEnum`` does from Python 3.11; the package still supports 3.10.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Severity(_TextEnum):
     """How bad a finding is; the value is what JSON, JUnit and the text output show."""
 
     ERROR = "error"
     WARNING = "warning"
     INFO = "info"
 
-    def __str__(self) -> str:
-        return self.value
 
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
-class Role(str, Enum):
+class Role(_TextEnum):
     """What the disk will be in Azure (``check --role``)."""
 
     OS = "os"
     DATA = "data"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO

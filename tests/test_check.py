@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from linux_images import ImageCache, shared_cache
 
+from vhdtool.formats.vhd.footer import fixed_footer
 from vhdtool.inspect.filesystems import VolumeInfo
 from vhdtool.inspect.generation import GenerationReport
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, OsReport
+from vhdtool.inspect.os_facts import LinuxFacts, WindowsFacts
 from vhdtool.inspect.partitions import Partition, PartitionTable
 from vhdtool.inspect.report import DiskReport, VolumeReport
 from vhdtool.readiness.rules import (
@@ -36,14 +39,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> ImageCache:
 
 
 MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
-FIXED_FOOTER = {
-    "cookie": "conectix",
-    "disk_type": "fixed",
-    "data_offset": 0xFFFFFFFFFFFFFFFF,
-    "checksum": "0x00000000",
-    "checksum_valid": True,
-    "current_size": 64 * MiB,
-}
+FIXED_FOOTER = fixed_footer(64 * MiB)
 
 
 def report(
@@ -70,17 +66,19 @@ def report(
 
 
 def linux(state: str = GENERALIZED, **facts: Any) -> OsReport:
-    base = {
-        "waagent_installed": True,
-        "waagent_enabled": True,
-        "cloud_init_installed": False,
-        "cloud_init_enabled": False,
-        "fstab_swap": [],
-        "kernel_cmdline": "console=ttyS0",
-        "hyperv_drivers": {"hv_vmbus": ["k"], "hv_storvsc": ["k"], "hv_netvsc": ["k"]},
-    }
-    base.update(facts)
-    return OsReport("linux", "Test Linux", "1", "h", state, [], base)
+    base = LinuxFacts(
+        os_release={},
+        waagent_installed=True,
+        waagent_enabled=True,
+        cloud_init_installed=False,
+        cloud_init_enabled=False,
+        waagent_conf={},
+        fstab_swap=(),
+        hyperv_drivers={"hv_vmbus": ["k"], "hv_storvsc": ["k"], "hv_netvsc": ["k"]},
+        kernel_cmdline="console=ttyS0",
+        machine_id_set=False,
+    )
+    return OsReport("linux", "Test Linux", "1", "h", state, [], replace(base, **facts))
 
 
 def facts(**kw: Any) -> Facts:
@@ -89,7 +87,7 @@ def facts(**kw: Any) -> Facts:
         "disk_type": "fixed",
         "virtual_size": 64 * MiB,
         "file_size": 64 * MiB + 512,
-        "footer": dict(FIXED_FOOTER),
+        "footer": FIXED_FOOTER,
         "report": report(linux()),
     }
     values.update(kw)
@@ -140,7 +138,7 @@ def test_size_and_footer_rules() -> None:
         facts(
             virtual_size=64 * MiB + 512,
             file_size=64 * MiB + 1024,
-            footer={**FIXED_FOOTER, "current_size": 64 * MiB + 512},
+            footer=replace(FIXED_FOOTER, current_size=64 * MiB + 512),
         ),
         "size-whole-mib",
     ) == [ERROR]
@@ -149,14 +147,14 @@ def test_size_and_footer_rules() -> None:
     short = facts(file_size=64 * MiB + 1024)
     assert (severities(short, "file-size"), severities(short, "footer-current-size")) == ([], [ERROR])
     assert "vhdtool fix" in findings(short, "footer-current-size")[0][2]
-    assert severities(facts(footer={**FIXED_FOOTER, "cookie": "conectiy"}), "footer-cookie") == [ERROR]
-    assert severities(facts(footer={**FIXED_FOOTER, "disk_type": "unknown (7)"}), "footer-disk-type") == [
+    assert severities(facts(footer=replace(FIXED_FOOTER, cookie=b"conectiy")), "footer-cookie") == [ERROR]
+    assert severities(facts(footer=replace(FIXED_FOOTER, disk_type=7)), "footer-disk-type") == [
         ERROR
     ]
-    assert severities(facts(footer={**FIXED_FOOTER, "data_offset": 512}), "footer-data-offset") == [ERROR]
-    assert severities(facts(footer={**FIXED_FOOTER, "checksum_valid": False}), "footer-checksum") == [ERROR]
+    assert severities(facts(footer=replace(FIXED_FOOTER, data_offset=512)), "footer-data-offset") == [ERROR]
+    assert severities(facts(footer=replace(FIXED_FOOTER, checksum_valid=False)), "footer-checksum") == [ERROR]
     assert severities(facts(), "footer-current-size") == []
-    unknown = facts(disk_type="unknown (7)", footer={**FIXED_FOOTER, "disk_type": "unknown (7)"})
+    unknown = facts(disk_type="unknown (7)", footer=replace(FIXED_FOOTER, disk_type=7))
     assert (severities(unknown, "footer-disk-type"), severities(unknown, "format-fixed-vhd")) == ([ERROR], [])
 
 
@@ -181,7 +179,7 @@ def test_size_limits(size: int, role: str, generation: str | None, rule: str, ex
     f = facts(
         virtual_size=size,
         file_size=size + 512,
-        footer={**FIXED_FOOTER, "current_size": size},
+        footer=replace(FIXED_FOOTER, current_size=size),
         role=role,
         generation=generation,
         report=report(linux(), supported=("V1", "V2")),
@@ -200,7 +198,7 @@ def test_generation_rules() -> None:
     f = facts(
         virtual_size=big,
         file_size=big + 512,
-        footer={**FIXED_FOOTER, "current_size": big},
+        footer=replace(FIXED_FOOTER, current_size=big),
         report=report(linux(), ("V1",)),
     )
     assert severities(f, "os-disk-size") == [ERROR]
@@ -232,7 +230,7 @@ def test_os_state_against_expect() -> None:
     assert severities(facts(expect=SPECIALIZED, report=report(linux(SPECIALIZED))), "os-state") == [INFO]
     assert severities(facts(report=report(linux(IN_BETWEEN))), "os-state") == [WARNING]
     assert severities(facts(report=report(linux(GENERALIZED))), "os-state") == [INFO]
-    windows = OsReport("windows", "Windows", None, None, IN_BETWEEN, [], {"undeployable": True})
+    windows = OsReport("windows", "Windows", None, None, IN_BETWEEN, [], WindowsFacts(undeployable=True))
     assert severities(facts(report=report(windows)), "os-state") == [ERROR]
     assert severities(facts(report=report(None)), "os-found") == [WARNING]
     assert severities(facts(role="data", report=report(linux())), "os-found") == [INFO]
@@ -245,7 +243,7 @@ def test_linux_rules() -> None:
     assert (
         severities(facts(report=report(linux(GENERALIZED, machine_id_set=False))), "linux-machine-id") == []
     )
-    assert severities(facts(report=report(linux(fstab_swap=["/swap none swap sw 0 0"]))), "linux-swap") == [
+    assert severities(facts(report=report(linux(fstab_swap=("/swap none swap sw 0 0",)))), "linux-swap") == [
         WARNING
     ]
     assert severities(facts(report=report(linux(), volumes=[_volume("swap", swap=True)])), "linux-swap") == [
@@ -448,7 +446,7 @@ def test_a_raw_image_is_not_taken_for_a_damaged_vhd(images: ImageCache) -> None:
     from vhdtool.readiness.subject import open_for_check
 
     with open_for_check(str(images.get("gpt-ext4", GENERALIZED))) as subject:
-        assert (subject.format, subject.footer) == ("raw", None)
+        assert (subject.container.format, subject.container.footer) == ("raw", None)
 
 
 def test_expect_without_an_os_is_an_error() -> None:

@@ -55,7 +55,7 @@ def test_specialized_evidence_names_each_marker(images: ImageCache) -> None:
     assert by_source["/etc/shadow (root)"].points_to == SPECIALIZED  # waagent.conf: DeleteRootPassword=y
     assert by_source["/etc/ssh/ssh_host_*_key"].points_to == SPECIALIZED  # RegenerateSshHostKeyPair=y
     assert "/var/lib/dhcp/dhclient.eth0.leases" in by_source
-    assert report.os.facts["hyperv_drivers"] == {
+    assert report.os.facts.hyperv_drivers == {
         d: ["6.1.0-28-cloud-amd64"] for d in ("hv_vmbus", "hv_storvsc", "hv_netvsc")
     }
 
@@ -104,13 +104,13 @@ def test_luks_volume_is_named_encrypted(images: ImageCache) -> None:
 def test_swap_partition_and_fstab_line(images: ImageCache) -> None:
     report = inspect(images.get("gpt-swap", GENERALIZED))
     assert [v.info.kind for v in report.volumes] == ["fat", "ext4", "swap"]
-    assert report.os is not None and report.os.facts["fstab_swap"] == ["/dev/sda3 none swap sw 0 0"]
+    assert report.os is not None and report.os.facts.fstab_swap == ("/dev/sda3 none swap sw 0 0",)
 
 
 def test_missing_drivers_are_reported(images: ImageCache) -> None:
     report = inspect(images.get("gpt-ext4", "nodrivers"))
     assert report.os is not None
-    assert report.os.facts["hyperv_drivers"] == {"hv_vmbus": [], "hv_storvsc": [], "hv_netvsc": []}
+    assert report.os.facts.hyperv_drivers == {"hv_vmbus": [], "hv_storvsc": [], "hv_netvsc": []}
 
 
 # Every Linux fixture layout, in a state other tests build anyway (the session cache shares the images).
@@ -247,7 +247,7 @@ def test_btrfs_root(images: ImageCache) -> None:
     report = inspect(images.get("bare-btrfs", IN_BETWEEN))
     assert [(v.info.kind, v.info.label) for v in report.volumes] == [("btrfs", "root")]
     assert report.os is not None and report.os.state == IN_BETWEEN
-    assert report.os.facts["hyperv_drivers"]["hv_vmbus"] == ["6.1.0-28-cloud-amd64"]  # via /lib -> usr/lib
+    assert report.os.facts.hyperv_drivers["hv_vmbus"] == ["6.1.0-28-cloud-amd64"]  # via /lib -> usr/lib
 
 
 @pytest.mark.parametrize("seed", range(6))

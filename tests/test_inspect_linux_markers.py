@@ -66,5 +66,5 @@ def test_cloud_init_enabled_under_its_unit_names(tmp_path: Path, unit: str) -> N
         os.symlink(f"/lib/systemd/system/{unit}", tree / f"etc/systemd/system/multi-user.target.wants/{unit}")
 
     report = root_with(tmp_path, GENERALIZED, cloud_init_only)
-    assert (report.facts["waagent_installed"], report.facts["cloud_init_installed"]) == (False, True)
-    assert report.facts["cloud_init_enabled"] is True
+    assert (report.facts.waagent_installed, report.facts.cloud_init_installed) == (False, True)
+    assert report.facts.cloud_init_enabled is True

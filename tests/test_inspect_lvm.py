@@ -42,7 +42,7 @@ def test_lvm_root_and_swap(images: ImageCache) -> None:
     assert lvs == [(201, "rhel/root", "ext4", "root"), (202, "rhel/swap", "swap", "lvswap")]
     assert report.os is not None and report.os.state == SPECIALIZED
     assert report.os_volume is not None and report.os_volume.partition.name == "rhel/root"
-    assert report.os.facts["fstab_swap"] == ["/dev/rhel/swap none swap defaults 0 0"]
+    assert report.os.facts.fstab_swap == ("/dev/rhel/swap none swap defaults 0 0",)
 
 
 def test_damaged_metadata_is_a_warning(images: ImageCache, tmp_path: Path) -> None:

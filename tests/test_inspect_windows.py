@@ -260,7 +260,7 @@ def test_every_variant_verdict(trees: dict[str, Path], variant: str) -> None:
     report = inspect_windows(HostTree(trees[variant]))
     assert report is not None and report.family == "windows"
     assert report.state == builder.VARIANTS[variant].expected
-    assert report.facts["hibernation_file"] is builder.VARIANTS[variant].hiberfil
+    assert report.facts.hibernation_file is builder.VARIANTS[variant].hiberfil
     report.to_json()  # serialisable
 
 
@@ -269,9 +269,9 @@ def test_generalized_details(trees: dict[str, Path]) -> None:
     assert report is not None
     assert (report.name, report.version, report.hostname) == (
         "Windows Server 2022 Datacenter", "10.0.20348.2227", "WIN-GOLDEN01")
-    assert report.facts["build"] == 20348 and report.facts["edition_id"] == "ServerDatacenter"
-    assert report.facts["display_version"] == "21H2" and report.facts["architecture"] == "AMD64"
-    assert report.facts["sysprep_succeeded_tag"] is True and report.facts["undeployable"] is False
+    assert report.facts.build == 20348 and report.facts.edition_id == "ServerDatacenter"
+    assert report.facts.display_version == "21H2" and report.facts.architecture == "AMD64"
+    assert report.facts.sysprep_succeeded_tag is True and report.facts.undeployable is False
     assert evidence_for(report, "Setup\\State\\ImageState") == [
         ("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE", GENERALIZED)]
     assert evidence_for(report, "State.ini") == [("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE", GENERALIZED)]
@@ -281,7 +281,7 @@ def test_generalized_details(trees: dict[str, Path]) -> None:
     assert evidence_for(report, "GeneralizationState") == [("4", GENERALIZED)]
     assert evidence_for(report, "Sysprep_succeeded.tag") == [("present", "neutral")]
     assert evidence_for(report, "setupact.log")[0][1] == "neutral"
-    assert "hive_logs" not in report.facts
+    assert not report.facts.hive_logs
 
 
 def test_specialized_details_with_pending_logs(trees: dict[str, Path]) -> None:
@@ -289,11 +289,11 @@ def test_specialized_details_with_pending_logs(trees: dict[str, Path]) -> None:
     assert report is not None and report.state == SPECIALIZED
     # ProductName says Windows 10, build 22631 is Windows 11; Select\Current = 2 picks ControlSet002.
     assert (report.name, report.version, report.hostname) == ("Windows 11 Pro", "10.0.22631.4317", "WEB01")
-    assert report.facts["product_name"] == "Windows 10 Pro" and report.facts["control_set"] == "ControlSet002"
-    assert report.facts["hibernation_file"] is True
-    assert report.facts["hive_logs"] == ["/Windows/System32/config/SYSTEM.LOG1"]  # LOG2 is empty
-    assert report.facts["hives_in_transaction"] == ["/Windows/System32/config/SYSTEM"]
-    assert report.facts["hive_logs_pending"] == ["/Windows/System32/config/SYSTEM.LOG1"]
+    assert report.facts.product_name == "Windows 10 Pro" and report.facts.control_set == "ControlSet002"
+    assert report.facts.hibernation_file is True
+    assert report.facts.hive_logs == ("/Windows/System32/config/SYSTEM.LOG1",)  # LOG2 is empty
+    assert report.facts.hives_in_transaction == ("/Windows/System32/config/SYSTEM",)
+    assert report.facts.hive_logs_pending == ("/Windows/System32/config/SYSTEM.LOG1",)
     assert evidence_for(report, "SYSTEM.LOG1") == [("1024 bytes", "neutral")]
     assert evidence_for(report, "/hiberfil.sys")[0][1] == "neutral"
     assert evidence_for(report, "State.ini") == [("IMAGE_STATE_COMPLETE", SPECIALIZED)]
@@ -308,21 +308,21 @@ def test_log_next_to_a_clean_hive_is_not_pending(trees: dict[str, Path], tmp_pat
     (config / "SOFTWARE.LOG1").write_bytes(builder.log_file((config / "SOFTWARE").read_bytes(), 1))
     report = inspect_windows(HostTree(root))
     assert report is not None and report.state == GENERALIZED
-    assert report.facts["hive_logs"] == ["/Windows/System32/config/SOFTWARE.LOG1"]
-    assert "hive_logs_pending" not in report.facts and "hives_in_transaction" not in report.facts
+    assert report.facts.hive_logs == ("/Windows/System32/config/SOFTWARE.LOG1",)
+    assert not report.facts.hive_logs_pending and not report.facts.hives_in_transaction
     assert any("nothing is pending" in e.meaning for e in report.evidence)
 
 
 def test_undeployable_mismatched_audit_and_missing_state_ini(trees: dict[str, Path]) -> None:
     undeployable = inspect_windows(HostTree(trees["undeployable"]))
-    assert undeployable is not None and undeployable.facts["undeployable"] is True
-    assert undeployable.facts["image_state_file"] == "IMAGE_STATE_UNDEPLOYABLE"  # UTF-16LE without BOM
+    assert undeployable is not None and undeployable.facts.undeployable is True
+    assert undeployable.facts.image_state_file == "IMAGE_STATE_UNDEPLOYABLE"  # UTF-16LE without BOM
     mismatched = inspect_windows(HostTree(trees["mismatched"]))
-    assert mismatched is not None and mismatched.facts["image_state_mismatch"] is True
+    assert mismatched is not None and mismatched.facts.image_state_mismatch is True
     assert any(e.points_to == IN_BETWEEN and "disagree" in e.meaning for e in mismatched.evidence)
     audit = inspect_windows(HostTree(trees["audit"]))
     assert audit is not None
-    assert audit.facts["image_state_registry"] == "IMAGE_STATE_SPECIALIZE_RESEAL_TO_AUDIT"
+    assert audit.facts.image_state_registry == "IMAGE_STATE_SPECIALIZE_RESEAL_TO_AUDIT"
     nostateini = inspect_windows(HostTree(trees["nostateini"]))
     assert nostateini is not None and nostateini.state == GENERALIZED
     assert evidence_for(nostateini, "State.ini") == [(None, "neutral")]
@@ -342,7 +342,7 @@ def test_damaged_software_hive_still_reports_from_state_ini(trees: dict[str, Pat
     (root / "Windows/System32/config/SOFTWARE").write_bytes(b"regf" + bytes(100))
     report = inspect_windows(HostTree(root))
     assert report is not None and report.state == SPECIALIZED
-    assert report.facts["unreadable_hives"] == ["/Windows/System32/config/SOFTWARE"]
+    assert report.facts.unreadable_hives == ("/Windows/System32/config/SOFTWARE",)
     assert report.name is None and report.hostname == "WEB01"
     assert any("shorter than the 4096-byte base block" in e.meaning for e in report.evidence)
 
@@ -373,7 +373,7 @@ def test_without_registry_reader_state_is_unknown(trees: dict[str, Path],
     report = inspect_windows(HostTree(trees["generalized"]))
     assert report is not None and report.state == UNKNOWN
     assert any("pip install vhdtool[inspect]" in e.meaning for e in report.evidence)
-    assert report.facts["image_state_file"] == "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"
+    assert report.facts.image_state_file == "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"
     path = trees["generalized"] / "Windows/System32/config/SYSTEM"
     with pytest.raises(VhdtoolError, match="pip install vhdtool"):
         Hive(path.read_bytes(), str(path))

@@ -127,7 +127,7 @@ def test_gen2_gpt_disk(images: dict[str, dict[str, Path]], fmt: str) -> None:
     assert os_report is not None and os_report.state == SPECIALIZED
     assert (os_report.name, os_report.version, os_report.hostname) == (
         "Windows 11 Pro", "10.0.22631.4317", "WEB01")
-    assert os_report.facts["hibernation_file"] is True
+    assert os_report.facts.hibernation_file is True
     assert report.os_volume.partition.number == 3
     # Every partition is listed, the Microsoft reserved one unprobed (it holds no filesystem).
     assert [(v.partition.number, v.partition.type_name, v.info.kind) for v in report.volumes] == [

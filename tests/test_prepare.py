@@ -20,6 +20,7 @@ from conftest import reference_sparse_digest
 from vhdtool import __version__
 from vhdtool.errors import ImageError, UsageError
 from vhdtool.inspect.architecture import guess_architecture
+from vhdtool.inspect.os_facts import LinuxFacts, OsFacts, WindowsFacts
 from vhdtool.jobs.manifest import SCHEMA, read_manifest
 from vhdtool.jobs.prepare import (
     ChecksFailedError,
@@ -258,16 +259,23 @@ def test_bad_name_is_refused() -> None:
         prepare(PrepareRequest("bad name", "x", (), "."))
 
 
+def _linux_facts(kernel: str) -> LinuxFacts:
+    return LinuxFacts(os_release={}, waagent_installed=True, waagent_enabled=True, cloud_init_installed=False,
+                      cloud_init_enabled=False, waagent_conf={}, fstab_swap=(),
+                      hyperv_drivers={"hv_vmbus": [kernel], "hv_netvsc": []}, kernel_cmdline=None,
+                      machine_id_set=False)
+
+
 @pytest.mark.parametrize("facts, boot, expected", [
-    ({"architecture": "AMD64"}, [], "x64"),
-    ({"architecture": "ARM64"}, [], "Arm64"),
-    ({"hyperv_drivers": {"hv_vmbus": ["6.1.0-28-cloud-arm64"]}}, [], "Arm64"),
-    ({"hyperv_drivers": {"hv_vmbus": ["5.14.0-362.el9.x86_64"]}}, [], "x64"),
-    ({}, ["EFI System Partition with /EFI/BOOT/BOOTAA64.EFI"], "Arm64"),
-    ({}, ["MBR with boot code"], None),
-    ({"architecture": "AMD64"}, ["/EFI/BOOT/BOOTAA64.EFI"], None),  # contradicting evidence: unknown
+    (WindowsFacts(architecture="AMD64"), [], "x64"),
+    (WindowsFacts(architecture="ARM64"), [], "Arm64"),
+    (_linux_facts("6.1.0-28-cloud-arm64"), [], "Arm64"),
+    (_linux_facts("5.14.0-362.el9.x86_64"), [], "x64"),
+    (None, ["EFI System Partition with /EFI/BOOT/BOOTAA64.EFI"], "Arm64"),
+    (WindowsFacts(), ["MBR with boot code"], None),
+    (WindowsFacts(architecture="AMD64"), ["/EFI/BOOT/BOOTAA64.EFI"], None),  # contradicting evidence: unknown
 ])
-def test_guess_architecture(facts: dict[str, object], boot: list[str], expected: str | None) -> None:
+def test_guess_architecture(facts: OsFacts | None, boot: list[str], expected: str | None) -> None:
     assert guess_architecture(facts, boot) == expected
 
 

@@ -2,45 +2,30 @@
 
 Clues, none of which needs more than a few bytes: Windows' ``PROCESSOR_ARCHITECTURE`` and the Linux
 kernel names the inspection already found, the UEFI loader names on the ESP (``BOOTX64.EFI`` /
-``BOOTAA64.EFI``), and the ELF machine field of a binary on the Linux root. Disagreeing clues give
-``None`` rather than a guess.
+``BOOTAA64.EFI``), and the ELF machine field of a binary on the Linux root, read by ``inspect_disk``
+from the root filesystem it already has open. Disagreeing clues give ``None`` rather than a guess.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from vhdtool.inspect.filesystems import LINUX_FILESYSTEMS, LVM2, DissectMissing, open_tree
-from vhdtool.inspect.lvm import LogicalVolumeDisk, logical_volumes, read_pv
-from vhdtool.inspect.report import LVM_LV_TYPE
-
-if TYPE_CHECKING:
-    from vhdtool.disk.base import VirtualDisk
-    from vhdtool.inspect.report import DiskReport
+from vhdtool.errors import VhdtoolError
+from vhdtool.inspect.model import FileTree
+from vhdtool.inspect.os_facts import LinuxFacts, OsFacts, WindowsFacts
 
 
-def disk_architecture(disk: VirtualDisk, report: DiskReport) -> str | None:
-    """``x64`` / ``Arm64`` for the OS ``report`` found on ``disk``; ``None`` when nothing tells."""
-    machine = linux_binary_machine(disk, report)
-    return guess_architecture(report.os.facts if report.os else {},
-                              [*report.generation.evidence, *([machine] if machine else [])])
-
-
-def guess_architecture(facts: dict[str, object], clues: Sequence[str]) -> str | None:
+def guess_architecture(facts: OsFacts | None, clues: Sequence[str]) -> str | None:
     """``x64`` / ``Arm64`` from the OS facts (Windows' PROCESSOR_ARCHITECTURE, Linux kernel names)
     and ``clues`` (the UEFI loader names ``BOOTX64.EFI`` / ``BOOTAA64.EFI``, the ELF machine of a
     binary: ``x86_64`` / ``aarch64``); ``None`` when nothing tells or the clues disagree."""
     words: list[str] = []
-    arch = facts.get("architecture")
-    if isinstance(arch, str):
-        words.append(arch)
-    drivers = facts.get("hyperv_drivers")
-    if isinstance(drivers, dict):
-        for kernels in drivers.values():
-            if isinstance(kernels, list):
-                words.extend(str(k) for k in kernels)
+    if isinstance(facts, WindowsFacts) and facts.architecture is not None:
+        words.append(facts.architecture)
+    if isinstance(facts, LinuxFacts):
+        for kernels in facts.hyperv_drivers.values():
+            words.extend(kernels)
     words.extend(clues)
     text = " ".join(words).lower()
     arm = re.search(r"arm64|aarch64|aa64", text) is not None
@@ -64,33 +49,17 @@ def elf_machine(header: bytes) -> str | None:
     return ELF_MACHINES.get(machine)
 
 
-def linux_binary_machine(disk: VirtualDisk, report: DiskReport) -> str | None:
-    """The ELF machine of the first of :data:`ELF_PROBES` found on the Linux root filesystem, if any.
+def tree_machine(tree: FileTree) -> str | None:
+    """The ELF machine of the first of :data:`ELF_PROBES` found on a Linux root filesystem, if any.
 
-    The root is the volume the inspection found the OS on: a partition, or an LVM logical volume
-    (assembled again from the disk's physical volumes). Other filesystems mounted below it (a
-    separate ``/usr``) are not read.
+    Only ``tree`` itself is read: other filesystems mounted below it (a separate ``/usr``) are not.
+    A probe that cannot be read is skipped: the architecture is a hint, never a reason to fail.
     """
-
-    root = next((v for v in report.volumes if v.holds_os), None)
-    if report.os is None or report.os.family != "linux" or root is None or root.info.kind not in LINUX_FILESYSTEMS:
-        return None
-    backing, offset, length = disk, root.partition.offset, root.partition.length
-    if root.partition.type_id == LVM_LV_TYPE:
-        pvs = [pv for v in report.volumes if v.info.kind == LVM2
-               for pv in [read_pv(disk, v.partition.offset, v.partition.length)] if pv is not None]
-        lv = next((lv for lv in logical_volumes(pvs)[0] if f"{lv.vg}/{lv.name}" == root.partition.name), None)
-        if lv is None:
-            return None
-        backing, offset, length = LogicalVolumeDisk(disk, lv), 0, lv.size
-    try:
-        tree = open_tree(backing, offset, length, root.info.kind)
-    except DissectMissing:
-        return None
-    if tree is None:
-        return None
     for path in ELF_PROBES:
-        header = tree.read_file(path, 64)
+        try:
+            header = tree.read_file(path, 64)
+        except VhdtoolError:
+            continue
         machine = None if header is None else elf_machine(header)
         if machine is not None:
             return machine

@@ -11,6 +11,7 @@ import re
 
 from vhdtool.inspect.linux_readiness import HYPERV_CONFIG, HYPERV_DRIVERS, linux_readiness, parse_keyvalue
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
+from vhdtool.inspect.os_facts import LinuxFacts
 
 NEUTRAL = "neutral"
 WAAGENT_PATHS = ("/usr/sbin/waagent", "/usr/bin/waagent", "/usr/local/sbin/waagent")
@@ -71,18 +72,18 @@ def inspect_linux(tree: FileTree) -> OsReport | None:
     _host_keys(tree, evidence, conf, conf_text is not None, cloud_init)
     waagent_enabled = any(_unit_enabled(tree, u) for u in WAAGENT_UNITS)
     cloud_init_enabled = any(_unit_enabled(tree, u) for u in CLOUD_INIT_UNITS)
-    facts = {
-        "os_release": {k: release[k] for k in ("ID", "ID_LIKE", "VERSION_ID", "PRETTY_NAME") if k in release},
-        "waagent_installed": waagent,
-        "waagent_enabled": waagent_enabled,
-        "cloud_init_installed": cloud_init,
-        "cloud_init_enabled": cloud_init_enabled,
-        "waagent_conf": {k: v for k, v in conf.items() if k.startswith(("Provisioning.", "ResourceDisk."))},
-        "fstab_swap": fstab_swap(tree),
-        "hyperv_drivers": hyperv_drivers(tree),
-        "kernel_cmdline": grub_cmdline(tree),
-        "machine_id_set": _machine_id_set(tree),
-    }
+    facts = LinuxFacts(
+        os_release={k: release[k] for k in ("ID", "ID_LIKE", "VERSION_ID", "PRETTY_NAME") if k in release},
+        waagent_installed=waagent,
+        waagent_enabled=waagent_enabled,
+        cloud_init_installed=cloud_init,
+        cloud_init_enabled=cloud_init_enabled,
+        waagent_conf={k: v for k, v in conf.items() if k.startswith(("Provisioning.", "ResourceDisk."))},
+        fstab_swap=tuple(fstab_swap(tree)),
+        hyperv_drivers=hyperv_drivers(tree),
+        kernel_cmdline=grub_cmdline(tree),
+        machine_id_set=_machine_id_set(tree),
+    )
     return OsReport(
         "linux",
         release.get("PRETTY_NAME") or release.get("NAME"),

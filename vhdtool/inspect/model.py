@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from vhdtool.inspect.os_facts import OsFacts
+
 if TYPE_CHECKING:
     from vhdtool.inspect.linux_readiness import LinuxReadiness
     from vhdtool.inspect.windows_readiness import WindowsReadiness
@@ -45,25 +47,32 @@ class OsReport:
     hostname: str | None
     state: str  # GENERALIZED | SPECIALIZED | IN_BETWEEN | UNKNOWN
     evidence: list[Evidence] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)  # extras: build, edition, agent config, drivers
+    facts: OsFacts | None = None  # extras: build, edition, agent config, drivers
     windows: WindowsReadiness | None = None  # boot and reachability facts of a Windows OS disk
     linux: LinuxReadiness | None = None  # boot and reachability facts of a Linux OS disk
 
     def to_json(self) -> dict[str, Any]:
         return {"family": self.family, "name": self.name, "version": self.version,
                 "hostname": self.hostname, "state": self.state,
-                "evidence": [e.to_json() for e in self.evidence], "facts": self.facts,
+                "evidence": [e.to_json() for e in self.evidence], "facts": to_jsonable(self.facts),
                 "windows": to_jsonable(self.windows), "linux": to_jsonable(self.linux)}
 
 
 def to_jsonable(value: Any) -> Any:
     """The JSON form of a typed fact: dataclasses become objects (field names as keys), tuples lists.
 
-    The one serialisation of the readiness facts, so ``inspect --json`` and ``check --json`` show the
-    same shape the rules read.
+    The one serialisation of the OS and readiness facts, so ``inspect --json`` and ``check --json`` show
+    the same shape the rules read. A field whose metadata has ``omit_if`` is left out when
+    ``omit_if(value_owner, field_value)`` holds (see :mod:`vhdtool.inspect.os_facts`).
     """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            omit = f.metadata.get("omit_if")
+            if omit is None or not omit(value, item):
+                out[f.name] = to_jsonable(item)
+        return out
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, dict):

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 from vhdtool.disk.base import VirtualDisk
 from vhdtool.inspect import windows
+from vhdtool.inspect.architecture import guess_architecture, tree_machine
 from vhdtool.inspect.bcd import BCD_PATHS, MAX_BCD_SIZE, read_bcd
 from vhdtool.inspect.filesystems import (
     FAT,
@@ -75,10 +76,17 @@ class DiskReport:
     unclean: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     missing_readers: list[str] = field(default_factory=list)  # filesystem kinds the optional extra would read
+    root_machine: str | None = None  # ELF machine of a binary on the Linux root (``x86_64`` / ``aarch64``)
 
     @property
     def encrypted_volumes(self) -> list[VolumeReport]:
         return [v for v in self.volumes if v.info.encrypted]
+
+    @property
+    def architecture(self) -> str | None:
+        """``x64`` / ``Arm64`` of the OS found, from what the inspection read; ``None`` when nothing tells."""
+        clues = [*self.generation.evidence, *([self.root_machine] if self.root_machine else [])]
+        return guess_architecture(self.os.facts if self.os else None, clues)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,88 +156,69 @@ def _windows_inspector() -> Any:
     return getattr(windows, "inspect_windows", None)
 
 
-def inspect_disk(disk: VirtualDisk) -> DiskReport:
-    """Inspect ``disk`` read-only: partition table, filesystems, OS, generation, unclean-capture signals."""
-    table = read_partition_table(disk)
-    warnings = [f"partition table: {p}" for p in table.problems]
-    unclean: list[str] = []
-    if disk.log_state == "dirty":
-        unclean.append("VHDX log is not empty (the image was not closed cleanly)")
-    volumes: list[VolumeReport] = []
-    trees: dict[int, NodeTree] = {}
-    physical_volumes: list[PhysicalVolume] = []
-    missing: list[str] = []
+@dataclass
+class _Scan:
+    """What the volume pass gathers: each volume probed, the filesystems it opened, the notes it made."""
 
-    def add(backing: VirtualDisk, offset: int, part: Partition) -> None:
+    volumes: list[VolumeReport] = field(default_factory=list)
+    trees: dict[int, NodeTree] = field(default_factory=dict)  # partition number -> its opened filesystem
+    physical_volumes: list[PhysicalVolume] = field(default_factory=list)
+    unclean: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # filesystem kinds the optional extra would read
+
+    def add(self, backing: VirtualDisk, offset: int, part: Partition) -> None:
+        """Probe one partition (or logical volume) and open its filesystem if inspection reads that kind."""
         info = probe_volume(backing, offset, part.length)
-        volumes.append(VolumeReport(part, info))
+        self.volumes.append(VolumeReport(part, info))
         if info.unclean:
-            unclean.append(f"partition {part.number} ({info.kind}): {info.unclean}")
+            self.unclean.append(f"partition {part.number} ({info.kind}): {info.unclean}")
         if info.kind == LVM2:
             pv = read_pv(backing, offset, part.length)
             if pv is not None:
-                physical_volumes.append(pv)
-                warnings.extend(pv.problems)
+                self.physical_volumes.append(pv)
+                self.warnings.extend(pv.problems)
         if info.kind in LINUX_FILESYSTEMS or info.kind in (NTFS, FAT):
-            try:
-                tree = open_tree(backing, offset, part.length, info.kind)
-            except DissectMissing as err:
-                if str(err) not in warnings:
-                    warnings.append(str(err))
-                if info.kind not in missing:
-                    missing.append(info.kind)
-                return
-            if tree is None:
-                warnings.append(f"partition {part.number}: {info.kind} filesystem could not be read")
-                return
-            trees[part.number] = tree
+            self._open(backing, offset, part, info)
 
-    for part in table.partitions:
-        if part.type_id in SKIPPED_TYPES or part.length < 4096:
-            volumes.append(VolumeReport(part, VolumeInfo(NOT_PROBED)))
-        else:
-            add(disk, part.offset, part)
-    if physical_volumes:
-        lvs, problems = logical_volumes(physical_volumes)
-        warnings.extend(problems)
-        # Logical volumes are numbered after the partitions: 101, 102... on a disk with partitions 1-9.
-        number = max((p.number for p in table.partitions), default=1) * 100
-        for lv in lvs:
-            number += 1
-            part = Partition(
-                number,
-                lv.segments[0][2],
-                lv.size,
-                LVM_LV_TYPE,
-                "LVM logical volume",
-                name=f"{lv.vg}/{lv.name}",
-            )
-            add(LogicalVolumeDisk(disk, lv), 0, part)
-    os_report, os_index = _find_os(volumes, trees, warnings)
-    for i, vol in enumerate(volumes):
-        if vol.info.kind == NTFS and vol.partition.number in trees:
-            tree = trees[vol.partition.number]
-            if ntfs_dirty(tree):
-                unclean.append(f"partition {vol.partition.number} (ntfs): volume dirty flag is set")
-            if i == os_index:
-                header = tree.read_file("/hiberfil.sys", 4)
-                if header is not None and header[:4] in HIBERNATION_SIGNATURES:
-                    unclean.append(
-                        f"partition {vol.partition.number} (ntfs): hiberfil.sys holds a "
-                        "hibernated or Fast Startup session"
-                    )
+    def _open(self, backing: VirtualDisk, offset: int, part: Partition, info: VolumeInfo) -> None:
+        try:
+            tree = open_tree(backing, offset, part.length, info.kind)
+        except DissectMissing as err:
+            if str(err) not in self.warnings:
+                self.warnings.append(str(err))
+            if info.kind not in self.missing:
+                self.missing.append(info.kind)
+            return
+        if tree is None:
+            self.warnings.append(f"partition {part.number}: {info.kind} filesystem could not be read")
+            return
+        self.trees[part.number] = tree
+
+
+def inspect_disk(disk: VirtualDisk) -> DiskReport:
+    """Inspect ``disk`` read-only: partition table, filesystems, OS, generation, unclean-capture signals."""
+    table = read_partition_table(disk)
+    scan = _Scan(warnings=[f"partition table: {p}" for p in table.problems])
+    if disk.log_state == "dirty":
+        scan.unclean.append("VHDX log is not empty (the image was not closed cleanly)")
+    _scan_partitions(disk, table, scan)
+    _scan_logical_volumes(disk, table, scan)
+    os_report, os_index = _find_os(scan.volumes, scan.trees, scan.warnings)
+    _ntfs_unclean(scan, os_index)
+    volumes = scan.volumes
     if os_index is not None:
         volumes[os_index] = VolumeReport(volumes[os_index].partition, volumes[os_index].info, True)
+    root_machine = None
     if os_report is not None:
         _resolve_mounts(os_report, volumes)
         if os_report.windows is not None:
-            bcd = _find_bcd(volumes, trees, os_index)
+            bcd = _find_bcd(volumes, scan.trees, os_index)
             if bcd is not None:
                 os_report.windows = replace(os_report.windows, bcd=bcd)
-    esp_loaders = _esp_loaders(volumes, trees)
-    family = os_report.family if os_report else None
-    bios_files = _windows_bios_files(volumes, trees) if family == "windows" and table.scheme == "mbr" else None
-    generation = hyperv_generation(table, esp_loaders, family, bios_files)
+        if os_report.family == "linux" and os_index is not None and volumes[os_index].partition.number in scan.trees:
+            root_machine = tree_machine(scan.trees[volumes[os_index].partition.number])
+    generation = _generation(table, volumes, scan.trees, os_report)
     return DiskReport(
         disk.path,
         disk.format,
@@ -240,10 +229,61 @@ def inspect_disk(disk: VirtualDisk) -> DiskReport:
         os_report,
         volumes[os_index] if os_index is not None else None,
         generation,
-        unclean,
-        warnings,
-        missing,
+        scan.unclean,
+        scan.warnings,
+        scan.missing,
+        root_machine,
     )
+
+
+def _scan_partitions(disk: VirtualDisk, table: PartitionTable, scan: _Scan) -> None:
+    """Probe every partition of the table; containers, reserved and tiny partitions are listed, not probed."""
+    for part in table.partitions:
+        if part.type_id in SKIPPED_TYPES or part.length < 4096:
+            scan.volumes.append(VolumeReport(part, VolumeInfo(NOT_PROBED)))
+        else:
+            scan.add(disk, part.offset, part)
+
+
+def _scan_logical_volumes(disk: VirtualDisk, table: PartitionTable, scan: _Scan) -> None:
+    """Assemble the LVM logical volumes of the physical volumes found and probe each like a partition."""
+    if not scan.physical_volumes:
+        return
+    lvs, problems = logical_volumes(scan.physical_volumes)
+    scan.warnings.extend(problems)
+    # Logical volumes are numbered after the partitions: 101, 102... on a disk with partitions 1-9.
+    number = max((p.number for p in table.partitions), default=1) * 100
+    for lv in lvs:
+        number += 1
+        part = Partition(number, lv.segments[0][2], lv.size, LVM_LV_TYPE, "LVM logical volume",
+                         name=f"{lv.vg}/{lv.name}")
+        scan.add(LogicalVolumeDisk(disk, lv), 0, part)
+
+
+def _ntfs_unclean(scan: _Scan, os_index: int | None) -> None:
+    """NTFS dirty flags, and a hibernated session in the Windows volume's hiberfil.sys."""
+    for i, vol in enumerate(scan.volumes):
+        tree = scan.trees.get(vol.partition.number)
+        if vol.info.kind != NTFS or tree is None:
+            continue
+        if ntfs_dirty(tree):
+            scan.unclean.append(f"partition {vol.partition.number} (ntfs): volume dirty flag is set")
+        if i == os_index:
+            header = tree.read_file("/hiberfil.sys", 4)
+            if header is not None and header[:4] in HIBERNATION_SIGNATURES:
+                scan.unclean.append(
+                    f"partition {vol.partition.number} (ntfs): hiberfil.sys holds a "
+                    "hibernated or Fast Startup session"
+                )
+
+
+def _generation(table: PartitionTable, volumes: list[VolumeReport], trees: dict[int, NodeTree],
+                os_report: OsReport | None) -> GenerationReport:
+    """The Hyper-V generations the disk boots as, from its table, ESP loaders and Windows BIOS files."""
+    esp_loaders = _esp_loaders(volumes, trees)
+    family = os_report.family if os_report else None
+    bios_files = _windows_bios_files(volumes, trees) if family == "windows" and table.scheme == "mbr" else None
+    return hyperv_generation(table, esp_loaders, family, bios_files)
 
 
 def _find_os(

@@ -11,11 +11,11 @@ supporting evidence so a person can see why, but does not override the two image
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from vhdtool.errors import VhdtoolError
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, Evidence, FileTree, OsReport
+from vhdtool.inspect.os_facts import WindowsFacts
 from vhdtool.inspect.registry import Hive, RegValue, regf_available
 from vhdtool.inspect.windows_readiness import windows_readiness
 
@@ -152,7 +152,7 @@ class _Findings:
     """Evidence and facts gathered while reading one volume."""
 
     evidence: list[Evidence] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: WindowsFacts = field(default_factory=WindowsFacts)
 
     def add(self, source: str, value: str | None, meaning: str, points_to: str = NEUTRAL) -> None:
         self.evidence.append(Evidence(source=source, value=value, meaning=meaning, points_to=points_to))
@@ -189,7 +189,7 @@ def _open_hive(tree: FileTree, path: str, found: _Findings) -> Hive | None:
         hive = Hive(data or b"", path)
     except VhdtoolError as err:
         found.add(path, None, f"registry hive unreadable: {err}")
-        found.facts.setdefault("unreadable_hives", []).append(path)
+        found.facts = replace(found.facts, unreadable_hives=(*found.facts.unreadable_hives, path))
         _note_logs(tree, path, None, found)
         return None
     if not hive.header.checksum_valid:
@@ -200,7 +200,7 @@ def _open_hive(tree: FileTree, path: str, found: _Findings) -> Hive | None:
                   f"sequence {hive.header.primary_sequence_number} != "
                   f"{hive.header.secondary_sequence_number}",
                   "the hive was being written when the disk was captured: values read may be stale")
-        found.facts.setdefault("hives_in_transaction", []).append(path)
+        found.facts = replace(found.facts, hives_in_transaction=(*found.facts.hives_in_transaction, path))
     _note_logs(tree, path, hive.header.in_transaction or not hive.header.checksum_valid, found)
     return hive
 
@@ -218,14 +218,14 @@ def _note_logs(tree: FileTree, hive_path: str, dirty: bool | None, found: _Findi
         size = _file_size(tree, log_path, found)
         if not size:
             continue
-        found.facts.setdefault("hive_logs", []).append(log_path)
+        found.facts = replace(found.facts, hive_logs=(*found.facts.hive_logs, log_path))
         if dirty is False:
             meaning = ("non-empty hive transaction log; the primary hive is clean (sequence numbers "
                        "match), so nothing is pending")
         else:
             meaning = ("non-empty hive transaction log next to a hive that is dirty or unreadable: "
                        "changes may be pending that this offline read does not apply")
-            found.facts.setdefault("hive_logs_pending", []).append(log_path)
+            found.facts = replace(found.facts, hive_logs_pending=(*found.facts.hive_logs_pending, log_path))
         found.add(log_path, f"{size} bytes", meaning)
 
 
@@ -279,13 +279,12 @@ def _image_state_from_file(tree: FileTree, found: _Findings) -> str | None:
 def _verdict(registry_state: str | None, file_state: str | None, found: _Findings) -> str:
     """Both records agree (or only one exists) -> its meaning; they disagree -> in-between."""
     tokens = [normalize_image_state(s) for s in (registry_state, file_state) if s is not None]
-    found.facts["image_state_registry"] = registry_state
-    found.facts["image_state_file"] = file_state
-    found.facts["undeployable"] = IMAGE_STATE_UNDEPLOYABLE in tokens
+    found.facts = replace(found.facts, image_state_registry=registry_state, image_state_file=file_state,
+                          undeployable=IMAGE_STATE_UNDEPLOYABLE in tokens)
     if not tokens:
         return UNKNOWN
     if len(set(tokens)) > 1:
-        found.facts["image_state_mismatch"] = True
+        found.facts = replace(found.facts, image_state_mismatch=True)
         found.add("ImageState (registry vs State.ini)", f"{registry_state} / {file_state}",
                   "the registry and State.ini disagree: sysprep or Setup was interrupted", IN_BETWEEN)
         return IN_BETWEEN
@@ -299,7 +298,7 @@ def _setup_evidence(system: Hive | None, found: _Findings) -> None:
     setup_type = _value(system, SETUP_KEY, "SetupType", found)
     if setup_type is not None:
         number = setup_type.as_int()
-        found.facts["setup_type"] = number
+        found.facts = replace(found.facts, setup_type=number)
         points, meaning = {
             0: (SPECIALIZED, "no Setup pending at next boot"),
             2: (GENERALIZED, "Setup (OOBE) runs at next boot, as after sysprep"),
@@ -318,7 +317,7 @@ def _setup_evidence(system: Hive | None, found: _Findings) -> None:
     in_progress = _value(system, SETUP_KEY, "SystemSetupInProgress", found)
     if in_progress is not None:
         number = in_progress.as_int()
-        found.facts["system_setup_in_progress"] = number
+        found.facts = replace(found.facts, system_setup_in_progress=number)
         if number == 1:
             found.add("SYSTEM\\Setup\\SystemSetupInProgress", "1",
                       "Setup has not finished: expected after sysprep", GENERALIZED)
@@ -329,7 +328,7 @@ def _setup_evidence(system: Hive | None, found: _Findings) -> None:
     generalization = _value(system, SYSPREP_STATUS_KEY, "GeneralizationState", found)
     if generalization is not None:
         number = generalization.as_int()
-        found.facts["generalization_state"] = number
+        found.facts = replace(found.facts, generalization_state=number)
         # Observed values, not documented by Microsoft: 4 after generalize, 7 in normal use.
         points, meaning = {
             4: (GENERALIZED, "sysprep generalize completed"),
@@ -356,7 +355,7 @@ def _control_set(system: Hive | None, found: _Findings) -> str | None:
                   "no usable current control set: ControlSet001 used")
         number = 1
     name = f"ControlSet{number:03d}"
-    found.facts["control_set"] = name
+    found.facts = replace(found.facts, control_set=name)
     return name
 
 
@@ -370,7 +369,7 @@ def _hostname(system: Hive | None, control_set: str | None, found: _Findings) ->
     arch = _text(_value(system, f"{control_set}\\Control\\Session Manager\\Environment",
                         "PROCESSOR_ARCHITECTURE", found))
     if arch:
-        found.facts["architecture"] = arch
+        found.facts = replace(found.facts, architecture=arch)
     return name or None
 
 
@@ -408,12 +407,8 @@ def _os_identity(software: Hive | None, found: _Findings) -> tuple[str | None, s
     if build is not None:
         version = ".".join(str(p) for p in (major, minor, build, ubr) if p is not None) \
             if major is not None and minor is not None else str(build)
-    identity: tuple[tuple[str, str | int | None], ...] = (
-        ("product_name", product), ("edition_id", edition), ("installation_type", installation),
-        ("display_version", display_version), ("build", build), ("ubr", ubr))
-    for key, value in identity:
-        if value is not None:
-            found.facts[key] = value
+    found.facts = replace(found.facts, product_name=product, edition_id=edition, installation_type=installation,
+                          display_version=display_version, build=build, ubr=ubr)
     if product is not None:
         found.add(f"SOFTWARE\\{CURRENT_VERSION_KEY}\\ProductName", product,
                   "product name" + (f" (build {build} is {name})" if name != product else ""))
@@ -426,7 +421,7 @@ def _os_identity(software: Hive | None, found: _Findings) -> tuple[str | None, s
 def _file_evidence(tree: FileTree, found: _Findings) -> None:
     """Files sysprep and Windows leave behind: the sysprep tag and logs, hiberfil.sys."""
     tag = tree.exists(SYSPREP_TAG)
-    found.facts["sysprep_succeeded_tag"] = tag
+    found.facts = replace(found.facts, sysprep_succeeded_tag=tag)
     if tag:
         found.add(SYSPREP_TAG, "present",
                   "a sysprep run succeeded once (not proof the image is generalized now)")
@@ -438,7 +433,7 @@ def _file_evidence(tree: FileTree, found: _Findings) -> None:
     if panther:
         found.add(PANTHER_DIR, ", ".join(sorted(panther)[:8]), "Windows Setup (Panther) logs present")
     hibernation = tree.exists(HIBERNATION_FILE)
-    found.facts["hibernation_file"] = hibernation
+    found.facts = replace(found.facts, hibernation_file=hibernation)
     if hibernation:
         size = _file_size(tree, HIBERNATION_FILE, found)
         found.add(HIBERNATION_FILE, f"{size} bytes" if size is not None else "present",
@@ -460,7 +455,7 @@ def inspect_windows(tree: FileTree) -> OsReport | None:
                   "reading registry hives needs the optional extra: pip install vhdtool[inspect]")
         file_state = _image_state_from_file(tree, found)
         _file_evidence(tree, found)
-        found.facts["image_state_file"] = file_state
+        found.facts = replace(found.facts, registry_read=False, image_state_file=file_state)
         return OsReport(family="windows", name=None, version=None, hostname=None, state=UNKNOWN,
                         evidence=found.evidence, facts=found.facts)
 
@@ -476,7 +471,7 @@ def inspect_windows(tree: FileTree) -> OsReport | None:
     hostname = _hostname(system, control_set, found)
     unfinished = next((normalize_image_state(s) for s in (registry_state, file_state)
                        if s is not None and classify_image_state(s)[0] == IN_BETWEEN), None)
-    readiness = windows_readiness(system, software, control_set, found.facts.get("installation_type"),
+    readiness = windows_readiness(system, software, control_set, found.facts.installation_type,
                                   unfinished)
     # The two image-state records decide the verdict: list them first, the rest in reading order.
     found.evidence.sort(key=lambda e: 0 if "ImageState" in e.source else 1)

@@ -39,7 +39,6 @@ from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
 from vhdtool.formats.open import open_image
 from vhdtool.formats.vhd.footer import parse_footer
 from vhdtool.formats.vhd.reader import VhdDisk
-from vhdtool.inspect.architecture import disk_architecture
 from vhdtool.inspect.report import inspect_disk
 from vhdtool.jobs.convert import convert
 from vhdtool.jobs.manifest import (
@@ -58,7 +57,8 @@ from vhdtool.jobs.manifest import (
     write_manifest,
 )
 from vhdtool.jobs.naming import VHD_SUFFIX, SetNames, plan_names, validate_lun, validate_name
-from vhdtool.readiness.rules import Facts, evaluate
+from vhdtool.readiness.facts import Container, facts_for
+from vhdtool.readiness.rules import evaluate
 from vhdtool.stream.fixed_view import FixedVhdView
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def check_disk(disk: VirtualDisk, item: DiskInput, expect: str | None) -> CheckO
         supported = report.generation.supported
         # A disk bootable both ways is recorded as V2 (UEFI, the generation Azure recommends).
         generation = "V2" if "V2" in supported else ("V1" if "V1" in supported else None)
-        architecture = disk_architecture(disk, report)
+        architecture = report.architecture
     return CheckOutcome(tuple(findings), os_record, generation, architecture)
 
 
@@ -192,9 +192,8 @@ def run_rules(view: FixedVhdView, report: DiskReport, item: DiskInput, expect: s
     """
 
     footer = parse_footer(view.footer_bytes, f"{item.path} (fixed VHD footer)", view.virtual_size)
-    facts = Facts(format="vhd", disk_type="fixed", virtual_size=view.virtual_size, file_size=view.size,
-                  footer=footer.to_json(), report=report, role=item.role, expect=expect)
-    return [Finding(f.rule, f.severity, f.message) for result in evaluate(facts) for f in result.findings]
+    facts = facts_for(Container("vhd", "fixed", view.virtual_size, view.size, footer), report, item.role, expect)
+    return [Finding(f.rule, f.severity.value, f.message) for result in evaluate(facts) for f in result.findings]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,20 +7,54 @@ findings it raises (none means the rule passed). Rule ids and their reasons and 
 
 from __future__ import annotations
 
-import os
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
 
-from vhdtool.formats.vhd.footer import FIXED_DATA_OFFSET as FIXED_DATA_OFFSET
-from vhdtool.formats.vhd.layout import FOOTER_SIZE as FOOTER_SIZE
-from vhdtool.formats.vhd.layout import VHD_COOKIE as VHD_COOKIE_BYTES
+from vhdtool.formats.vhd.footer import (
+    DISK_TYPE_DIFFERENCING,
+    DISK_TYPE_DYNAMIC,
+    DISK_TYPE_FIXED,
+    FIXED_DATA_OFFSET,
+)
+from vhdtool.formats.vhd.layout import FOOTER_SIZE, VHD_COOKIE
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN
+from vhdtool.inspect.os_facts import LinuxFacts, WindowsFacts
 from vhdtool.inspect.report import DiskReport
+from vhdtool.readiness.facts import Facts, facts_from_disk
 from vhdtool.units import GiB, MiB, TiB
 
-ERROR, WARNING, INFO = "error", "warning", "info"
-VHD_COOKIE = VHD_COOKIE_BYTES.decode("ascii")  # as the footer's JSON form spells it
+
+class _TextEnum(str, Enum):
+    """An enum whose members are their text: equal to it, printed and formatted as it, JSON as it.
+
+    What ``enum.StrEnum`` does from Python 3.11; the package still supports 3.10.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Severity(_TextEnum):
+    """How bad a finding is; the value is what JSON, JUnit and the text output show."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Role(_TextEnum):
+    """What the disk will be in Azure (``check --role``)."""
+
+    OS = "os"
+    DATA = "data"
+
+
+ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 # docs/azure-rules.md §1: managed-disk direct upload range (file size), OS disk by generation, data disk, page blob.
 UPLOAD_MIN_FILE = 20 * MiB + FOOTER_SIZE
 UPLOAD_MAX_FILE = 32767 * GiB + FOOTER_SIZE  # "32 TiB" in Azure's wording: 35,183,298,347,520
@@ -46,22 +80,7 @@ TIERS = [
 ]
 STATES = (GENERALIZED, SPECIALIZED)
 GENERATIONS = ("V1", "V2")
-ROLES = ("os", "data")
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the rules judge: the container, its footer, the inspection, and what the user asked for."""
-
-    format: str  # "vhd" | "vhdx" | "raw"
-    disk_type: str  # "fixed" | "dynamic" | "differencing"
-    virtual_size: int
-    file_size: int
-    footer: dict[str, Any] | None  # disk.info()["footer"] of a VHD
-    report: DiskReport | None
-    role: str = "os"
-    expect: str | None = None
-    generation: str | None = None  # the generation the user will create the image with
+ROLES = tuple(r.value for r in Role)
 
 
 @dataclass(frozen=True)
@@ -69,14 +88,15 @@ class Finding:
     """One problem or note, with the fix in its message."""
 
     rule: str
-    severity: str
+    severity: Severity
     message: str
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.rule, "severity": self.severity, "message": self.message}
 
 
-RuleFunc = Callable[[Facts], list[tuple[str, str]]]
+Findings = list[tuple[Severity, str]]  # what a rule raises: (severity, message with the fix)
+RuleFunc = Callable[[Facts], Findings]
 
 
 @dataclass(frozen=True)
@@ -111,18 +131,19 @@ def _os_family(f: Facts) -> str | None:
     return f.report.os.family if f.report is not None and f.report.os is not None else None
 
 
-def _linux_facts(f: Facts) -> dict[str, Any] | None:
-    if f.role != "os" or f.report is None or f.report.os is None or f.report.os.family != "linux":
+def _linux_facts(f: Facts) -> LinuxFacts | None:
+    if f.role != Role.OS or f.report is None or f.report.os is None:
         return None
-    return f.report.os.facts
+    facts = f.report.os.facts
+    return facts if isinstance(facts, LinuxFacts) else None
 
 
 def _footer_type_known(f: Facts) -> bool:
-    return f.footer is None or f.footer.get("disk_type") in ("fixed", "dynamic", "differencing")
+    return f.footer is None or f.footer.disk_type in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING)
 
 
 @rule("format-fixed-vhd", "the image is a fixed VHD")
-def _format(f: Facts) -> list[tuple[str, str]]:
+def _format(f: Facts) -> Findings:
     if _is_fixed_vhd(f) or not _footer_type_known(f):  # an unknown footer type is footer-disk-type's finding
         return []
     what = {"vhdx": "a VHDX", "raw": "a raw image"}.get(f.format, f"a {f.disk_type} VHD")
@@ -130,7 +151,7 @@ def _format(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("size-whole-mib", "the virtual size is a whole number of MiB")
-def _size_mib(f: Facts) -> list[tuple[str, str]]:
+def _size_mib(f: Facts) -> Findings:
     if f.virtual_size % MiB == 0:
         return []
     up = -(-f.virtual_size // MiB) * MiB
@@ -149,7 +170,7 @@ def _data_beyond_current_size(f: Facts) -> bool:
 
 
 @rule("file-size", "file size = virtual size + 512")
-def _file_size(f: Facts) -> list[tuple[str, str]]:
+def _file_size(f: Facts) -> Findings:
     # A current size short of the data is footer-current-size's finding (the same mismatch, its cause named).
     if not _is_fixed_vhd(f) or f.file_size == f.virtual_size + FOOTER_SIZE or _data_beyond_current_size(f):
         return []
@@ -163,13 +184,14 @@ def _file_size(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("footer-cookie", "footer cookie is 'conectix'")
-def _footer_cookie(f: Facts) -> list[tuple[str, str]]:
-    if f.footer is None or f.footer.get("cookie") == VHD_COOKIE:
+def _footer_cookie(f: Facts) -> Findings:
+    if f.footer is None or f.footer.cookie == VHD_COOKIE:
         return []
     return [
         (
             ERROR,
-            f"footer cookie is {f.footer.get('cookie')!r}, not 'conectix': no reader takes it as a VHD; drop "
+            f"footer cookie is {f.footer.cookie.decode('latin-1')!r}, not 'conectix': no reader takes it as a VHD; "
+            "drop "
             "the damaged footer (`truncate -s -512 IMAGE`, on a copy if need be) and run "
             "`vhdtool convert IMAGE OUT.vhd`",
         )
@@ -177,7 +199,7 @@ def _footer_cookie(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("footer-disk-type", "footer disk type is fixed (2)")
-def _footer_type(f: Facts) -> list[tuple[str, str]]:
+def _footer_type(f: Facts) -> Findings:
     # Dynamic and differencing disks are the format rule's finding; this one catches unknown types.
     if _footer_type_known(f):
         return []
@@ -185,39 +207,39 @@ def _footer_type(f: Facts) -> list[tuple[str, str]]:
     return [
         (
             ERROR,
-            f"footer disk type is {f.footer.get('disk_type')}, not fixed (2): no reader takes the file; if it "
+            f"footer disk type is {f.footer.disk_type_name}, not fixed (2): no reader takes the file; if it "
             "is a fixed disk, drop the footer (`truncate -s -512 IMAGE`) and run `vhdtool convert IMAGE OUT.vhd`",
         )
     ]
 
 
 @rule("footer-data-offset", "footer data offset is all 0xFF on a fixed disk")
-def _footer_data_offset(f: Facts) -> list[tuple[str, str]]:
+def _footer_data_offset(f: Facts) -> Findings:
     if (
         f.footer is None
-        or f.footer.get("disk_type") != "fixed"
-        or f.footer.get("data_offset") == FIXED_DATA_OFFSET
+        or f.footer.disk_type != DISK_TYPE_FIXED
+        or f.footer.data_offset == FIXED_DATA_OFFSET
     ):
         return []
     return [
         (
             ERROR,
-            f"fixed VHD footer has data offset {f.footer.get('data_offset')}, expected 0xFFFFFFFFFFFFFFFF; "
+            f"fixed VHD footer has data offset {f.footer.data_offset}, expected 0xFFFFFFFFFFFFFFFF; "
             "`vhdtool fix IMAGE` rewrites the footer in place",
         )
     ]
 
 
 @rule("footer-checksum", "footer checksum is valid")
-def _footer_checksum(f: Facts) -> list[tuple[str, str]]:
-    if f.footer is None or f.footer.get("checksum_valid", True):
+def _footer_checksum(f: Facts) -> Findings:
+    if f.footer is None or f.footer.checksum_valid:
         return []
-    checksum = f.footer.get("checksum")
-    return [(ERROR, f"footer checksum {checksum} is wrong; `vhdtool fix IMAGE` rewrites the footer in place")]
+    return [(ERROR, f"footer checksum 0x{f.footer.checksum:08x} is wrong; "
+                    "`vhdtool fix IMAGE` rewrites the footer in place")]
 
 
 @rule("footer-current-size", "footer current size covers the data before the footer")
-def _footer_size(f: Facts) -> list[tuple[str, str]]:
+def _footer_size(f: Facts) -> Findings:
     # Azure reads current size and wants the file to be exactly that + 512: bytes past it are refused or lost.
     if f.footer is None or not _data_beyond_current_size(f):
         return []
@@ -225,14 +247,14 @@ def _footer_size(f: Facts) -> list[tuple[str, str]]:
     return [
         (
             ERROR,
-            f"footer current size is {f.footer.get('current_size')} bytes but the file holds {data} bytes before "
+            f"footer current size is {f.footer.current_size} bytes but the file holds {data} bytes before "
             "the footer; `vhdtool fix IMAGE` sets it to the data's size (keeping every byte)",
         )
     ]
 
 
 @rule("upload-size-range", "size within the managed-disk upload range")
-def _upload_range(f: Facts) -> list[tuple[str, str]]:
+def _upload_range(f: Facts) -> Findings:
     size = f.virtual_size + FOOTER_SIZE
     if UPLOAD_MIN_FILE <= size <= UPLOAD_MAX_FILE:
         return []
@@ -254,8 +276,8 @@ def _target_generation(f: Facts) -> str | None:
 
 
 @rule("os-disk-size", "OS disk within its generation's limit")
-def _os_size(f: Facts) -> list[tuple[str, str]]:
-    if f.role != "os":
+def _os_size(f: Facts) -> Findings:
+    if f.role != Role.OS:
         return []
     gen = _target_generation(f) or "V2"
     limit = OS_DISK_MAX[gen]
@@ -271,14 +293,14 @@ def _os_size(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("data-disk-size", "data disk within 32,767 GiB")
-def _data_size(f: Facts) -> list[tuple[str, str]]:
-    if f.role != "data" or f.virtual_size <= DATA_DISK_MAX:
+def _data_size(f: Facts) -> Findings:
+    if f.role != Role.DATA or f.virtual_size <= DATA_DISK_MAX:
         return []
     return [(ERROR, f"data disk of {f.virtual_size // GiB} GiB exceeds Azure's 32,767 GiB limit")]
 
 
 @rule("page-blob-size", "fits in a page blob (8 TiB)")
-def _page_blob(f: Facts) -> list[tuple[str, str]]:
+def _page_blob(f: Facts) -> Findings:
     if f.virtual_size + FOOTER_SIZE <= PAGE_BLOB_MAX:
         return []
     return [
@@ -291,8 +313,8 @@ def _page_blob(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("generation", "the disk boots as the wanted Hyper-V generation")
-def _generation(f: Facts) -> list[tuple[str, str]]:
-    if f.role != "os" or f.report is None:
+def _generation(f: Facts) -> Findings:
+    if f.role != Role.OS or f.report is None:
         return []
     gen = f.report.generation
     why = "; ".join(gen.evidence)
@@ -317,13 +339,13 @@ def _generation(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("os-encrypted", "the OS volume is not encrypted")
-def _encrypted(f: Facts) -> list[tuple[str, str]]:
+def _encrypted(f: Facts) -> Findings:
     if f.report is None:
         return []
     found = [f"partition {v.partition.number} ({v.info.kind})" for v in f.report.encrypted_volumes]
     if not found:
         return []
-    if f.role == "os":
+    if f.role == Role.OS:
         return [
             (
                 ERROR,
@@ -335,7 +357,7 @@ def _encrypted(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("unclean-capture", "captured from a cleanly shut-down OS")
-def _unclean(f: Facts) -> list[tuple[str, str]]:
+def _unclean(f: Facts) -> Findings:
     if f.report is None or not f.report.unclean:
         return []
     state = f.report.os.state if f.report.os is not None else None
@@ -351,14 +373,14 @@ def _unclean(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("os-found", "an OS was found on an OS disk")
-def _os_found(f: Facts) -> list[tuple[str, str]]:
+def _os_found(f: Facts) -> Findings:
     if f.report is None:
         return []
-    if f.role == "os" and f.report.os is None:
+    if f.role == Role.OS and f.report.os is None:
         if f.report.missing_readers:
             return [(WARNING, f"the OS was not looked for: {_missing_readers(f.report)}")]
         return [(WARNING, "no Windows or Linux OS found; if this is a data disk use --role data")]
-    if f.role == "data" and f.report.os is not None:
+    if f.role == Role.DATA and f.report.os is not None:
         return [(INFO, f"an OS ({f.report.os.name or f.report.os.family}) is on this data disk")]
     return []
 
@@ -369,8 +391,8 @@ def _missing_readers(report: DiskReport) -> str:
 
 
 @rule("os-state", "OS state matches --expect")
-def _os_state(f: Facts) -> list[tuple[str, str]]:
-    if f.report is None or f.role != "os":
+def _os_state(f: Facts) -> Findings:
+    if f.report is None or f.role != Role.OS:
         return []
     if f.report.os is None:
         if f.expect is None:
@@ -379,7 +401,7 @@ def _os_state(f: Facts) -> list[tuple[str, str]]:
         return [(ERROR, f"--expect {f.expect} cannot be confirmed: {why}")]
     os_report = f.report.os
     state = os_report.state
-    if os_report.facts.get("undeployable"):
+    if isinstance(os_report.facts, WindowsFacts) and os_report.facts.undeployable:
         return [
             (
                 ERROR,
@@ -409,14 +431,14 @@ def _os_state(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("linux-swap", "no swap on the OS disk")
-def _swap(f: Facts) -> list[tuple[str, str]]:
-    if f.report is None or f.role != "os":
+def _swap(f: Facts) -> Findings:
+    if f.report is None or f.role != Role.OS:
         return []
     parts = [
         str(v.partition.number) for v in f.report.volumes if v.partition.is_swap or v.info.kind == "swap"
     ]
     lines = _linux_facts(f)
-    fstab = lines.get("fstab_swap", []) if lines else []
+    fstab = lines.fstab_swap if lines else ()
     if not parts and not fstab:
         return []
     where = (
@@ -434,12 +456,11 @@ def _swap(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("linux-hyperv-drivers", "Hyper-V drivers present")
-def _drivers(f: Facts) -> list[tuple[str, str]]:
+def _drivers(f: Facts) -> Findings:
     facts = _linux_facts(f)
     if facts is None:
         return []
-    drivers: dict[str, list[str]] = facts.get("hyperv_drivers", {})
-    missing = [name for name, kernels in drivers.items() if not kernels]
+    missing = [name for name, kernels in facts.hyperv_drivers.items() if not kernels]
     if not missing:
         return []
     return [
@@ -452,11 +473,11 @@ def _drivers(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("linux-agent", "Azure Linux agent or cloud-init installed and enabled")
-def _agent(f: Facts) -> list[tuple[str, str]]:
+def _agent(f: Facts) -> Findings:
     facts = _linux_facts(f)
     if facts is None:
         return []
-    if not facts.get("waagent_installed") and not facts.get("cloud_init_installed"):
+    if not facts.waagent_installed and not facts.cloud_init_installed:
         return [
             (
                 ERROR,
@@ -464,7 +485,7 @@ def _agent(f: Facts) -> list[tuple[str, str]]:
                 "provisioned; install WALinuxAgent",
             )
         ]
-    if not facts.get("waagent_enabled") and not facts.get("cloud_init_enabled"):
+    if not facts.waagent_enabled and not facts.cloud_init_enabled:
         return [
             (
                 WARNING,
@@ -476,9 +497,9 @@ def _agent(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("linux-serial-console", "kernel logs to the serial console")
-def _console(f: Facts) -> list[tuple[str, str]]:
+def _console(f: Facts) -> Findings:
     facts = _linux_facts(f)
-    if facts is None or facts.get("kernel_cmdline") is None or "console=ttyS0" in facts["kernel_cmdline"]:
+    if facts is None or facts.kernel_cmdline is None or "console=ttyS0" in facts.kernel_cmdline:
         return []
     return [
         (
@@ -490,9 +511,9 @@ def _console(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("linux-machine-id", "a generalized Linux image has no machine id")
-def _machine_id(f: Facts) -> list[tuple[str, str]]:
+def _machine_id(f: Facts) -> Findings:
     facts = _linux_facts(f)
-    if facts is None or not facts.get("machine_id_set"):
+    if facts is None or not facts.machine_id_set:
         return []
     state = f.report.os.state if f.report is not None and f.report.os is not None else None
     if GENERALIZED not in (f.expect, state):
@@ -507,14 +528,14 @@ def _machine_id(f: Facts) -> list[tuple[str, str]]:
 
 
 @rule("partition-table", "partition table is consistent")
-def _table(f: Facts) -> list[tuple[str, str]]:
+def _table(f: Facts) -> Findings:
     if f.report is None or not f.report.table.problems:
         return []
     return [(WARNING, f"partition table: {p}") for p in f.report.table.problems]
 
 
 @rule("billing-tier", "billing tier of the size")
-def _tier(f: Facts) -> list[tuple[str, str]]:
+def _tier(f: Facts) -> Findings:
     return [(INFO, billing_tier(f.virtual_size))]
 
 
@@ -540,55 +561,27 @@ def evaluate(facts: Facts) -> list[RuleResult]:
     return results
 
 
-def facts_from_disk(
-    disk: Any,
-    report: DiskReport | None,
-    role: str = "os",
-    expect: str | None = None,
-    generation: str | None = None,
-) -> Facts:
-    """Collect :class:`Facts` from an open disk (footer from ``disk.details()``, file size from the file)."""
-    details = disk.details()
-    footer = details.get("footer") if disk.format == "vhd" else None
-    return Facts(
-        disk.format,
-        disk.disk_type,
-        disk.virtual_size,
-        os.stat(disk.path).st_size,
-        footer,
-        report,
-        role,
-        expect,
-        generation,
-    )
-
-
 def junit_xml(results: list[RuleResult], name: str) -> str:
-    """A JUnit XML report: one testcase per rule; errors are failures, warnings go to system-out."""
-    from xml.sax.saxutils import escape, quoteattr
-
+    """A JUnit XML report: one testcase per rule; errors are failures, warnings and notes go to system-out."""
     failures = sum(1 for r in results if any(x.severity == ERROR for x in r.findings))
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites><testsuite name={quoteattr("vhdtool check " + name)} tests="{len(results)}" '
-        f'failures="{failures}" errors="0" skipped="0">',
-    ]
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name=f"vhdtool check {name}", tests=str(len(results)),
+                          failures=str(failures), errors="0", skipped="0")
     for r in results:
-        lines.append(f'  <testcase classname="vhdtool.check" name={quoteattr(r.rule.id)}>')
+        case = ET.SubElement(suite, "testcase", classname="vhdtool.check", name=r.rule.id)
         for x in r.findings:
             if x.severity == ERROR:
-                lines.append(
-                    f'    <failure type="error" message={quoteattr(x.message)}>{escape(x.message)}</failure>'
-                )
+                ET.SubElement(case, "failure", type="error", message=x.message).text = x.message
         notes = [f"{x.severity}: {x.message}" for x in r.findings if x.severity != ERROR]
         if notes:
-            lines.append(f"    <system-out>{escape(chr(10).join(notes))}</system-out>")
-        lines.append("  </testcase>")
-    lines.append("</testsuite></testsuites>")
-    return "\n".join(lines) + "\n"
+            ET.SubElement(case, "system-out").text = "\n".join(notes)
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
 __all__ = [
+    "Severity",
+    "Role",
     "ERROR",
     "WARNING",
     "INFO",

@@ -7,9 +7,8 @@ docs/check-rules.md, the Microsoft pages they follow in docs/azure-rules.md §3.
 from __future__ import annotations
 
 from vhdtool.inspect.linux_readiness import BOOT_DRIVERS, BOOT_MOUNTS, LinuxReadiness, MountEntry
-from vhdtool.readiness.rules import ERROR, INFO, WARNING, Facts, rule
-
-Findings = list[tuple[str, str]]
+from vhdtool.readiness.facts import Facts
+from vhdtool.readiness.rules import ERROR, INFO, WARNING, Findings, rule
 
 
 def _linux(f: Facts) -> LinuxReadiness | None:
@@ -27,7 +26,7 @@ def _device_names(f: Facts) -> Findings:
     linux = _linux(f)
     if linux is None:
         return []
-    out = []
+    out: Findings = []
     for e in linux.mounts:
         if e.kind != "kernel-name":
             continue
@@ -45,7 +44,7 @@ def _nofail(f: Facts) -> Findings:
     linux = _linux(f)
     if linux is None:
         return []
-    out = []
+    out: Findings = []
     for e in linux.mounts:
         if e.kind == "pseudo" or e.mount_point in BOOT_MOUNTS or e.target is not None or e.nofail:
             continue
@@ -59,7 +58,7 @@ def _unresolved(f: Facts) -> Findings:
     linux = _linux(f)
     if linux is None:
         return []
-    out = []
+    out: Findings = []
     for e in linux.mounts:
         if not e.looked_up or e.target is not None:
             continue
@@ -108,7 +107,8 @@ def _network(f: Facts) -> Findings:
     linux = _linux(f)
     if linux is None:
         return []
-    net, out = linux.network, []
+    net = linux.network
+    out: Findings = []
     if net.persistent_net_rules:
         out.append((WARNING, f"/etc/udev/rules.d/70-persistent-net.rules pins interface names to MAC addresses "
                              f"({net.persistent_net_rules[0][:80]}): Azure's NIC has another MAC and comes up as "
@@ -127,7 +127,8 @@ def _provisioning(f: Facts) -> Findings:
     linux = _linux(f)
     if linux is None:
         return []
-    p, out = linux.provisioning, []
+    p = linux.provisioning
+    out: Findings = []
     if not (p.waagent_active and p.cloud_init_active):
         return []
     agent = (p.provisioning_agent or "").lower()

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from vhdtool.inspect.model import GENERALIZED
 from vhdtool.inspect.windows_readiness import RDP_PORT, SAN_ONLINE_ALL, SAN_POLICIES, ServiceStart, WindowsReadiness
-from vhdtool.readiness.rules import ERROR, INFO, WARNING, Facts, rule
-
-Findings = list[tuple[str, str]]
+from vhdtool.readiness.facts import Facts
+from vhdtool.readiness.rules import ERROR, INFO, WARNING, Findings, rule
 
 
 def _windows(f: Facts) -> WindowsReadiness | None:
@@ -34,7 +33,8 @@ def _rdp(f: Facts) -> Findings:
     w = _windows(f)
     if w is None:
         return []
-    rdp, out = w.rdp, []
+    rdp = w.rdp
+    out: Findings = []
     deny = rdp.effective_deny
     where = ("SOFTWARE\\Policies\\Microsoft\\Windows NT\\Terminal Services" if rdp.policy_deny_connections is not None
              else _cs(w, "Control\\Terminal Server"))
@@ -65,7 +65,8 @@ def _network(f: Facts) -> Findings:
     w = _windows(f)
     if w is None:
         return []
-    net, out = w.network, []
+    net = w.network
+    out: Findings = []
     for iface in net.static_interfaces:
         out.append((ERROR, f"interface {iface.interface} has a static address {', '.join(iface.addresses)} "
                            f"({_cs(w, 'Services')}\\Tcpip\\Parameters\\Interfaces, EnableDHCP = 0): Azure gives "
@@ -104,7 +105,7 @@ def _drivers(f: Facts) -> Findings:
     w = f.report.os.windows
     if w.control_set is None:
         return [(WARNING, "the SYSTEM hive could not be read: the Windows boot and network rules did not run")]
-    out = []
+    out: Findings = []
     for driver in w.boot_drivers:
         key = _cs(w, f"Services\\{driver.name}")
         if driver.name == "netvsc":
@@ -122,7 +123,8 @@ def _capture(f: Facts) -> Findings:
     w = _windows(f)
     if w is None:
         return []
-    p, out = w.pending, []
+    p = w.pending
+    out: Findings = []
     marks = []
     if p.component_servicing:
         marks.append("SOFTWARE\\...\\Component Based Servicing\\RebootPending")

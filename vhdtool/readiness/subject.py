@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from construct import ConstructError
-
 from vhdtool.disk.base import BorrowedSource, ByteSource, ImageFile, VirtualDisk
 from vhdtool.errors import ImageError
 from vhdtool.extents import Extent, extents_from_ranges
@@ -22,13 +20,14 @@ from vhdtool.formats.vhd.footer import (
     DISK_TYPE_DYNAMIC,
     DISK_TYPE_FIXED,
     FILE_FORMAT_VERSION,
+    FIXED_DATA_OFFSET,
     VhdFooter,
     footer_checksum,
     parse_footer,
 )
-from vhdtool.formats.vhd.layout import Footer
+from vhdtool.formats.vhd.layout import FOOTER_SIZE, VHD_COOKIE
 from vhdtool.inspect.report import DiskReport
-from vhdtool.readiness.rules import FIXED_DATA_OFFSET, FOOTER_SIZE, Facts
+from vhdtool.readiness.facts import Container, Facts, container_of, facts_for, footer_of
 
 
 class _DataPart(VirtualDisk):
@@ -83,24 +82,25 @@ def salvage_footer(path: str | ByteSource) -> VhdFooter | None:
     finally:
         if isinstance(path, str):
             image.close()
-    path = image.path
+    # The footer reader refuses a wrong cookie: give it the right one, then put back the bytes found.
+    cookie = raw[: len(VHD_COOKIE)]
     try:
-        fields = Footer.parse(raw)
-    except ConstructError:
+        read = parse_footer(VHD_COOKIE + raw[len(VHD_COOKIE):], image.path, size - FOOTER_SIZE)
+    except ImageError:
         return None
-    if fields.cookie == b"conectix":
-        if fields.disk_type in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
+    footer = replace(read, cookie=cookie, checksum_valid=footer_checksum(raw) == read.checksum)
+    if footer.cookie == VHD_COOKIE:
+        if footer.disk_type in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
             return None  # the reader's own error about this footer stands
     elif not (
-        fields.file_format_version == FILE_FORMAT_VERSION
-        and fields.disk_type == DISK_TYPE_FIXED
-        and fields.data_offset == FIXED_DATA_OFFSET
-        and 0 < fields.current_size <= size - FOOTER_SIZE
-        and fields.current_size % 512 == 0
+        footer.file_format_version == FILE_FORMAT_VERSION
+        and footer.disk_type == DISK_TYPE_FIXED
+        and footer.data_offset == FIXED_DATA_OFFSET
+        and 0 < footer.current_size <= size - FOOTER_SIZE
+        and footer.current_size % 512 == 0
     ):
         return None
-    footer = parse_footer(b"conectix" + raw[8:], path, size - FOOTER_SIZE)
-    return replace(footer, cookie=bytes(fields.cookie), checksum_valid=footer_checksum(raw) == fields.checksum)
+    return footer
 
 
 @dataclass
@@ -113,26 +113,12 @@ class CheckSubject:
 
     path: str
     disk: VirtualDisk | None
-    format: str
-    disk_type: str
-    virtual_size: int
-    file_size: int
-    footer: dict[str, Any] | None
+    container: Container
 
     def facts(
         self, report: DiskReport | None, role: str = "os", expect: str | None = None, generation: str | None = None
     ) -> Facts:
-        return Facts(
-            self.format,
-            self.disk_type,
-            self.virtual_size,
-            self.file_size,
-            self.footer,
-            report,
-            role,
-            expect,
-            generation,
-        )
+        return facts_for(self.container, report, role, expect, generation)
 
     def close(self) -> None:
         if self.disk is not None:
@@ -197,11 +183,7 @@ def open_for_check(path: str | ByteSource, *, parent: str | None = None,
     else:
         salvaged = salvage_footer(path) if disk.format == "raw" else None
         if salvaged is None:
-            details = disk.details()
-            footer = details.get("footer") if disk.format == "vhd" else None
-            return CheckSubject(
-                path, disk, disk.format, disk.disk_type, disk.virtual_size, os.stat(path).st_size, footer
-            )
+            return CheckSubject(path, disk, container_of(disk, os.stat(path).st_size))
     return _salvaged_subject(path, disk, salvaged)
 
 
@@ -223,9 +205,7 @@ def _open_source_for_check(source: ByteSource, *, parent: str | None,
         source.close()
         raise
     if salvaged is None:
-        details = disk.details()
-        footer = details.get("footer") if disk.format == "vhd" else None
-        return CheckSubject(source.path, disk, disk.format, disk.disk_type, disk.virtual_size, source.size, footer)
+        return CheckSubject(source.path, disk, container_of(disk, source.size, footer_of(inner)))
     return _salvaged_subject(source.path, disk, salvaged)
 
 
@@ -237,5 +217,5 @@ def _salvaged_subject(path: str, disk: VirtualDisk, salvaged: VhdFooter) -> Chec
     else:
         disk.close()
     return CheckSubject(
-        path, data, "vhd", salvaged.disk_type_name, salvaged.current_size, file_size, salvaged.to_json()
+        path, data, Container("vhd", salvaged.disk_type_name, salvaged.current_size, file_size, salvaged)
     )

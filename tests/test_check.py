@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from linux_images import ImageCache, shared_cache
 
 from vhdtool.formats.vhd.footer import fixed_footer
@@ -28,9 +26,10 @@ from vhdtool.readiness.rules import (
     RULES,
     WARNING,
     Facts,
-    billing_tier,
+    billing_text,
     evaluate,
 )
+from vhdtool.readiness.tiers import billing_tier
 
 
 @pytest.fixture(scope="session")
@@ -261,26 +260,18 @@ def test_linux_rules() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "tier"),
+    ("size", "text"),
     [
-        (20 * MiB, "P1 "),
-        (4 * GiB, "P1 "),
-        (4 * GiB + 1, "P2 "),
-        (30 * GiB, "P4 "),
-        (127 * GiB, "P10 "),
-        (1024 * GiB, "P30 "),
-        (32767 * GiB, "P80 "),
+        (20 * MiB, "billed as 4 GiB: P1 (Premium SSD) / E1 (Standard SSD) / S4 (Standard HDD)"),
+        (127 * GiB, "billed as 128 GiB: P10 (Premium SSD) / E10 (Standard SSD) / S10 (Standard HDD)"),
+        (32768 * GiB, "32768 GiB is above the largest tier (32,767 GiB)"),
     ],
 )
-def test_billing_tier(size: int, tier: str) -> None:
-    assert tier in billing_tier(size)
-
-
-@given(st.integers(min_value=1, max_value=32767 * GiB))
-def test_billing_tier_rounds_up(size: int) -> None:
-    text = billing_tier(size)
-    limit_gib = int(text.split("billed as ")[1].split(" GiB")[0])
-    assert limit_gib * GiB >= size
+def test_billing_tier_finding_words_the_tier(size: int, text: str) -> None:
+    facts = Facts("vhd", "fixed", size, size + 512, None, None)
+    found = [f for r in evaluate(facts) if r.rule.id == "billing-tier" for f in r.findings]
+    assert [(f.severity, f.message) for f in found] == [(INFO, text)]
+    assert billing_text(billing_tier(size)) == text
 
 
 # ---------------------------------------------------------------- the command on real images

@@ -1,4 +1,4 @@
-"""The manifest schema: round trips, refusals of malformed files, tiers, token stripping, re-hashing."""
+"""The manifest file: round trips, refusals of malformed files, token stripping, re-hashing."""
 
 from __future__ import annotations
 
@@ -15,26 +15,23 @@ from conftest import reference_sparse_digest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vhdtool.azure.container import strip_token
 from vhdtool.errors import OutputError, UsageError
 from vhdtool.jobs.manifest import (
     SCHEMA,
     SCHEMA_V1,
     DiskRecord,
-    Finding,
     FixedVhdRecord,
     GalleryDefinition,
     Manifest,
     OsRecord,
     SourceRecord,
-    billing_tier,
     gallery_definition,
-    hash_file,
-    manifest_from_json,
-    read_manifest,
-    strip_token,
-    verify_files,
-    write_manifest,
 )
+from vhdtool.jobs.manifest_file import manifest_from_json, manifest_to_json, read_manifest, write_manifest
+from vhdtool.jobs.verify import hash_file, verify_files
+from vhdtool.readiness.rules import Finding
+from vhdtool.readiness.tiers import billing_tier
 
 GiB = 1024 ** 3
 text = st.text(min_size=1, max_size=20)
@@ -76,7 +73,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
 
 @given(manifests())
 def test_json_round_trip(manifest: Manifest) -> None:
-    data = json.loads(json.dumps(manifest.to_json()))
+    data = json.loads(json.dumps(manifest_to_json(manifest)))
     assert manifest_from_json(data, "m.json") == manifest
 
 
@@ -117,8 +114,9 @@ def _edited(change: Callable[[dict[str, Any]], None]) -> str:
     record = DiskRecord("os", None, "a-os-2026-01-01", SourceRecord("/x", "raw", "fixed", 1, 1),
                         FixedVhdRecord("a.vhd", 1 << 20, (1 << 20) + 512, "0" * 64), None, None, None,
                         billing_tier(1 << 20), ())
-    data = Manifest("a", "2026-01-01T00:00:00Z", "0.1.0", None, False, gallery_definition(record),
-                    (record, replace(record, role="data", lun=0))).to_json()
+    manifest = Manifest("a", "2026-01-01T00:00:00Z", "0.1.0", None, False, gallery_definition(record),
+                    (record, replace(record, role="data", lun=0)))
+    data = manifest_to_json(manifest)
     change(data)
     return json.dumps(data)
 
@@ -154,24 +152,6 @@ def test_missing_manifest(tmp_path: Path) -> None:
         read_manifest(tmp_path / "none.json")
 
 
-@pytest.mark.parametrize("size, premium, hdd", [
-    (1, "P1", "S4"), (4 * GiB, "P1", "S4"), (4 * GiB + 1, "P2", "S4"), (30 * GiB, "P4", "S4"),
-    (33 * GiB, "P6", "S6"), (127 * GiB, "P10", "S10"), (32767 * GiB, "P80", "S80"), (32768 * GiB, None, None),
-])
-def test_billing_tier(size: int, premium: str | None, hdd: str | None) -> None:
-    tier = billing_tier(size)
-    assert (tier["premium_ssd"], tier["standard_hdd"]) == (premium, hdd)
-    if premium:
-        assert tier["standard_ssd"] == "E" + premium[1:]
-        assert tier["tier_size_gib"] * GiB >= size
-
-
-@given(st.integers(1, 32767 * GiB), st.integers(1, 32767 * GiB))
-def test_billing_tier_is_monotonic(a: int, b: int) -> None:
-    small, large = sorted((a, b))
-    assert billing_tier(small)["tier_size_gib"] <= billing_tier(large)["tier_size_gib"]
-
-
 @pytest.mark.parametrize("url, expected", [
     ("https://acct.blob.core.windows.net/c/b.vhd?sv=2022&sig=SECRET", "https://acct.blob.core.windows.net/c/b.vhd"),
     ("http://u:pw@127.0.0.1:10000/devstoreaccount1/c/x.vhd#frag", "http://127.0.0.1:10000/devstoreaccount1/c/x.vhd"),
@@ -200,7 +180,7 @@ def test_hash_file_reads_sparse_files_like_hashlib(tmp_path: Path) -> None:
 def _record(name: str, path: str | None, size: int, fixed: dict[str, str | None]) -> DiskRecord:
     return DiskRecord("data", 0, name, SourceRecord("/s", "raw", "fixed", 512, 512),
                       FixedVhdRecord(path, size - 512, size, fixed.get("sparse-sha256"), fixed.get("md5"),
-                                     fixed.get("sha256")), None, None, None, {}, ())
+                                     fixed.get("sha256")), None, None, None, billing_tier(size - 512), ())
 
 
 def test_verify_files_reports_each_kind_of_drift(tmp_path: Path) -> None:
@@ -246,7 +226,7 @@ def test_whole_file_digests_are_compared_only_when_asked_or_in_version_1(tmp_pat
     v1 = Manifest("m", "t", "v", None, False, gallery,
                   (replace(_record("d", "good.vhd", 1024, {"md5": md5, "sha256": sha}), role="os", lun=None),),
                   schema=SCHEMA_V1)
-    data = v1.to_json()
+    data = manifest_to_json(v1)
     data["disks"][0]["fixed_vhd"].pop("sparse_sha256")
     path = tmp_path / "old.manifest.json"
     path.write_text(json.dumps(data))

@@ -18,15 +18,16 @@ import pytest
 from conftest import reference_sparse_digest
 
 from vhdtool import __version__
+from vhdtool.azure.container import parse_destination
 from vhdtool.errors import ImageError, UsageError
 from vhdtool.inspect.architecture import guess_architecture
 from vhdtool.inspect.os_facts import LinuxFacts, OsFacts, WindowsFacts
-from vhdtool.jobs.manifest import SCHEMA, read_manifest
+from vhdtool.jobs.manifest import SCHEMA
+from vhdtool.jobs.manifest_file import read_manifest
 from vhdtool.jobs.prepare import (
     ChecksFailedError,
     PrepareRequest,
     ProgressEvent,
-    parse_destination,
     prepare,
 )
 
@@ -179,7 +180,7 @@ def test_check_error_stops_before_writing_and_force_goes_on(sample: dict[str, Pa
     forced = prepare(PrepareRequest(**{**request.__dict__, "force": True}))
     assert forced.manifest.forced is True
     errors = [f for f in forced.manifest.disks[0].findings if f.severity == "error"]
-    assert [f.id for f in errors] == ["os-state"]
+    assert [f.rule for f in errors] == ["os-state"]
     # The gallery fields say what the OS is, not what was wanted.
     assert forced.manifest.gallery_image_definition.os_state == "Generalized"
 
@@ -188,7 +189,7 @@ def test_os_disk_without_an_os_is_recorded_as_unknown(sample: dict[str, Path], t
     result = prepare(PrepareRequest("nope", str(sample["data"]), (), str(tmp_path / "o"), day=DAY))
     disk = result.manifest.disks[0]
     assert disk.os is not None and (disk.os.family, disk.os.state) == (None, "unknown")
-    assert ("os-found", "warning") in {(f.id, f.severity) for f in disk.findings}
+    assert ("os-found", "warning") in {(f.rule, f.severity) for f in disk.findings}
     g = result.manifest.gallery_image_definition
     assert (g.os_type, g.os_state, g.hyper_v_generation) == (None, None, None)
 

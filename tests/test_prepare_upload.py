@@ -21,7 +21,8 @@ import pytest
 from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
 from conftest import reference_sparse_digest, reference_sparse_digest_of_bytes
 
-from vhdtool.jobs.prepare import PrepareRequest, parse_destination, prepare
+from vhdtool.azure.container import parse_destination
+from vhdtool.jobs.prepare import PrepareRequest, prepare
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -232,8 +233,8 @@ def test_sparse_digest_of_a_real_upload_is_the_reference_scripts(azurite: Azurit
 
 def test_verify_dest_reads_only_the_written_ranges(azurite: Azurite, container: str, tmp_path: Path) -> None:
     """A sparse blob is verified by Get Page Ranges and ranged reads of what it lists, nothing else."""
-    from vhdtool.jobs.manifest import read_manifest, verify_blobs
-    from vhdtool.jobs.prepare import blob_hasher
+    from vhdtool.jobs.manifest_file import read_manifest
+    from vhdtool.jobs.verify import blob_hasher, verify_blobs
 
     _, vhdx = scattered_vhdx(tmp_path, 64 * 1024 * 1024)
     dest = parse_destination(container, connection_string=azurite.connection_string())

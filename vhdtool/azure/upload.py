@@ -235,38 +235,19 @@ class _HashInBackground:
             self._thread.join()
 
 
-_ID_KEY = re.compile(r"(unique_id|guid|identifier)$", re.IGNORECASE)
-
-
-def _ids(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """The id-like fields (unique ids, GUIDs) of a ``details()`` dict, nested ones included."""
-    found: list[tuple[str, str]] = []
-    for key, value in facts.items():
-        if isinstance(value, dict):
-            found += _ids(value, f"{prefix}{key}.")
-        elif _ID_KEY.search(key) and isinstance(value, (str, int)):
-            found.append((prefix + key, str(value)))
-    return found
-
-
 def image_identity(disk: VirtualDisk, virtual_size: int) -> str:
     """A digest naming this image's contents for resume: a changed image gets a new identity.
 
     It covers every file of the chain (name, size, mtime, inode, format, type, virtual size and the
-    format's own ids such as a VHD unique id) and the fixed VHD's virtual size.
+    format's own id, :attr:`~vhdtool.disk.base.VirtualDisk.source_id`) and the fixed VHD's virtual size.
     """
     chain: list[dict[str, Any]] = []
     current: VirtualDisk | None = disk
     while current is not None:
         st = os.stat(current.path)
-        try:
-            details = current.details()
-        except Exception:  # identity must not fail an upload; fewer ids only weakens it slightly
-            details = {}
-        ids = dict(_ids(details))
         chain.append({"name": os.path.basename(current.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                       "inode": st.st_ino, "format": current.format, "type": current.disk_type,
-                      "virtual_size": current.virtual_size, "ids": ids})
+                      "virtual_size": current.virtual_size, "id": source_id(current)})
         current = current.parent
     text = json.dumps({"chain": chain, "fixed_virtual_size": virtual_size}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:40]
@@ -274,13 +255,8 @@ def image_identity(disk: VirtualDisk, virtual_size: int) -> str:
 
 def source_id(disk: VirtualDisk) -> str:
     """The id the image's format gives it (a VHD footer's unique id, a VHDX's DataWriteGuid), or ""."""
-    unique_id = getattr(disk, "unique_id", None)
-    if disk.format == "vhd" and isinstance(unique_id, bytes):
-        return f"vhd:{uuid.UUID(bytes=unique_id)}"
-    guid = getattr(disk, "data_write_guid", None)
-    if disk.format == "vhdx" and isinstance(guid, uuid.UUID):
-        return f"vhdx:{guid}"
-    return ""
+    found = disk.source_id
+    return "" if found is None else f"{disk.format}:{found}"
 
 
 def _footer_from_metadata(metadata: dict[str, str]) -> tuple[bytes, int] | None:

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import click
 
+from vhdtool.azure.container import parse_destination
 from vhdtool.azure.remote.address import blob_address
 from vhdtool.cli import emit_json, human_size, main
 from vhdtool.cli.bars import byte_bar
 from vhdtool.errors import UsageError
 from vhdtool.jobs.manifest import DiskRecord, Manifest
-from vhdtool.jobs.prepare import (
-    CheckOutcome,
-    ChecksFailedError,
-    DiskInput,
-    PrepareRequest,
-    ProgressEvent,
-    parse_destination,
-    prepare,
-)
+from vhdtool.jobs.manifest_file import manifest_to_json
+from vhdtool.jobs.prepare import ChecksFailedError, PrepareRequest, ProgressEvent, disk_label, prepare
+from vhdtool.readiness.rules import ERROR, WARNING, Finding
 from vhdtool.stream.hasher import parse_algorithms
 
 
@@ -74,13 +69,14 @@ def set_progress(enabled: bool) -> Iterator[Any]:
             bar.close()
 
 
-def _print_findings(items: list[tuple[DiskInput, CheckOutcome]]) -> None:
-    """Errors and warnings on stderr (notes such as the billing tier go to the manifest only)."""
-    for item, outcome in items:
-        for f in outcome.findings:
-            if f.severity not in ("error", "warning"):
+def _print_findings(disks: Iterable[tuple[str, Sequence[Finding]]]) -> None:
+    """Errors and warnings of each ``(disk label, findings)`` on stderr (notes such as the billing tier
+    go to the manifest only)."""
+    for label, findings in disks:
+        for f in findings:
+            if f.severity not in (ERROR, WARNING):
                 continue
-            click.echo(f"{f.severity:<7} {item.label}: [{f.id}] {f.message}", err=True)
+            click.echo(f"{f.severity:<7} {label}: [{f.rule}] {f.message}", err=True)
 
 
 def summary_rows(manifest: Manifest) -> list[list[str]]:
@@ -92,7 +88,7 @@ def summary_rows(manifest: Manifest) -> list[list[str]]:
             d.name,
             f"{d.source.format}/{d.source.disk_type}",
             human_size(d.fixed_vhd.virtual_size).split(" (")[0],
-            f"{d.billing_tier.get('premium_ssd') or '-'}/{d.billing_tier.get('standard_ssd') or '-'}",
+            f"{d.billing_tier.premium_ssd or '-'}/{d.billing_tier.standard_ssd or '-'}",
             _os_text(d),
             d.hyper_v_generation or "-",
             _checks_text(d),
@@ -108,8 +104,8 @@ def _os_text(d: DiskRecord) -> str:
 
 
 def _checks_text(d: DiskRecord) -> str:
-    errors = sum(1 for f in d.findings if f.severity == "error")
-    warnings = sum(1 for f in d.findings if f.severity == "warning")
+    errors = sum(1 for f in d.findings if f.severity == ERROR)
+    warnings = sum(1 for f in d.findings if f.severity == WARNING)
     if not errors and not warnings:
         return "ok"
     return ", ".join(p for p in (f"{errors} error(s)" if errors else "",
@@ -186,14 +182,12 @@ def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir:
         with set_progress(not quiet and not as_json) as progress:
             result = prepare(request, progress=progress)
     except ChecksFailedError as err:
-        _print_findings(err.failed)
+        _print_findings((item.label, outcome.findings) for item, outcome in err.failed)
         raise
-    findings = [(DiskInput(d.source.path, d.lun), CheckOutcome(d.findings, d.os, None, None))
-                for d in result.manifest.disks]
     if not quiet and not as_json:
-        _print_findings(findings)
+        _print_findings((disk_label(d.lun), d.findings) for d in result.manifest.disks)
     if as_json:
-        emit_json(result.manifest.to_json())
+        emit_json(manifest_to_json(result.manifest))
         return
     print_table(summary_rows(result.manifest))
     g = result.manifest.gallery_image_definition

@@ -7,8 +7,8 @@ import sys
 import click
 
 from vhdtool.cli import EXIT_ERROR, emit_json, main
-from vhdtool.jobs.manifest import read_manifest, verify_blobs, verify_files
-from vhdtool.jobs.prepare import blob_hasher
+from vhdtool.jobs.manifest_file import read_manifest
+from vhdtool.jobs.verify import blob_hasher, verify_blobs, verify_files
 from vhdtool.stream.hasher import parse_algorithms
 
 
@@ -38,7 +38,6 @@ def verify_command(manifest_path: str, destination: str | None, connection_strin
     if destination is None:
         result = verify_files(manifest, manifest_path, hashes=hashes)
     else:
-
         hasher = blob_hasher(destination, connection_string=connection_string, account_url=account_url)
         result = verify_blobs(manifest, manifest_path, hasher, hashes=hashes)
     if as_json:

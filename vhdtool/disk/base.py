@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -237,6 +238,12 @@ class VirtualDisk(ABC):
     @property
     def parent(self) -> VirtualDisk | None:
         """The parent disk of a differencing disk, else ``None``."""
+        return None
+
+    @property
+    def source_id(self) -> uuid.UUID | None:
+        """The id the format gives this image (a VHD footer's unique id, a VHDX's DataWriteGuid), or
+        ``None`` for formats without one: what ``convert --keep-id`` reuses and uploads record."""
         return None
 
     @property

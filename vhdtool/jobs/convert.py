@@ -126,20 +126,10 @@ def _same_file(a: str, b: str) -> bool:
 
 def source_unique_id(disk: VirtualDisk) -> bytes:
     """The id a ``--keep-id`` output reuses: a VHD's footer unique id, a VHDX's data write GUID."""
-    facts = disk.details()
-    if disk.format == "vhd":
-        footer = facts.get("footer") or {}
-        text = footer.get("unique_id")
-        if isinstance(text, str):
-            return uuid.UUID(text).bytes
-        raise UsageError(f"{disk.path}: the VHD footer has no unique id to keep")
-    if disk.format == "vhdx":
-        for holder in (facts, facts.get("vhdx") or {}, facts.get("header") or {}):
-            text = holder.get("data_write_guid") if isinstance(holder, dict) else None
-            if isinstance(text, str):
-                return uuid.UUID(text).bytes
-        raise UsageError(f"{disk.path}: no data write GUID found in the VHDX header; omit --keep-id")
-    raise UsageError(f"{disk.path}: a {disk.format} image has no disk id to keep; omit --keep-id")
+    found = disk.source_id
+    if found is None:
+        raise UsageError(f"{disk.path}: a {disk.format} image has no disk id to keep; omit --keep-id")
+    return found.bytes
 
 
 def output_size(disk: VirtualDisk, output_format: OutputFormat = "vhd", size: int | None = None) -> int:

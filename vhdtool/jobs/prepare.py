@@ -16,57 +16,47 @@ already uploaded stay).
 from __future__ import annotations
 
 import os
-import re
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vhdtool import __version__
-from vhdtool.azure.blob_digest import blob_digests
+from vhdtool.azure.container import ContainerDestination, strip_token
 from vhdtool.azure.patch import patch_upload
 from vhdtool.azure.remote import blob_of, open_remote
 from vhdtool.azure.remote.address import is_url
 from vhdtool.azure.remote.copy import copy_identity
-from vhdtool.azure.signin import parse_sas
 from vhdtool.azure.storage import Destination, PageBlobTarget
 from vhdtool.azure.upload import upload
 from vhdtool.disk.base import VirtualDisk
 from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
 from vhdtool.formats.open import open_image
-from vhdtool.formats.vhd.footer import parse_footer
 from vhdtool.formats.vhd.reader import VhdDisk
-from vhdtool.inspect.report import inspect_disk
 from vhdtool.jobs.convert import convert
+from vhdtool.jobs.disk_checks import CheckOutcome, check_disk
 from vhdtool.jobs.manifest import (
     SPARSE,
-    BlobHasher,
     DiskRecord,
-    Finding,
     FixedVhdRecord,
     Manifest,
-    Observed,
-    OsRecord,
     SourceRecord,
-    billing_tier,
     gallery_definition,
-    strip_token,
-    write_manifest,
 )
+from vhdtool.jobs.manifest_file import write_manifest
 from vhdtool.jobs.naming import VHD_SUFFIX, SetNames, plan_names, validate_lun, validate_name
-from vhdtool.readiness.facts import Container, facts_for
-from vhdtool.readiness.rules import evaluate
+from vhdtool.readiness.tiers import billing_tier
 from vhdtool.stream.fixed_view import FixedVhdView
-
-if TYPE_CHECKING:
-    from vhdtool.azure.storage import Destination
-    from vhdtool.inspect.report import DiskReport
 
 EXPECT_STATES = ("generalized", "specialized")
 WHOLE_FILE_HASHES = ("md5", "sha256")  # what --hash may add to the sparse digest
+
+
+def disk_label(lun: int | None) -> str:
+    """How messages and progress name a disk of the set: ``"OS disk"``, ``"data disk LUN 0"``."""
+    return "OS disk" if lun is None else f"data disk LUN {lun}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +72,7 @@ class DiskInput:
 
     @property
     def label(self) -> str:
-        return "OS disk" if self.lun is None else f"data disk LUN {self.lun}"
+        return disk_label(self.lun)
 
 
 @dataclass(frozen=True)
@@ -94,7 +84,7 @@ class PrepareRequest:
     data_images: tuple[tuple[int, str], ...] = ()
     output_dir: str = "."
     expect: str | None = None  # "generalized" | "specialized"
-    destination: SetDestination | None = None  # the container to upload to (see parse_destination)
+    destination: ContainerDestination | None = None  # the container to upload to (see parse_destination)
     no_local_copy: bool = False
     force: bool = False
     day: date | None = None  # the date in the names; today (UTC) by default
@@ -123,20 +113,6 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-@dataclass(frozen=True)
-class CheckOutcome:
-    """What checking one disk found."""
-
-    findings: tuple[Finding, ...]
-    os: OsRecord | None
-    hyper_v_generation: str | None
-    architecture: str | None
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-
 class ChecksFailedError(VhdtoolError):
     """A check found errors on at least one disk and ``force`` was not given; nothing was written."""
 
@@ -146,7 +122,7 @@ class ChecksFailedError(VhdtoolError):
         first_disk, first = self.failed[0]
         first_error = first.errors[0]
         super().__init__(f"{count} check error(s), nothing written (use --force to go on anyway); first: "
-                         f"{first_disk.path}: [{first_error.id}] {first_error.message}")
+                         f"{first_disk.path}: [{first_error.rule}] {first_error.message}")
 
 
 @dataclass(frozen=True)
@@ -159,118 +135,10 @@ class PrepareResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# checks: inspection facts and the ``check`` rules
-
-
-def check_disk(disk: VirtualDisk, item: DiskInput, expect: str | None) -> CheckOutcome:
-    """Inspect ``disk`` and run the ``check`` rules for its role, as they apply to its fixed VHD."""
-
-    report = inspect_disk(disk)
-    findings = run_rules(FixedVhdView(disk), report, item, expect)
-    os_record: OsRecord | None = None
-    generation: str | None = None
-    architecture: str | None = None
-    if item.role == "os":
-        if report.os is not None:
-            os_record = OsRecord(report.os.family, report.os.name, report.os.version, report.os.state)
-        else:
-            os_record = OsRecord(None, None, None, "unknown")
-        supported = report.generation.supported
-        # A disk bootable both ways is recorded as V2 (UEFI, the generation Azure recommends).
-        generation = "V2" if "V2" in supported else ("V1" if "V1" in supported else None)
-        architecture = report.architecture
-    return CheckOutcome(tuple(findings), os_record, generation, architecture)
-
-
-def run_rules(view: FixedVhdView, report: DiskReport, item: DiskInput, expect: str | None) -> list[Finding]:
-    """The ``vhdtool check`` findings for the fixed VHD that ``view`` describes.
-
-    The rules judge the output, not the source: a VHDX or a size off the MiB is what conversion
-    fixes, so those rules run against the footer and sizes vhdtool is about to write (which also
-    cross-checks them), while the inspection rules (OS, state, generation, drivers...) judge the
-    source's contents, which conversion copies unchanged.
-    """
-
-    footer = parse_footer(view.footer_bytes, f"{item.path} (fixed VHD footer)", view.virtual_size)
-    facts = facts_for(Container("vhd", "fixed", view.virtual_size, view.size, footer), report, item.role, expect)
-    return [Finding(f.rule, f.severity.value, f.message) for result in evaluate(facts) for f in result.findings]
-
-
-# ----------------------------------------------------------------------------------------------
 # uploads: adapters over vhdtool.azure.upload
 
 
-@dataclass(frozen=True)
-class SetDestination:
-    """Where a set's blobs go: a container, named by URL (SAS optional) or with a connection string
-    or an account URL. Each disk becomes the blob ``<disk name>.vhd`` in it."""
-
-    container_url: str | None = None
-    container: str | None = None
-    connection_string: str | None = None
-    account_url: str | None = None
-
-    def for_blob(self, blob: str) -> Destination:
-        """The upload helper's :class:`~vhdtool.azure.storage.Destination` of one blob in this container."""
-
-        if self.container_url is not None:
-            parts = urllib.parse.urlsplit(self.container_url)
-            path = parts.path.rstrip("/") + "/" + urllib.parse.quote(blob)
-            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-            return Destination(url=url)
-        if self.connection_string is not None:
-            return Destination(connection_string=self.connection_string, container=self.container, blob=blob)
-        return Destination(account_url=self.account_url, container=self.container, blob=blob)
-
-    def describe(self) -> str:
-        """The container as the manifest records it: a URL without token, never a secret."""
-        if self.container_url is not None:
-            return strip_token(self.container_url).rstrip("/")
-        if self.account_url is not None:
-            return f"{strip_token(self.account_url).rstrip('/')}/{self.container}"
-        endpoint = _connection_field(self.connection_string or "", "BlobEndpoint")
-        if endpoint is None:
-            account = _connection_field(self.connection_string or "", "AccountName")
-            suffix = _connection_field(self.connection_string or "", "EndpointSuffix") or "core.windows.net"
-            protocol = _connection_field(self.connection_string or "", "DefaultEndpointsProtocol") or "https"
-            endpoint = f"{protocol}://{account}.blob.{suffix}" if account else None
-        return f"{strip_token(endpoint).rstrip('/')}/{self.container}" if endpoint else f"{self.container}"
-
-
-def _connection_field(connection_string: str, name: str) -> str | None:
-    for part in connection_string.split(";"):
-        key, _, value = part.partition("=")
-        if key.strip().lower() == name.lower():
-            return value.strip()
-    return None
-
-
-def parse_destination(dest: str, *, connection_string: str | None = None,
-                      account_url: str | None = None) -> SetDestination:
-    """``--upload DEST``: a container URL (``https://ACCOUNT.blob.core.windows.net/CONTAINER?SAS``),
-    or a container name with ``connection_string`` or ``account_url``."""
-    if re.match(r"(?i)^https?://", dest):
-        path = urllib.parse.urlsplit(dest).path.strip("/")
-        # Azurite's URLs carry the account in the path: http://127.0.0.1:10000/devstoreaccount1/CONTAINER
-        if not path:
-            raise UsageError(f"{strip_token(dest)}: the URL names no container")
-        sas = parse_sas(urllib.parse.urlsplit(dest).query)
-        if sas is not None and sas.resource in ("b", "bs", "bv"):
-            raise UsageError(f"{strip_token(dest)}: its SAS is a {sas.kind}, valid for one blob, but the set's "
-                             "blobs are named here (DISKNAME.vhd): give a container SAS (sr=c) or an account SAS")
-        return SetDestination(container_url=dest)
-    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", dest) or "--" in dest:
-        raise UsageError(f"--upload {dest!r}: give a container URL, or a container name (3-63 lower-case "
-                         "letters, digits and single hyphens) with --connection-string or --account-url")
-    if connection_string:
-        return SetDestination(container=dest, connection_string=connection_string)
-    if account_url:
-        return SetDestination(container=dest, account_url=account_url)
-    raise UsageError(f"--upload {dest}: a container name needs --connection-string "
-                     "(or AZURE_STORAGE_CONNECTION_STRING) or --account-url")
-
-
-def blob_exists(destination: SetDestination, blob_name: str) -> bool:
+def blob_exists(destination: ContainerDestination, blob_name: str) -> bool:
     """Whether the destination already holds ``blob_name`` (so the name counts as taken)."""
 
     target = PageBlobTarget(destination.for_blob(blob_name))
@@ -280,7 +148,7 @@ def blob_exists(destination: SetDestination, blob_name: str) -> bool:
         target.close()
 
 
-def upload_file(path: str, destination: SetDestination, blob_name: str, progress: Callable[[int], None],
+def upload_file(path: str, destination: ContainerDestination, blob_name: str, progress: Callable[[int], None],
                 hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
     """Upload the fixed VHD file ``path`` as the page blob ``blob_name``; return its URL (no token)
     and the digests of what was sent (the sparse digest, and ``hashes``).
@@ -298,7 +166,7 @@ def upload_file(path: str, destination: SetDestination, blob_name: str, progress
     return strip_token(result.blob), result.digests
 
 
-def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
+def upload_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: str,
                 progress: Callable[[int], None], hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str], int]:
     """Upload ``disk`` as a fixed VHD page blob straight from the source (no local file).
 
@@ -313,7 +181,7 @@ def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
     return strip_token(result.blob), result.digests, result.blob_size
 
 
-def patch_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str, base: Destination,
+def patch_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: str, base: Destination,
                progress: Callable[[int], None], footer: tuple[bytes, int] | None = None,
                ) -> tuple[str, dict[str, str], int]:
     """Upload the differencing ``disk`` as its ``base`` blob copied plus what the descendants own
@@ -323,31 +191,6 @@ def patch_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str, b
                           unique_id=None if footer is None else footer[0],
                           timestamp=None if footer is None else footer[1])
     return strip_token(result.blob), {SPARSE: result.sparse_sha256}, result.blob_size
-
-
-def hash_blob(destination: SetDestination, blob_name: str, names: tuple[str, ...] = (SPARSE,),
-              progress: Callable[[int], None] | None = None) -> tuple[str, Observed | None]:
-    """The digests ``names`` of a blob, read back from its written page ranges only."""
-
-    dest = destination.for_blob(blob_name)
-    target = PageBlobTarget(dest)
-    try:
-        found = blob_digests(target, names, progress=progress)
-        return dest.describe(), None if found is None else Observed(found.size, found.digests)
-    finally:
-        target.close()
-
-
-def blob_hasher(destination: str, *, connection_string: str | None = None,
-                account_url: str | None = None) -> BlobHasher:
-    """A :data:`~vhdtool.jobs.manifest.BlobHasher` reading each disk's blob back from ``destination``."""
-    parsed = parse_destination(destination, connection_string=connection_string, account_url=account_url)
-
-    def hasher(record: DiskRecord, names: tuple[str, ...],
-               progress: Callable[[int], None] | None) -> tuple[str, Observed | None]:
-        return hash_blob(parsed, record.name + VHD_SUFFIX, names, progress)
-
-    return hasher
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,7 +315,7 @@ def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None
         outcomes: list[CheckOutcome] = []
         for item, disk in zip(items, disks, strict=True):
             tracker.stage(item.label, "check")
-            outcomes.append(check_disk(disk, item, request.expect))
+            outcomes.append(check_disk(disk, item.role, item.path, request.expect))
         failed = [(i, o) for i, o in zip(items, outcomes, strict=True) if o.errors]
         if failed and not request.force:
             raise ChecksFailedError(failed)
@@ -546,10 +389,9 @@ def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outc
         base = request.base_for(item)
         if request.destination is not None and base is not None:
             with open_image(out_path) as written_vhd:  # the blob gets the very footer of the file
-                footer_of = getattr(written_vhd, "footer", None)
-                if footer_of is None:
+                if not isinstance(written_vhd, VhdDisk):
                     raise OutputError(f"{out_path}: not the fixed VHD prepare wrote")
-                footer = (bytes(footer_of.unique_id), int(footer_of.timestamp))
+                footer = (written_vhd.footer.unique_id, written_vhd.footer.timestamp)
             blob_url, sent, _ = patch_disk(disk, request.destination, blob_name, base,
                                            tracker.stage(item.label, "upload"), footer)
             if sent[SPARSE] != fixed.sparse_sha256:

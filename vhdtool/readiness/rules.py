@@ -23,6 +23,7 @@ from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN
 from vhdtool.inspect.os_facts import LinuxFacts, WindowsFacts
 from vhdtool.inspect.report import DiskReport
 from vhdtool.readiness.facts import Facts, facts_from_disk
+from vhdtool.readiness.tiers import LARGEST_GIB, BillingTier, billing_tier
 from vhdtool.units import GiB, MiB, TiB
 
 
@@ -61,23 +62,6 @@ UPLOAD_MAX_FILE = 32767 * GiB + FOOTER_SIZE  # "32 TiB" in Azure's wording: 35,1
 OS_DISK_MAX = {"V1": 2 * TiB, "V2": 4 * TiB}
 DATA_DISK_MAX = 32767 * GiB
 PAGE_BLOB_MAX = 8 * TiB
-# Billing tiers round the size up (Premium P / Standard SSD E; Standard HDD starts at S4 = 32 GiB).
-TIERS = [
-    (4, "1"),
-    (8, "2"),
-    (16, "3"),
-    (32, "4"),
-    (64, "6"),
-    (128, "10"),
-    (256, "15"),
-    (512, "20"),
-    (1024, "30"),
-    (2048, "40"),
-    (4096, "50"),
-    (8192, "60"),
-    (16384, "70"),
-    (32767, "80"),
-]
 STATES = (GENERALIZED, SPECIALIZED)
 GENERATIONS = ("V1", "V2")
 ROLES = tuple(r.value for r in Role)
@@ -536,20 +520,17 @@ def _table(f: Facts) -> Findings:
 
 @rule("billing-tier", "billing tier of the size")
 def _tier(f: Facts) -> Findings:
-    return [(INFO, billing_tier(f.virtual_size))]
+    return [(INFO, billing_text(billing_tier(f.virtual_size)))]
 
 
-def billing_tier(virtual_size: int) -> str:
-    """The managed-disk tiers the size is billed as (sizes round up to the next tier)."""
-    gib = -(-virtual_size // GiB)
-    for limit, suffix in TIERS:
-        if gib <= limit:
-            hdd = "S4" if limit <= 32 else f"S{suffix}"
-            return (
-                f"billed as {limit} GiB: P{suffix} (Premium SSD) / E{suffix} (Standard SSD) / "
-                f"{hdd} (Standard HDD)"
-            )
-    return f"{gib} GiB is above the largest tier (32,767 GiB)"
+def billing_text(tier: BillingTier) -> str:
+    """The ``billing-tier`` finding: the managed-disk tiers the size is billed as."""
+    if tier.tier_size_gib is None:
+        return f"{tier.size_gib} GiB is above the largest tier ({LARGEST_GIB:,} GiB)"
+    return (
+        f"billed as {tier.tier_size_gib} GiB: {tier.premium_ssd} (Premium SSD) / {tier.standard_ssd} "
+        f"(Standard SSD) / {tier.standard_hdd} (Standard HDD)"
+    )
 
 
 def evaluate(facts: Facts) -> list[RuleResult]:
@@ -593,6 +574,7 @@ __all__ = [
     "evaluate",
     "facts_from_disk",
     "billing_tier",
+    "billing_text",
     "junit_xml",
     "STATES",
     "GENERATIONS",

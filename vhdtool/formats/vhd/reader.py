@@ -516,6 +516,10 @@ class VhdDisk(VirtualDisk):
         """The footer's unique id, which differencing children record as their parent's."""
         return self.footer.unique_id
 
+    @property
+    def source_id(self) -> uuid.UUID:
+        return uuid.UUID(bytes=self.footer.unique_id)
+
     def details(self) -> dict[str, Any]:
         return {"footer": self.footer.to_json(), "footer_source": self.footer_source, "dynamic_header": None}
 

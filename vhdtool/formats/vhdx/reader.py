@@ -744,6 +744,10 @@ class VhdxDisk(VirtualDisk):
         return self.header.data_write_guid
 
     @property
+    def source_id(self) -> uuid.UUID:
+        return self.header.data_write_guid
+
+    @property
     def parent(self) -> VirtualDisk | None:
         return self._parent
 

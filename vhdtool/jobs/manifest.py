@@ -28,6 +28,7 @@ from vhdtool.formats.raw import RawDisk
 from vhdtool.readiness.rules import TIERS  # docs/azure-rules.md §1: (tier size in GiB, tier number), smallest first
 from vhdtool.stream.filecopy import sparse_digest_of
 from vhdtool.stream.hasher import HashSink
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import pump
 
 SCHEMA = "vhdtool.jobs.manifest/2"
@@ -384,9 +385,8 @@ class VerifyResult:
         return {"manifest": self.manifest, "ok": self.ok, "disks": [v.to_json() for v in self.verdicts]}
 
 
-Progress = Callable[[int], None]  # bytes hashed since the last call
 # (disk record, digest names, progress) -> what the destination holds for that disk, or None if absent
-BlobHasher = Callable[[DiskRecord, "tuple[str, ...]", "Progress | None"], "tuple[str, Observed | None]"]
+BlobHasher = Callable[[DiskRecord, "tuple[str, ...]", Progress], "tuple[str, Observed | None]"]
 
 _LABELS = {SPARSE: "sparse digest", "md5": "MD5", "sha256": "SHA-256"}
 
@@ -399,7 +399,7 @@ def wanted_digests(record: DiskRecord, hashes: tuple[str, ...] = ()) -> tuple[st
     return base + tuple(name for name in hashes if name in recorded and name not in base)
 
 
-def hash_file(path: str, names: tuple[str, ...], progress: Progress | None = None) -> Observed:
+def hash_file(path: str, names: tuple[str, ...], progress: Progress = NO_PROGRESS) -> Observed:
     """Digests ``names`` of a file, reading only its data (``SEEK_DATA``: holes cost no I/O).
 
     The sparse digest hashes the data ranges in parallel windows; MD5 and SHA-256 need one ordered
@@ -414,12 +414,11 @@ def hash_file(path: str, names: tuple[str, ...], progress: Progress | None = Non
         if SPARSE in names:
 
             digests[SPARSE] = sparse_digest_of(disk, disk.virtual_size, path=path,
-                                               progress=None if progress is None or whole
-                                               else (lambda n, _data: progress(n)))
+                                               progress=NO_PROGRESS if whole else progress)
         if whole:
 
             sink = HashSink(whole)
-            pump(disk, [sink], progress=None if progress is None else (lambda n, _data: progress(n)))
+            pump(disk, [sink], progress=progress)
             digests.update(sink.digests())
         return Observed(disk.virtual_size, digests)
     finally:
@@ -444,7 +443,7 @@ def compare(record: DiskRecord, target: str, observed: Observed | None) -> DiskV
     return DiskVerdict(record.name, target, "drift" if problems else "ok", tuple(problems), compared)
 
 
-def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | None = None,
+def verify_files(manifest: Manifest, manifest_path: str, progress: Progress = NO_PROGRESS,
                  hashes: tuple[str, ...] = ()) -> VerifyResult:
     """Re-hash each disk's fixed VHD file (found relative to the manifest) and compare.
 
@@ -472,7 +471,7 @@ def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | No
 
 
 def verify_blobs(manifest: Manifest, manifest_path: str, blob_hasher: BlobHasher,
-                 progress: Progress | None = None, hashes: tuple[str, ...] = ()) -> VerifyResult:
+                 progress: Progress = NO_PROGRESS, hashes: tuple[str, ...] = ()) -> VerifyResult:
     """Compare each disk with what ``blob_hasher`` finds at the destination."""
     verdicts = []
     for record in manifest.disks:

@@ -47,7 +47,6 @@ SAVE_EVERY = 1.0  # seconds between saves of the resume record
 HOLE = 4096  # the unit in which the output is left sparse
 
 
-
 @dataclass(frozen=True)
 class DownloadResult:
     """What a download did; :meth:`to_json` is the ``vhdtool download --json`` object."""

@@ -78,7 +78,7 @@ def test_stage_lines_only_where_no_bar_is_drawn_and_output_is_wanted(capsys: pyt
         lines.data(30)
         lines.skipped(20)
         lines.stage("convert OS disk", 200)
-    assert capsys.readouterr().err == "[  0%] check OS disk\n[ 25%] convert OS disk\n"
+    assert capsys.readouterr().err == "[  0%] check    OS disk\n[ 25%] convert  OS disk\n"
     with BarProgress(0, show=False, stage_lines=True) as quiet:
         quiet.stage("check OS disk", 200)
         quiet.data(30)

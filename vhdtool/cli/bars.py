@@ -36,7 +36,8 @@ class BarProgress:
     threads and tqdm's own lock does not cover the postfix and the count together, so every update
     takes a lock. ``show=None``: drawn only when stderr is a terminal; ``False``: never. With
     ``stage_lines``, a step that begins while no bar is drawn (and ``show`` is not ``False``) is
-    said in one line on stderr (``[ 40%] convert OS disk``).
+    said in one line on stderr (``[ 40%] convert  OS disk``); the step's verb is padded so that
+    successive lines (and bar titles) line up.
     """
 
     def __init__(self, total: int, desc: str | None = None, show: bool | None = None, *,
@@ -60,12 +61,14 @@ class BarProgress:
 
     def stage(self, name: str, total: int) -> None:
         with self._lock:
+            verb, _, rest = name.partition(" ")
+            title = f"{verb:<8} {rest}" if rest else verb
             if self._lines:
                 done = self._data + self._skipped
-                click.echo(f"[{100 * done // total if total else 100:3d}%] {name}", err=True)
+                click.echo(f"[{100 * done // total if total else 100:3d}%] {title}", err=True)
                 return
             self._bar.total = total
-            self._bar.set_description(name, refresh=False)
+            self._bar.set_description(title, refresh=False)
             self._bar.refresh()
 
     def _advance(self, nbytes: int) -> None:

@@ -132,6 +132,7 @@ def test_upload_reports_sent_and_skipped_adding_up_to_the_fixed_vhd(sample: dict
     assert tally.skipped_bytes == result.bytes_skipped > tally.data_bytes
 
 
+@pytest.mark.slow  # four transfers
 def test_download_and_copy_report_the_size_they_write(tmp_path: Path, store: Store) -> None:
     raw = make_raw(tmp_path / "disk.raw", 40 * MiB, seed=3)
     with open_image(raw) as disk:

@@ -29,6 +29,7 @@ from vhdtool.errors import ImageError, OutputError, UsageError, VhdtoolError
 from vhdtool.extents import Extent, MiB, align_up
 from vhdtool.formats.vhd.footer import DISK_TYPE_FIXED, chs_geometry, parse_footer
 from vhdtool.jobs.convert import ConvertResult, convert
+from vhdtool.stream.progress import ProgressTally
 
 QEMU_FORMAT = {"vhd": "vpc", "vhdx": "vhdx", "raw": "raw"}
 
@@ -360,11 +361,12 @@ def test_sigterm_while_converting_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
     src.write_bytes(os.urandom(3 * MiB))
     out = tmp_path / "out.vhd"
 
-    def progress(n: int, was_data: bool) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the walk
+    class TermOnData(ProgressTally):
+        def data(self, nbytes: int) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the walk
 
     with open_image(src) as disk, pytest.raises(KeyboardInterrupt), terminate_as_interrupt():
-        convert(disk, out, chunk_size=MiB, progress=progress)
+        convert(disk, out, chunk_size=MiB, progress=TermOnData())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 

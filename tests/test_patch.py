@@ -20,9 +20,12 @@ from vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
 from vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
 from vhdtool import open_image
-from vhdtool.azure.patch import owned_above, plan_patch, split_piece, to_clear
+from vhdtool.azure.patch import owned_above, patch_upload, plan_patch, split_piece, to_clear
+from vhdtool.azure.remote.address import blob_address
+from vhdtool.azure.storage import Destination
 from vhdtool.formats.vhd.footer import parse_footer
 from vhdtool.stream.fixed_view import FixedVhdView
+from vhdtool.stream.progress import ProgressTally
 
 MiB = 1 << 20
 KiB = 1024
@@ -219,6 +222,20 @@ def test_vhd_chain_patch(tmp_path: Path, src: Store, dst: Store, proxy: Recordin
     result = check_patched(paths, src, dst, proxy, owned_data)
     assert result["proof"] == ("metadata" if base_by == "vhdtool" else "digest")
     assert result["levels"] == levels and result["bytes_cleared"] >= 64 * KiB
+
+
+def test_patch_reports_its_planned_total_and_what_it_sent(tmp_path: Path, src: Store, dst: Store,
+                                                          proxy: RecordingProxy) -> None:
+    paths, _ = vhd_chain(tmp_path, 1, random.Random(7))
+    put_base("vhdtool", paths[0], src, tmp_path)
+    proxy.clear()
+    tally = ProgressTally()
+    dest = Destination(connection_string=dst.connection_string, container=dst.container, blob="p.vhd")
+    with open_image(paths[-1]) as child:
+        result = patch_upload(child, dest, blob_address(src.sas_url("base.vhd")), progress=tally)
+    # One stage, learnt from the plan: the owned ranges and the footer, all written or skipped.
+    assert tally.stages == [("patch", result.owned_bytes + 512)] and tally.done == result.owned_bytes + 512
+    assert tally.data_bytes == result.bytes_sent == sent_bodies(proxy) > 0
 
 
 @pytest.mark.parametrize(("levels", "base_by"), [(1, "sdk"), (2, "vhdtool")])

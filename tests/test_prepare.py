@@ -27,9 +27,9 @@ from vhdtool.jobs.manifest_file import read_manifest
 from vhdtool.jobs.prepare import (
     ChecksFailedError,
     PrepareRequest,
-    ProgressEvent,
     prepare,
 )
+from vhdtool.stream.progress import ProgressTally
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -65,10 +65,10 @@ def qemu_same_content(out: Path, src: Path, src_fmt: str) -> None:
 
 def test_sample_set_end_to_end(sample: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    events: list[ProgressEvent] = []
+    progress = ProgressTally()
     now = datetime(2026, 11, 23, 18, 30, 5, tzinfo=timezone.utc)
     result = prepare(PrepareRequest("sample", str(sample["os"]), ((0, str(sample["data"])),), str(out),
-                                    expect="generalized"), progress=events.append, now=now)
+                                    expect="generalized"), progress=progress, now=now)
     assert sorted(p.name for p in out.iterdir()) == [
         "sample-datadisk-0-2026-11-23.vhd", "sample-os-2026-11-23.vhd", "sample.manifest.json"]
     assert result.manifest_path == str(out / "sample.manifest.json")
@@ -100,11 +100,12 @@ def test_sample_set_end_to_end(sample: dict[str, Path], tmp_path: Path) -> None:
         assert path.stat().st_size == disk["fixed_vhd"]["virtual_size"] + 512
         assert disk["fixed_vhd"]["virtual_size"] == disk["source"]["virtual_size"]
         qemu_same_content(path, src, fmt)
-    # Progress covered the whole set once (no upload): the total is both files' sizes.
-    assert events[-1].stage == "done"
-    assert events[-1].done == events[-1].total == sum(
-        d["fixed_vhd"]["file_size"] for d in data["disks"])
-    assert [e.stage for e in events].count("check") == 2
+    # Progress covered the whole set once (no upload): the total is both files' sizes, each step named.
+    total = sum(d["fixed_vhd"]["file_size"] for d in data["disks"])
+    assert progress.done == total
+    assert progress.stages == [("check OS disk", total), ("check data disk LUN 0", total),
+                               ("convert OS disk", total), ("convert data disk LUN 0", total)]
+    assert 0 < progress.data_bytes < total  # the empty space of the disks was skipped, not read
     assert read_manifest(out / "sample.manifest.json") == result.manifest
 
 
@@ -314,13 +315,14 @@ def test_a_failing_disk_leaves_no_half_set(sample: dict[str, Path], tmp_path: Pa
     (out / "other.vhd").write_bytes(b"kept")
     data = sample["data"]  # a dynamic VHD: its block table was read when it was opened
 
-    def shrink_when_its_turn_comes(event: ProgressEvent) -> None:
-        if event.stage == "convert" and event.disk == "data disk LUN 0":
-            os.truncate(data, 64 * 1024)
+    class ShrinkWhenItsTurnComes(ProgressTally):
+        def stage(self, name: str, total: int) -> None:
+            if name == "convert data disk LUN 0":
+                os.truncate(data, 64 * 1024)
 
     with pytest.raises(ImageError, match="end of file|truncated"):
         prepare(PrepareRequest("half", str(sample["os"]), ((0, str(data)),), str(out), day=DAY),
-                progress=shrink_when_its_turn_comes)
+                progress=ShrinkWhenItsTurnComes())
     assert sorted(p.name for p in out.iterdir()) == ["other.vhd"]
 
 

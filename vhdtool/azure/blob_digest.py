@@ -13,7 +13,7 @@ Memory: at most ``threads`` granules (4 MiB each) are held at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,9 +25,9 @@ from vhdtool.extents import Extent, extents_from_ranges, merge_ranges
 from vhdtool.stream.digest import GRANULE, SparseDigest, SparseDigestSink
 from vhdtool.stream.digest import NAME as SPARSE_DIGEST
 from vhdtool.stream.hasher import HashSink
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import pump
 
-Progress = Callable[[int], None]  # bytes read (or known empty) since the last call
 DEFAULT_THREADS = 8
 
 
@@ -71,27 +71,27 @@ class _Reader:
 
 
 def sparse_digest_of_blob(reader: _Reader, size: int, ranges: list[tuple[int, int]], *,
-                          threads: int = DEFAULT_THREADS, progress: Progress | None = None) -> str:
+                          threads: int = DEFAULT_THREADS, progress: Progress = NO_PROGRESS) -> str:
     """The sparse digest of a blob of ``size`` bytes whose written ranges are ``ranges``."""
     digest = SparseDigest(size)
-    lock = threading.Lock()
 
     def granule(index: int, parts: list[tuple[int, int]]) -> None:
         start = index * GRANULE
         end = min(size, start + GRANULE)
         sink = SparseDigestSink(size, start=start, end=end, into=digest)
         position = start
+        read = 0
         for lo, hi in parts:
             if lo > position:
                 sink.zeros(position, lo - position)
             sink.data(lo, memoryview(reader.read(lo, hi - lo)))
+            read += hi - lo
             position = hi
         if end > position:
             sink.zeros(position, end - position)
         sink.finish()
-        if progress:
-            with lock:
-                progress(end - start)
+        progress.data(read)
+        progress.skipped(end - start - read)
 
     pending: list[Future[None]] = []
     done_bytes = 0
@@ -109,13 +109,13 @@ def sparse_digest_of_blob(reader: _Reader, size: int, ranges: list[tuple[int, in
             for future in pending:
                 future.cancel()
             raise
-    if progress and size > done_bytes:
-        progress(size - done_bytes)  # the granules no written range touches: known empty
+    if size > done_bytes:
+        progress.skipped(size - done_bytes)  # the granules no written range touches: known empty
     return digest.hexdigest()
 
 
 def whole_digests_of_blob(reader: _Reader, size: int, ranges: list[tuple[int, int]], names: Sequence[str],
-                          progress: Progress | None = None) -> dict[str, str]:
+                          progress: Progress = NO_PROGRESS) -> dict[str, str]:
     """MD5/SHA-256 (``names``) of every byte of the blob: written ranges read in order, zeros fed between."""
 
     class Written:
@@ -126,13 +126,12 @@ def whole_digests_of_blob(reader: _Reader, size: int, ranges: list[tuple[int, in
             view[:] = reader.read(offset, len(view))
 
     sink = HashSink(names)
-    pump(Written(), [sink], chunk_size=MAX_PUT_PAGE, progress=None if progress is None else
-         (lambda n, _data: progress(n)))
+    pump(Written(), [sink], chunk_size=MAX_PUT_PAGE, progress=progress)
     return sink.digests()
 
 
 def blob_digests(target: PageBlobTarget, names: Sequence[str], *, threads: int = DEFAULT_THREADS,
-                 progress: Progress | None = None, retry: RetryPolicy | None = None) -> BlobDigests | None:
+                 progress: Progress = NO_PROGRESS, retry: RetryPolicy | None = None) -> BlobDigests | None:
     """The digests ``names`` (``sparse-sha256``, ``md5``, ``sha256``, ...) of the blob at ``target``,
     or ``None`` if it does not exist."""
     retrier = Retrier(retry or RetryPolicy(), threading.Event())
@@ -146,7 +145,7 @@ def blob_digests(target: PageBlobTarget, names: Sequence[str], *, threads: int =
     whole = [name for name in names if name != SPARSE_DIGEST]
     if SPARSE_DIGEST in names:
         digests[SPARSE_DIGEST] = sparse_digest_of_blob(reader, size, ranges, threads=threads,
-                                                       progress=None if whole else progress)
+                                                       progress=NO_PROGRESS if whole else progress)
     if whole:
         digests.update(whole_digests_of_blob(reader, size, ranges, whole, progress))
     return BlobDigests(size, sum(b - a for a, b in ranges), digests)

@@ -22,7 +22,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,11 +57,11 @@ from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.stream.digest import GRANULE, SparseDigest, granules_touched
 from vhdtool.stream.digest import NAME as SPARSE_DIGEST
 from vhdtool.stream.fixed_view import FixedVhdView, azure_virtual_size
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 
 PAGE = 512
 STATE_PATCHING = "patching"
 Range = tuple[int, int]
-Progress = Callable[[int, int], None]  # bytes of owned ranges done since the last call, of how many
 
 
 # -- planning (pure) -------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ class PatchResult:
 
 def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, threads: int = 8,
                  overwrite: bool = False, resume: bool = False, verify: str | None = None, size: int | None = None,
-                 copy_mode: str = "auto", progress: Progress | None = None, timeout: float = 120.0,
+                 copy_mode: str = "auto", progress: Progress = NO_PROGRESS, timeout: float = 120.0,
                  retry: RetryPolicy | None = None, unique_id: bytes | None = None,
                  timestamp: int | None = None) -> PatchResult:
     """Upload ``child`` to ``dest`` as its base blob ``base`` copied plus the descendants' ranges.
@@ -386,8 +386,12 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
 
 
 def _apply(target: PageBlobTarget, retrier: Retrier, view: FixedVhdView, plan: PatchPlan,
-           base_written: list[Range], *, threads: int, progress: Progress | None) -> tuple[int, int]:
-    """Write the owned ranges' non-zero pages, clear their zero pages over the base's data, write the footer."""
+           base_written: list[Range], *, threads: int, progress: Progress) -> tuple[int, int]:
+    """Write the owned ranges' non-zero pages, clear their zero pages over the base's data, write the footer.
+
+    ``progress`` learns the total once the ranges are planned: pages written count as data, the
+    rest of the owned ranges (zero pages, cleared or left as the base has them) as skipped.
+    """
     lock = threading.Lock()
     counts = [0, 0]
 
@@ -405,11 +409,11 @@ def _apply(target: PageBlobTarget, retrier: Retrier, view: FixedVhdView, plan: P
         with lock:
             counts[0] += total(write)
             counts[1] += total(clear)
-            if progress:
-                progress(end - start, planned)
+        progress.data(total(write))
+        progress.skipped(end - start - total(write))
 
     spans = list(split_ranges([*plan.owned, (plan.virtual_size, plan.blob_size)], MAX_PUT_PAGE))
-    planned = total(spans)
+    progress.stage("patch", total(spans))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vhdtool-patch") as pool:
         for first in range(0, len(spans), 2 * threads):  # bounded: 2 × threads pieces of 4 MiB at once
             list(pool.map(piece, spans[first:first + 2 * threads]))

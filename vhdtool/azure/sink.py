@@ -16,9 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from vhdtool.azure.pages import MAX_PUT_PAGE, PAGE_SIZE, RangeSet, RunList, page_runs
 from vhdtool.errors import TransferError
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 
 Put = Callable[[int, bytes], None]
-SinkProgress = Callable[[int, int], None]  # (bytes sent, bytes skipped), increments
 # Sees every byte of the stream in order: ``bytes`` (a run of data; shared, never modified) or an
 # ``int`` (that many zero bytes). Lets a hasher reuse the copies made for the requests.
 Tap = Callable[[int, "bytes | int"], None]
@@ -33,7 +33,7 @@ class PageBlobSink:
     """
 
     def __init__(self, put: Put, *, threads: int, window: int, present: RangeSet | None = None,
-                 max_put: int = MAX_PUT_PAGE, progress: SinkProgress | None = None,
+                 max_put: int = MAX_PUT_PAGE, progress: Progress = NO_PROGRESS,
                  abort: threading.Event | None = None, tap: Tap | None = None) -> None:
         if threads < 1 or window < threads:
             raise ValueError("need threads >= 1 and window >= threads")
@@ -122,8 +122,7 @@ class PageBlobSink:
         if n > 0:
             with self._lock:
                 self.bytes_skipped += n
-            if self._progress:
-                self._progress(0, n)
+            self._progress.skipped(n)
 
     def _append(self, offset: int, piece: bytes | memoryview) -> None:
         """Add ``piece`` (at ``offset``) to the body being built, sending full or non-touching bodies."""
@@ -167,8 +166,7 @@ class PageBlobSink:
         with self._lock:
             self.bytes_sent += len(body)
             self.puts += 1
-        if self._progress:
-            self._progress(len(body), 0)
+        self._progress.data(len(body))
 
     def _done(self, future: Future[None]) -> None:
         self._slots.release()

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from vhdtool import __version__
 from vhdtool.azure.pages import MAX_PAGE_BLOB, MAX_PUT_PAGE, RangeSet, align_extents, split_ranges, total
-from vhdtool.azure.sink import PageBlobSink, SinkProgress
+from vhdtool.azure.sink import PageBlobSink
 from vhdtool.azure.storage import (
     BlobState,
     Destination,
@@ -58,6 +58,7 @@ from vhdtool.stream.digest import NAME as SPARSE_DIGEST
 from vhdtool.stream.digest import SparseDigestSink
 from vhdtool.stream.fixed_view import FixedVhdView, azure_virtual_size
 from vhdtool.stream.hasher import HashSink
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import Sink, pump
 
 T = TypeVar("T")
@@ -114,9 +115,6 @@ class Retrier:
                 if self.abort.wait(self.policy.delay(attempt, err.retry_after)):
                     raise TransferError(f"{err} (upload stopped)") from None
                 attempt += 1
-
-
-Progress = SinkProgress  # (bytes sent, bytes skipped) increments, possibly from worker threads
 
 
 @dataclass(frozen=True)
@@ -281,7 +279,7 @@ def _metadata(identity: str, unique_id: bytes, timestamp: int, state: str,
 
 def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREADS, window: int | None = None,
            overwrite: bool = False, resume: bool = False, verify: str | None = None,
-           progress: Progress | None = None, managed_disk: bool | None = None,
+           progress: Progress = NO_PROGRESS, managed_disk: bool | None = None,
            retry: RetryPolicy | None = None, timeout: float = 120.0, size: int | None = None,
            unique_id: bytes | None = None, timestamp: int | None = None,
            max_put: int = MAX_PUT_PAGE, hashes: Sequence[str] = (),

@@ -7,6 +7,8 @@ import sys
 import threading
 from typing import Any
 
+import click
+
 
 def byte_bar(total: int, *, desc: str | None = None, disable: bool | None = False) -> Any:
     """A tqdm bar over ``total`` bytes on stderr (``disable=None``: shown only on a terminal).
@@ -26,37 +28,62 @@ def byte_bar(total: int, *, desc: str | None = None, disable: bool | None = Fals
                 disable=disable, leave=False, dynamic_ncols=sized, **fixed)
 
 
-class WorkerBar:
-    """A byte bar that transfer threads update: each update takes a lock (tqdm's own does not cover
-    the postfix and the count together). ``show=None``: shown only when stderr is a terminal."""
+class BarProgress:
+    """A tqdm byte bar as a :class:`~vhdtool.stream.progress.Progress`, the one every command uses.
 
-    def __init__(self, total: int, desc: str, show: bool | None) -> None:
+    The bar counts data and skipped bytes together and shows both (``data 12 MiB, empty 900 MiB``,
+    or ``sent`` for uploads), so a user sees that empty space is free. Jobs report from worker
+    threads and tqdm's own lock does not cover the postfix and the count together, so every update
+    takes a lock. ``show=None``: drawn only when stderr is a terminal; ``False``: never. With
+    ``stage_lines``, a step that begins while no bar is drawn (and ``show`` is not ``False``) is
+    said in one line on stderr (``[ 40%] convert  OS disk``); the step's verb is padded so that
+    successive lines (and bar titles) line up.
+    """
+
+    def __init__(self, total: int, desc: str | None = None, show: bool | None = None, *,
+                 data_label: str = "data", stage_lines: bool = False) -> None:
         self._lock = threading.Lock()
-        self._sent = 0
+        self._data = 0
         self._skipped = 0
+        self._label = data_label
         self._bar: Any = byte_bar(total, desc=desc, disable=None if show is None else not show)
+        self._lines = stage_lines and show is not False and bool(self._bar.disable)
 
-    def add(self, n: int) -> None:
-        """``n`` more bytes done."""
+    def data(self, nbytes: int) -> None:
         with self._lock:
-            self._bar.update(n)
+            self._data += nbytes
+            self._advance(nbytes)
 
-    def add_sent_skipped(self, sent: int, skipped: int) -> None:
-        """Bytes sent and bytes skipped as empty, both shown, so a user sees that empty space is free."""
+    def skipped(self, nbytes: int) -> None:
         with self._lock:
-            self._sent += sent
-            self._skipped += skipped
-            self._bar.set_postfix_str(f"sent {self._sent >> 20} MiB, empty {self._skipped >> 20} MiB",
-                                      refresh=False)
-            self._bar.update(sent + skipped)
+            self._skipped += nbytes
+            self._advance(nbytes)
 
-    def add_of(self, n: int, total: int) -> None:
-        """``n`` more bytes done of a total known only once the work is planned."""
+    def stage(self, name: str, total: int) -> None:
         with self._lock:
-            if self._bar.total != total:
-                self._bar.total = total
-            self._bar.update(n)
+            verb, _, rest = name.partition(" ")
+            title = f"{verb:<8} {rest}" if rest else verb
+            if self._lines:
+                done = self._data + self._skipped
+                click.echo(f"[{100 * done // total if total else 100:3d}%] {title}", err=True)
+                return
+            self._bar.total = total
+            self._bar.set_description(title, refresh=False)
+            self._bar.refresh()
+
+    def _advance(self, nbytes: int) -> None:
+        if self._bar.disable:
+            return
+        self._bar.set_postfix_str(f"{self._label} {self._data >> 20} MiB, empty {self._skipped >> 20} MiB",
+                                  refresh=False)
+        self._bar.update(nbytes)
 
     def close(self) -> None:
         with self._lock:
             self._bar.close()
+
+    def __enter__(self) -> BarProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,32 +10,13 @@ from contextlib import contextmanager
 import click
 
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
-from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.bars import BarProgress
 from vhdtool.cli.params import BYTE_SIZE
 from vhdtool.errors import UsageError
 from vhdtool.formats.open import open_image
 from vhdtool.jobs.convert import OutputFormat, convert, output_size
 from vhdtool.stream.digest import NAME as SPARSE_DIGEST
 from vhdtool.stream.hasher import parse_algorithms
-from vhdtool.stream.pump import Progress
-
-
-@contextmanager
-def progress_bar(total: int, enabled: bool) -> Iterator[Progress | None]:
-    """A tqdm bar on stderr when ``enabled`` and stderr is a terminal; otherwise no callback."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-
-    with byte_bar(total) as bar:
-        counts = [0, 0]  # data, empty
-
-        def advance(n: int, was_data: bool) -> None:
-            counts[0 if was_data else 1] += n
-            bar.set_postfix_str(f"data {counts[0] >> 20} MiB, empty {counts[1] >> 20} MiB", refresh=False)
-            bar.update(n)
-
-        yield advance
 
 
 @contextmanager
@@ -97,7 +77,8 @@ def convert_command(image: str, output_arg: str | None, output: str | None, outp
     sparse = as_json or SPARSE_DIGEST in names
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         total = output_size(disk, output_format, size)
-        with progress_bar(total, enabled=not quiet and not as_json) as progress, terminate_as_interrupt():
+        with BarProgress(total, show=None if not quiet and not as_json else False) as progress, \
+                terminate_as_interrupt():
             result = convert(disk, target, output_format=output_format, size=size, keep_id=keep_id,
                              hashes=hashes, sparse_digest=sparse, sync=sync, force=force, progress=progress)
     if as_json:

@@ -8,7 +8,7 @@ from vhdtool.azure.remote import open_remote
 from vhdtool.azure.remote.copy import copy
 from vhdtool.azure.storage import make_destination
 from vhdtool.cli import emit_json, human_size, main
-from vhdtool.cli.bars import WorkerBar
+from vhdtool.cli.bars import BarProgress
 
 
 @main.command("copy")
@@ -56,10 +56,10 @@ def copy_command(src: str, dest: str, connection_string: str | None, account_url
     source = open_remote(src, connection_string=src_cs, account_url=src_url, timeout=timeout,
                          threads=threads, granule=4096)
     try:
-        bar = WorkerBar(source.written_bytes, "copy", show_progress)
+        bar = BarProgress(source.size, "copy", show_progress)
         try:
             result = copy(source, destination, threads=threads, mode=mode, overwrite=overwrite, resume=resume,
-                          verify=verify, managed_disk=managed_disk, progress=bar.add, timeout=timeout)
+                          verify=verify, managed_disk=managed_disk, progress=bar, timeout=timeout)
         finally:
             bar.close()
     finally:

@@ -7,7 +7,7 @@ import click
 from vhdtool.azure.remote import open_remote
 from vhdtool.azure.remote.download import download
 from vhdtool.cli import emit_json, human_size, main
-from vhdtool.cli.bars import WorkerBar
+from vhdtool.cli.bars import BarProgress
 from vhdtool.cli.sources import source_options
 
 
@@ -40,10 +40,10 @@ def download_command(src: str, out: str, output_format: str, threads: int, resum
     source = open_remote(src, connection_string=connection_string, account_url=account_url, timeout=timeout,
                          threads=threads, granule=4096)
     try:
-        bar = WorkerBar(source.size, "download", show_progress)
+        bar = BarProgress(source.size, "download", show_progress)
         try:
             result = download(source, out, output_format=output_format, threads=threads, resume=resume,
-                              force=force, progress=bar.add)
+                              force=force, progress=bar)
         finally:
             bar.close()
     finally:

@@ -8,7 +8,7 @@ from vhdtool.azure.patch import patch_upload
 from vhdtool.azure.remote.address import blob_address
 from vhdtool.azure.storage import Destination, scrub
 from vhdtool.cli import emit_json, human_size
-from vhdtool.cli.bars import WorkerBar
+from vhdtool.cli.bars import BarProgress
 from vhdtool.formats.open import open_image
 
 
@@ -20,10 +20,10 @@ def patch_command(image: str, destination: Destination, base_url: str, *, connec
 
     base = blob_address(base_url, connection_string=connection_string, account_url=account_url)
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        bar = WorkerBar(1, "patch", show_progress)
+        bar = BarProgress(0, "patch", show_progress, data_label="sent")
         try:
             result = patch_upload(disk, destination, base, threads=threads, overwrite=overwrite, resume=resume,
-                                  verify=verify, size=size, timeout=timeout, progress=bar.add_of)
+                                  verify=verify, size=size, timeout=timeout, progress=bar)
         finally:
             bar.close()
     facts = result.to_json()

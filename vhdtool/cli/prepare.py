@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import click
 
 from vhdtool.azure.container import parse_destination
 from vhdtool.azure.remote.address import blob_address
 from vhdtool.cli import emit_json, human_size, main
-from vhdtool.cli.bars import byte_bar
+from vhdtool.cli.bars import BarProgress
 from vhdtool.errors import UsageError
 from vhdtool.jobs.manifest import DiskRecord, Manifest
 from vhdtool.jobs.manifest_file import manifest_to_json
-from vhdtool.jobs.prepare import ChecksFailedError, PrepareRequest, ProgressEvent, disk_label, prepare
+from vhdtool.jobs.prepare import ChecksFailedError, PrepareRequest, disk_label, prepare
 from vhdtool.readiness.rules import ERROR, WARNING, Finding
 from vhdtool.stream.hasher import parse_algorithms
 
@@ -33,40 +30,6 @@ def parse_data_option(values: tuple[str, ...], option: str = "--data",
             raise UsageError(f"{option} {text!r}: write {form}, e.g. {option} {example}")
         result.append((int(lun_text), path))
     return tuple(result)
-
-
-@contextmanager
-def set_progress(enabled: bool) -> Iterator[Any]:
-    """A progress callback over the whole set: a tqdm bar on a terminal, stage lines otherwise."""
-    if not enabled:
-        yield None
-        return
-    bar: Any = None
-    if sys.stderr.isatty():
-
-        bar = byte_bar(0)
-    last: list[tuple[str, str]] = []
-
-    def update(event: ProgressEvent) -> None:
-        key = (event.disk, event.stage)
-        if not last or last[-1] != key:
-            last.append(key)
-            if event.stage != "done":
-                line = f"{event.stage:<8} {event.disk}"
-                if bar is not None:
-                    bar.total = event.total
-                    bar.set_description(line)
-                else:
-                    pct = 100 * event.done // event.total if event.total else 100
-                    click.echo(f"[{pct:3d}%] {line}", err=True)
-        if bar is not None:
-            bar.update(event.done - bar.n)
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _print_findings(disks: Iterable[tuple[str, Sequence[Finding]]]) -> None:
@@ -179,7 +142,8 @@ def prepare_command(name: str, os_image: str, data: tuple[str, ...], output_dir:
                              bases=tuple((lun, blob_address(url, connection_string=connection_string,
                                                             account_url=account_url)) for lun, url in bases))
     try:
-        with set_progress(not quiet and not as_json) as progress:
+        # Over the whole set: a bar on a terminal, one line per step otherwise.
+        with BarProgress(0, show=None if not quiet and not as_json else False, stage_lines=True) as progress:
             result = prepare(request, progress=progress)
     except ChecksFailedError as err:
         _print_findings((item.label, outcome.findings) for item, outcome in err.failed)

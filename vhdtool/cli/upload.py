@@ -7,7 +7,7 @@ import click
 from vhdtool.azure.storage import PermanentError, make_destination, scrub
 from vhdtool.azure.upload import upload as run_upload
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
-from vhdtool.cli.bars import WorkerBar
+from vhdtool.cli.bars import BarProgress
 from vhdtool.cli.params import BYTE_SIZE
 from vhdtool.cli.patch import patch_command
 from vhdtool.formats.open import open_image
@@ -79,10 +79,11 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
                       allow_absolute_parent=allow_absolute_parent)
         return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        bar = WorkerBar(azure_virtual_size(disk.virtual_size, size) + FOOTER_SIZE, "upload", show_progress)
+        bar = BarProgress(azure_virtual_size(disk.virtual_size, size) + FOOTER_SIZE, "upload", show_progress,
+                          data_label="sent")
         try:
             result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
-                                verify=verify, progress=bar.add_sent_skipped, managed_disk=managed_disk,
+                                verify=verify, progress=bar, managed_disk=managed_disk,
                                 timeout=timeout, size=size, hashes=hashes)
         except PermanentError as err:
             if err.reason != "sas-expired":

@@ -29,7 +29,8 @@ from vhdtool.stream.filecopy import copy_into
 from vhdtool.stream.fixed_file import FixedFileSink
 from vhdtool.stream.fixed_view import FixedVhdView, azure_virtual_size
 from vhdtool.stream.hasher import HashSink
-from vhdtool.stream.pump import DEFAULT_CHUNK_SIZE, Progress, Sink, pump
+from vhdtool.stream.progress import NO_PROGRESS, Progress
+from vhdtool.stream.pump import DEFAULT_CHUNK_SIZE, Sink, pump
 from vhdtool.units import MiB
 
 OutputFormat = Literal["vhd", "raw"]
@@ -142,15 +143,15 @@ def output_size(disk: VirtualDisk, output_format: OutputFormat = "vhd", size: in
 def convert(disk: VirtualDisk, out_path: str | os.PathLike[str], *, output_format: OutputFormat = "vhd",
             size: int | None = None, keep_id: bool = False, hashes: Sequence[str] = (),
             sparse_digest: bool = False, sync: bool = False, force: bool = False,
-            progress: Progress | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+            progress: Progress = NO_PROGRESS, chunk_size: int = DEFAULT_CHUNK_SIZE,
             workers: int | None = None) -> ConvertResult:
     """Write ``disk`` to ``out_path`` as a fixed VHD (or raw image), atomically and sparsely.
 
     ``size`` grows the disk (rounded up to a MiB; shrinking raises :class:`UsageError`);
     ``sparse_digest`` computes the sparse digest of the output (:mod:`vhdtool.stream.digest`) and
     ``hashes`` names whole-file digests, all in the same pass; ``sync`` makes the output durable
-    (fsync) before it is renamed into place; ``progress`` is called with ``(bytes, was_data)`` as
-    the walk advances. The output appears only on success.
+    (fsync) before it is renamed into place; ``progress`` hears of the data read and the empty
+    space skipped, which add up to the output's size. The output appears only on success.
     """
     started = time.monotonic()
     target = os.fspath(out_path)

@@ -16,8 +16,7 @@ already uploaded stay).
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -49,6 +48,7 @@ from vhdtool.jobs.manifest_file import write_manifest
 from vhdtool.jobs.naming import VHD_SUFFIX, SetNames, plan_names, validate_lun, validate_name
 from vhdtool.readiness.tiers import billing_tier
 from vhdtool.stream.fixed_view import FixedVhdView
+from vhdtool.stream.progress import NO_PROGRESS, Progress, WithoutStages
 
 EXPECT_STATES = ("generalized", "specialized")
 WHOLE_FILE_HASHES = ("md5", "sha256")  # what --hash may add to the sparse digest
@@ -100,18 +100,6 @@ class PrepareRequest:
         return [DiskInput(self.os_image), *(DiskInput(path, lun) for lun, path in sorted(self.data_images))]
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Progress over the whole set: ``done`` of ``total`` bytes, now at ``stage`` of disk ``disk``."""
-
-    disk: str  # the disk's label ("OS disk", "data disk LUN 0")
-    stage: str  # "check" | "convert" | "upload" | "done"
-    done: int
-    total: int
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
-
 
 class ChecksFailedError(VhdtoolError):
     """A check found errors on at least one disk and ``force`` was not given; nothing was written."""
@@ -148,7 +136,7 @@ def blob_exists(destination: ContainerDestination, blob_name: str) -> bool:
         target.close()
 
 
-def upload_file(path: str, destination: ContainerDestination, blob_name: str, progress: Callable[[int], None],
+def upload_file(path: str, destination: ContainerDestination, blob_name: str, progress: Progress,
                 hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
     """Upload the fixed VHD file ``path`` as the page blob ``blob_name``; return its URL (no token)
     and the digests of what was sent (the sparse digest, and ``hashes``).
@@ -162,12 +150,12 @@ def upload_file(path: str, destination: ContainerDestination, blob_name: str, pr
             raise OutputError(f"{path}: not the fixed VHD prepare wrote")
         result = upload(disk, destination.for_blob(blob_name), unique_id=disk.footer.unique_id,
                         timestamp=disk.footer.timestamp, hashes=hashes,
-                        progress=lambda sent, skipped: progress(sent + skipped))
+                        progress=progress)
     return strip_token(result.blob), result.digests
 
 
 def upload_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: str,
-                progress: Callable[[int], None], hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str], int]:
+                progress: Progress, hashes: tuple[str, ...] = ()) -> tuple[str, dict[str, str], int]:
     """Upload ``disk`` as a fixed VHD page blob straight from the source (no local file).
 
     Returns the blob URL without token, the digests of the fixed VHD (the sparse digest and
@@ -176,18 +164,18 @@ def upload_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name:
 
     blob = blob_of(disk)  # read from a blob: no files to name the resume key after
     result = upload(disk, destination.for_blob(blob_name), hashes=hashes,
-                    progress=lambda sent, skipped: progress(sent + skipped),
+                    progress=progress,
                     identity=None if blob is None else copy_identity(blob))
     return strip_token(result.blob), result.digests, result.blob_size
 
 
 def patch_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: str, base: Destination,
-               progress: Callable[[int], None], footer: tuple[bytes, int] | None = None,
+               progress: Progress, footer: tuple[bytes, int] | None = None,
                ) -> tuple[str, dict[str, str], int]:
     """Upload the differencing ``disk`` as its ``base`` blob copied plus what the descendants own
     (:mod:`vhdtool.azure.patch`); ``footer`` fixes the unique id and timestamp (those of the local file)."""
 
-    result = patch_upload(disk, destination.for_blob(blob_name), base, progress=lambda done, _of: progress(done),
+    result = patch_upload(disk, destination.for_blob(blob_name), base, progress=progress,
                           unique_id=None if footer is None else footer[0],
                           timestamp=None if footer is None else footer[1])
     return strip_token(result.blob), {SPARSE: result.sparse_sha256}, result.blob_size
@@ -198,24 +186,17 @@ def patch_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: 
 
 
 class _Tracker:
-    """Adds up bytes over the whole set for one progress callback."""
+    """Progress over the whole set: each step is named (``"convert OS disk"``) with the set's total;
+    the step's own job reports its bytes through, its own stage names dropped."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
-        self.callback = callback
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
         self.total = total
-        self.done = 0
-        self._lock = threading.Lock()  # uploads report from their worker threads
+        self.inner = WithoutStages(progress)
 
-    def stage(self, disk: str, stage: str) -> Callable[[int], None]:
-        def advance(n: int) -> None:
-            with self._lock:
-                self.done += n
-                if self.callback is not None:
-                    self.callback(ProgressEvent(disk, stage, self.done, self.total))
-
-        if self.callback is not None:
-            self.callback(ProgressEvent(disk, stage, self.done, self.total))
-        return advance
+    def stage(self, disk: str, stage: str) -> Progress:
+        self.progress.stage(f"{stage} {disk}", self.total)
+        return self.inner
 
 
 def _validate(request: PrepareRequest) -> None:
@@ -296,7 +277,7 @@ def _cleanup_on_failure() -> Iterator[list[str]]:
         raise
 
 
-def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None,
+def prepare(request: PrepareRequest, *, progress: Progress = NO_PROGRESS,
             now: datetime | None = None) -> PrepareResult:
     """Run the whole job for ``request``; see the module docstring. Returns the manifest written."""
     _validate(request)
@@ -343,8 +324,6 @@ def prepare(request: PrepareRequest, *, progress: ProgressCallback | None = None
         except BaseException:
             _remove_empty(new_folders)  # a failed run leaves no output folder it made itself
             raise
-        if progress is not None:
-            progress(ProgressEvent("", "done", tracker.total, tracker.total))
         return PrepareResult(manifest, manifest_path, tuple(outcomes))
 
 
@@ -382,7 +361,7 @@ def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outc
         advance = tracker.stage(item.label, "convert")
         # convert() writes beside out_path and renames into place only on success, never over a file.
         result = convert(disk, out_path, hashes=request.hashes, sparse_digest=True, sync=request.sync,
-                         progress=lambda n, _data: advance(n))
+                         progress=advance)
         written.append(out_path)
         fixed = FixedVhdRecord(blob_name, result.virtual_size, result.file_size, result.digests[SPARSE],
                                result.digests.get("md5"), result.digests.get("sha256"))

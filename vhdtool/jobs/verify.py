@@ -22,6 +22,7 @@ from vhdtool.jobs.manifest import SPARSE, WHOLE_FILE, DiskRecord, Manifest
 from vhdtool.jobs.naming import VHD_SUFFIX
 from vhdtool.stream.filecopy import sparse_digest_of
 from vhdtool.stream.hasher import HashSink
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import pump
 
 
@@ -64,9 +65,8 @@ class VerifyResult:
         return {"manifest": self.manifest, "ok": self.ok, "disks": [v.to_json() for v in self.verdicts]}
 
 
-Progress = Callable[[int], None]  # bytes hashed since the last call
 # (disk record, digest names, progress) -> what the destination holds for that disk, or None if absent
-BlobHasher = Callable[[DiskRecord, "tuple[str, ...]", "Progress | None"], "tuple[str, Observed | None]"]
+BlobHasher = Callable[[DiskRecord, "tuple[str, ...]", Progress], "tuple[str, Observed | None]"]
 
 _LABELS = {SPARSE: "sparse digest", "md5": "MD5", "sha256": "SHA-256"}
 
@@ -79,7 +79,7 @@ def wanted_digests(record: DiskRecord, hashes: tuple[str, ...] = ()) -> tuple[st
     return base + tuple(name for name in hashes if name in recorded and name not in base)
 
 
-def hash_file(path: str, names: tuple[str, ...], progress: Progress | None = None) -> Observed:
+def hash_file(path: str, names: tuple[str, ...], progress: Progress = NO_PROGRESS) -> Observed:
     """Digests ``names`` of a file, reading only its data (``SEEK_DATA``: holes cost no I/O).
 
     The sparse digest hashes the data ranges in parallel windows; MD5 and SHA-256 need one ordered
@@ -94,12 +94,11 @@ def hash_file(path: str, names: tuple[str, ...], progress: Progress | None = Non
         if SPARSE in names:
 
             digests[SPARSE] = sparse_digest_of(disk, disk.virtual_size, path=path,
-                                               progress=None if progress is None or whole
-                                               else (lambda n, _data: progress(n)))
+                                               progress=NO_PROGRESS if whole else progress)
         if whole:
 
             sink = HashSink(whole)
-            pump(disk, [sink], progress=None if progress is None else (lambda n, _data: progress(n)))
+            pump(disk, [sink], progress=progress)
             digests.update(sink.digests())
         return Observed(disk.virtual_size, digests)
     finally:
@@ -124,7 +123,7 @@ def compare(record: DiskRecord, target: str, observed: Observed | None) -> DiskV
     return DiskVerdict(record.name, target, "drift" if problems else "ok", tuple(problems), compared)
 
 
-def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | None = None,
+def verify_files(manifest: Manifest, manifest_path: str, progress: Progress = NO_PROGRESS,
                  hashes: tuple[str, ...] = ()) -> VerifyResult:
     """Re-hash each disk's fixed VHD file (found relative to the manifest) and compare.
 
@@ -152,7 +151,7 @@ def verify_files(manifest: Manifest, manifest_path: str, progress: Progress | No
 
 
 def verify_blobs(manifest: Manifest, manifest_path: str, blob_hasher: BlobHasher,
-                 progress: Progress | None = None, hashes: tuple[str, ...] = ()) -> VerifyResult:
+                 progress: Progress = NO_PROGRESS, hashes: tuple[str, ...] = ()) -> VerifyResult:
     """Compare each disk with what ``blob_hasher`` finds at the destination."""
     verdicts = []
     for record in manifest.disks:
@@ -162,7 +161,7 @@ def verify_blobs(manifest: Manifest, manifest_path: str, blob_hasher: BlobHasher
 
 
 def hash_blob(destination: ContainerDestination, blob_name: str, names: tuple[str, ...] = (SPARSE,),
-              progress: Callable[[int], None] | None = None) -> tuple[str, Observed | None]:
+              progress: Progress = NO_PROGRESS) -> tuple[str, Observed | None]:
     """The digests ``names`` of a blob, read back from its written page ranges only."""
     dest = destination.for_blob(blob_name)
     target = PageBlobTarget(dest)
@@ -179,7 +178,7 @@ def blob_hasher(destination: str, *, connection_string: str | None = None,
     parsed = parse_destination(destination, connection_string=connection_string, account_url=account_url)
 
     def hasher(record: DiskRecord, names: tuple[str, ...],
-               progress: Callable[[int], None] | None) -> tuple[str, Observed | None]:
+               progress: Progress) -> tuple[str, Observed | None]:
         return hash_blob(parsed, record.name + VHD_SUFFIX, names, progress)
 
     return hasher

@@ -31,7 +31,7 @@ import mmap
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from vhdtool.disk.base import Placement
 from vhdtool.extents import Extent
 from vhdtool.stream.digest import GRANULE, SparseDigest, SparseDigestSink
 from vhdtool.stream.fixed_file import FixedFileSink
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 
 WINDOW = 2 * GRANULE  # 8 MiB: large enough that per-window costs vanish, small enough to spread
 QUEUED = 8  # windows waiting per thread: enough that no thread idles while the loop refills
@@ -48,7 +49,6 @@ MAP_AT_LEAST = 256 * 1024  # shorter stored runs are read with pread: a mapping 
 # the server instead of moving the bytes through the page cache.
 KERNEL_COPY_FILESYSTEMS = frozenset({"xfs", "btrfs", "bcachefs", "ocfs2", "zfs", "nfs", "nfs4", "cifs",
                                      "smb3", "ceph"})
-Progress = Callable[[int, bool], None]  # (bytes, whether they were data), from the calling thread only
 
 
 class PlacedSource(Protocol):
@@ -258,7 +258,7 @@ class _Copier:
 
 def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
               digest: SparseDigest | None = None,
-              workers: int | None = None, progress: Progress | None = None, window: int = WINDOW,
+              workers: int | None = None, progress: Progress = NO_PROGRESS, window: int = WINDOW,
               path: str = "", kernel_copy: bool | None = None) -> int:
     """Write ``source`` (``size`` bytes) into ``writer``'s file, leaving zeros as holes; return the
     allocated bytes visited. ``digest`` (over ``size`` bytes) gets the sparse digest's leaves;
@@ -281,14 +281,13 @@ def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
         for future in done:
             n = future.result()
             data += n
-            if progress:
-                progress(n, True)
+            progress.data(n)
 
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="vhdtool-copy") as pool:
         try:
             for start, runs, skipped in windows(source.extents(), window):
-                if skipped and progress:
-                    progress(skipped, False)
+                if skipped:
+                    progress.skipped(skipped)
                 if not runs:
                     continue
                 if len(pending) >= QUEUED * count:
@@ -306,7 +305,7 @@ def copy_into(source: PlacedSource, writer: FixedFileSink | None, size: int, *,
 
 
 def sparse_digest_of(source: PlacedSource, size: int, *, workers: int | None = None,
-                     progress: Progress | None = None, path: str = "") -> str:
+                     progress: Progress = NO_PROGRESS, path: str = "") -> str:
     """The sparse digest of ``source``'s ``size`` bytes, hashing only what its extents allocate."""
     digest = SparseDigest(size)
     copy_into(source, None, size, digest=digest, workers=workers, progress=progress, path=path)

@@ -6,10 +6,11 @@ given to :meth:`Sink.data` is valid only during the call, and a sink that keeps 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from vhdtool.extents import Extent, split
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.units import MiB
 
 DEFAULT_CHUNK_SIZE = 4 * MiB
@@ -40,27 +41,23 @@ class Sink(Protocol):
         ...
 
 
-Progress = Callable[[int, bool], None]  # (bytes done, whether they were data) after each piece
-
-
 def pump(source: Source, sinks: Sequence[Sink], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-         progress: Progress | None = None) -> None:
-    """Walk ``source``'s extents once, reading allocated ones in ``chunk_size`` pieces into one buffer."""
+         progress: Progress = NO_PROGRESS) -> None:
+    """Walk ``source``'s extents once, reading allocated ones in ``chunk_size`` pieces into one buffer;
+    ``progress`` hears of each piece read (data) and each unallocated extent (skipped)."""
     buffer = bytearray(chunk_size)
     whole = memoryview(buffer)
     for extent in source.extents():
         if not extent.allocated:
             for sink in sinks:
                 sink.zeros(extent.offset, extent.length)
-            if progress:
-                progress(extent.length, False)
+            progress.skipped(extent.length)
             continue
         for piece in split([extent], chunk_size):
             view = whole[:piece.length]
             source.readinto(piece.offset, view)
             for sink in sinks:
                 sink.data(piece.offset, view)
-            if progress:
-                progress(piece.length, True)
+            progress.data(piece.length)
     for sink in sinks:
         sink.finish()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,10 +46,12 @@ from vhdtool.disk.base import BorrowedSource
 from vhdtool.errors import TransferError, UsageError
 from vhdtool.extents import MiB, extents_from_ranges, merge_ranges
 from vhdtool.formats.open import open_image
+from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.stream.digest import GRANULE, SparseDigest, granules_touched
+from vhdtool.stream.fixed_view import azure_virtual_size
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 
 MODES = ("auto", "server", "relay")
-Progress = Callable[[int], None]  # bytes of the source's written data done
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def relay_reason(err: PermanentError) -> str | None:
 
 def copy(source: BlobSource, dest: Destination, *, threads: int = 8, mode: str = "auto", overwrite: bool = False,
          resume: bool = False, verify: str | None = None, managed_disk: bool | None = None,
-         progress: Progress | None = None, timeout: float = 120.0, retry: RetryPolicy | None = None) -> CopyResult:
+         progress: Progress = NO_PROGRESS, timeout: float = 120.0, retry: RetryPolicy | None = None) -> CopyResult:
     """Copy the blob ``source`` to ``dest`` (see the module docstring)."""
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}")
@@ -135,13 +136,13 @@ def copy(source: BlobSource, dest: Destination, *, threads: int = 8, mode: str =
 
 
 def _convert(source: BlobSource, dest: Destination, what: str, *, threads: int, overwrite: bool, resume: bool,
-             verify: str | None, managed_disk: bool | None, progress: Progress | None, timeout: float,
+             verify: str | None, managed_disk: bool | None, progress: Progress, timeout: float,
              retry: RetryPolicy | None, started: float) -> CopyResult:
 
     with open_image(BorrowedSource(source)) as disk:
-        done = (lambda sent, skipped: progress(sent + skipped)) if progress else None
+        progress.stage("convert", azure_virtual_size(disk.virtual_size) + FOOTER_SIZE)  # the new blob's size
         result = upload(disk, dest, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
-                        progress=done, managed_disk=managed_disk, timeout=timeout, retry=retry,
+                        progress=progress, managed_disk=managed_disk, timeout=timeout, retry=retry,
                         identity=copy_identity(source))
     stats = source.stats()
     return CopyResult(
@@ -157,7 +158,7 @@ class _Copy:
     """An as-is copy: the source's written ranges, granule by granule, server-side or relayed."""
 
     def __init__(self, source: BlobSource, dest: Destination, *, threads: int, mode: str,
-                 managed_disk: bool | None, progress: Progress | None, timeout: float,
+                 managed_disk: bool | None, progress: Progress, timeout: float,
                  retry: RetryPolicy | None) -> None:
         self.source = source
         self.threads = threads
@@ -208,6 +209,7 @@ class _Copy:
             except Exception as err:  # no token to be had: the relay still works with our own reads
                 self._fall_back(f"no authorization for the service to read the source ({type(err).__name__})")
         work = granules_touched(extents_from_ranges(source.ranges, size))
+        self.progress.skipped(size - source.written_bytes)  # never written: nothing to copy
         self._run_all(work, present)
         stats = source.stats()
         verified = None
@@ -266,18 +268,19 @@ class _Copy:
     def _granule(self, index: int, present: RangeSet) -> None:
         start = index * GRANULE
         end = start + self.digest.granule_length(index)
-        pieces = [p for s, e in self.source.written_in(start, end) for p in present.missing(s, e)]
+        written = self.source.written_in(start, end)
+        pieces = [p for s, e in written for p in present.missing(s, e)]
+        self.progress.skipped(total(written) - total(pieces))  # already at the destination (resumed)
         if not pieces:
             return
         if not self.relaying and self.copy_source is not None:
             try:
                 for s, e in pieces:
                     self._server(s, e)
+                    self.progress.data(e - s)
                     pieces = pieces[1:]
                 self.used_server = True
                 self.digest_complete = False
-                if self.progress:
-                    self.progress(sum(e - s for s, e in self.source.written_in(start, end)))
                 return
             except PermanentError as err:
                 reason = relay_reason(err)
@@ -319,8 +322,7 @@ class _Copy:
             self.digest.add_granule(index, buf)
         else:
             self.digest_complete = False
-        if self.progress:
-            self.progress(sum(e - s for s, e in pieces))
+        self.progress.data(total(pieces))
 
     # -- verification -----------------------------------------------------------------------------
 

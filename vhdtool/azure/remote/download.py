@@ -23,7 +23,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from vhdtool.formats.open import open_image
 from vhdtool.stream.digest import GRANULE, NAME, SparseDigest, SparseDigestSink, granules_touched
 from vhdtool.stream.fixed_file import FixedFileSink, check_target, describe_os_error
 from vhdtool.stream.fixed_view import FixedVhdView
+from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import Source, pump
 
 FORMATS = ("vhd", "raw")
@@ -45,8 +45,6 @@ PARTIAL = ".vhdtool-partial"
 STATE_VERSION = 1
 SAVE_EVERY = 1.0  # seconds between saves of the resume record
 HOLE = 4096  # the unit in which the output is left sparse
-
-Progress = Callable[[int], None]  # bytes of the output done (fetched, or known empty)
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def describe(source: BlobSource) -> tuple[str, str, int]:
 
 
 def download(source: BlobSource, out: str | os.PathLike[str], *, output_format: str = "vhd", threads: int = 8,
-             resume: bool = False, force: bool = False, progress: Progress | None = None) -> DownloadResult:
+             resume: bool = False, force: bool = False, progress: Progress = NO_PROGRESS) -> DownloadResult:
     """Write the blob ``source`` to ``out`` (see the module docstring); the output appears only on success."""
     if output_format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
@@ -111,16 +109,17 @@ def download(source: BlobSource, out: str | os.PathLike[str], *, output_format: 
         seconds=time.monotonic() - started)
 
 
-def _convert(source: BlobSource, target: str, output_format: str, force: bool, progress: Progress | None,
+def _convert(source: BlobSource, target: str, output_format: str, force: bool, progress: Progress,
              started: float, fmt: str) -> DownloadResult:
 
     with open_image(BorrowedSource(source)) as disk:
         stream: Source = FixedVhdView(disk) if output_format == "vhd" else disk
         size = stream.extents()[-1].end
+        progress.stage("convert", size)
         sink = FixedFileSink(target, size, force=force)
         digest = SparseDigestSink(size)
         try:
-            pump(stream, [sink, digest], progress=(lambda n, _data: progress(n)) if progress else None)
+            pump(stream, [sink, digest], progress=progress)
         except BaseException:
             sink.abort()
             raise
@@ -147,7 +146,7 @@ class _Fetch:
     """The as-is download: granules fetched in parallel into the partial file, with its resume record."""
 
     def __init__(self, source: BlobSource, target: str, length: int, threads: int, force: bool,
-                 progress: Progress | None) -> None:
+                 progress: Progress) -> None:
         self.source = source
         self.target = target
         self.length = length
@@ -221,8 +220,8 @@ class _Fetch:
             extents = extents_from_ranges(self.source.ranges, self.source.size)
             work = granules_touched(extents)
             written_in_output = sum(e - s for s, e in self.source.data_ranges(self.length))
-            if self.progress:
-                self.progress(self.length - written_in_output)
+            self.progress.stage("download", self.length)
+            self.progress.skipped(self.length - written_in_output)  # never written: nothing to fetch
             for index in work:
                 if index in done:
                     self._rehash(index)
@@ -263,8 +262,8 @@ class _Fetch:
         for s, e in self.source.written_in(max(start, self.length), end):  # not in a raw output: fetch it
             buf[s - start:e - start] = self.source.fetch(s, e - s)
         self.digest.add_granule(index, buf)
-        if self.progress:
-            self.progress(sum(e - s for s, e in self.source.written_in(start, min(end, self.length))))
+        # In the partial file already (a resumed download): read locally, not fetched.
+        self.progress.skipped(sum(e - s for s, e in self.source.written_in(start, min(end, self.length))))
 
     def _fetch_all(self, work: list[int]) -> None:
         slots = threading.BoundedSemaphore(2 * self.threads)
@@ -319,8 +318,7 @@ class _Fetch:
         with self._lock:
             self.bytes_written += wrote
             self._done.add(index)
-        if self.progress:
-            self.progress(sum(min(e, self.length) - s for s, e in pieces if s < self.length))
+        self.progress.data(sum(min(e, self.length) - s for s, e in pieces if s < self.length))
 
     def _write(self, view: memoryview, offset: int) -> None:
         done = 0

@@ -55,28 +55,6 @@ def split_ranges(ranges: Iterable[Range], max_length: int = MAX_PUT_PAGE) -> Ite
             start = piece
 
 
-def plan_puts(runs: Iterable[Range], max_length: int = MAX_PUT_PAGE) -> list[Range]:
-    """Put Page requests for non-zero page runs: touching runs merged, then split at ``max_length``."""
-    return list(split_ranges(merge_ranges(runs), max_length))
-
-
-def complement(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
-    """The parts of ``[start, end)`` covered by none of ``ranges``."""
-    gaps: list[Range] = []
-    position = start
-    for a, b in merge_ranges(ranges):
-        if b <= position:
-            continue
-        if a >= end:
-            break
-        if a > position:
-            gaps.append((position, a))
-        position = max(position, b)
-    if position < end:
-        gaps.append((position, end))
-    return gaps
-
-
 def total(ranges: Iterable[Range]) -> int:
     """Sum of the lengths of ``ranges`` (assumed disjoint)."""
     return sum(b - a for a, b in ranges)
@@ -121,10 +99,6 @@ class RangeSet:
         if position < end:
             gaps.append((position, end))
         return gaps
-
-    def covers(self, start: int, end: int) -> bool:
-        """Whether every byte of ``[start, end)`` is in the set."""
-        return not self.missing(start, end)
 
 
 class RunList:

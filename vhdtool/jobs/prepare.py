@@ -32,8 +32,8 @@ from vhdtool.azure.remote import blob_of, open_remote
 from vhdtool.azure.remote.address import is_url
 from vhdtool.azure.remote.copy import copy_identity
 from vhdtool.azure.signin import parse_sas
-from vhdtool.azure.storage import Destination, PageBlobTarget
-from vhdtool.azure.upload import upload
+from vhdtool.azure.storage import Destination, PageBlobTarget, connection_string_field
+from vhdtool.azure.upload import UploadOptions, upload
 from vhdtool.disk.base import VirtualDisk
 from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
 from vhdtool.formats.open import open_image
@@ -229,21 +229,13 @@ class SetDestination:
             return strip_token(self.container_url).rstrip("/")
         if self.account_url is not None:
             return f"{strip_token(self.account_url).rstrip('/')}/{self.container}"
-        endpoint = _connection_field(self.connection_string or "", "BlobEndpoint")
+        endpoint = connection_string_field(self.connection_string or "", "BlobEndpoint")
         if endpoint is None:
-            account = _connection_field(self.connection_string or "", "AccountName")
-            suffix = _connection_field(self.connection_string or "", "EndpointSuffix") or "core.windows.net"
-            protocol = _connection_field(self.connection_string or "", "DefaultEndpointsProtocol") or "https"
+            account = connection_string_field(self.connection_string or "", "AccountName")
+            suffix = connection_string_field(self.connection_string or "", "EndpointSuffix") or "core.windows.net"
+            protocol = connection_string_field(self.connection_string or "", "DefaultEndpointsProtocol") or "https"
             endpoint = f"{protocol}://{account}.blob.{suffix}" if account else None
         return f"{strip_token(endpoint).rstrip('/')}/{self.container}" if endpoint else f"{self.container}"
-
-
-def _connection_field(connection_string: str, name: str) -> str | None:
-    for part in connection_string.split(";"):
-        key, _, value = part.partition("=")
-        if key.strip().lower() == name.lower():
-            return value.strip()
-    return None
 
 
 def parse_destination(dest: str, *, connection_string: str | None = None,
@@ -293,8 +285,8 @@ def upload_file(path: str, destination: SetDestination, blob_name: str, progress
     with open_image(path) as disk:
         if not isinstance(disk, VhdDisk) or disk.disk_type != "fixed":
             raise OutputError(f"{path}: not the fixed VHD prepare wrote")
-        result = upload(disk, destination.for_blob(blob_name), unique_id=disk.footer.unique_id,
-                        timestamp=disk.footer.timestamp, hashes=hashes,
+        options = UploadOptions(unique_id=disk.footer.unique_id, timestamp=disk.footer.timestamp, hashes=hashes)
+        result = upload(disk, destination.for_blob(blob_name), options,
                         progress=lambda sent, skipped: progress(sent + skipped))
     return strip_token(result.blob), result.digests
 
@@ -308,9 +300,9 @@ def upload_disk(disk: VirtualDisk, destination: SetDestination, blob_name: str,
     """
 
     blob = blob_of(disk)  # read from a blob: no files to name the resume key after
-    result = upload(disk, destination.for_blob(blob_name), hashes=hashes,
-                    progress=lambda sent, skipped: progress(sent + skipped),
-                    identity=None if blob is None else copy_identity(blob))
+    options = UploadOptions(hashes=hashes, identity=None if blob is None else copy_identity(blob))
+    result = upload(disk, destination.for_blob(blob_name), options,
+                    progress=lambda sent, skipped: progress(sent + skipped))
     return strip_token(result.blob), result.digests, result.blob_size
 
 

@@ -39,6 +39,7 @@ from vhdtool.azure.upload import (
     VERIFY_MODES,
     Retrier,
     RetryPolicy,
+    UploadOptions,
     _prepare,
     _set_metadata,
     upload,
@@ -140,9 +141,10 @@ def _convert(source: BlobSource, dest: Destination, what: str, *, threads: int, 
 
     with open_image(BorrowedSource(source)) as disk:
         done = (lambda sent, skipped: progress(sent + skipped)) if progress else None
-        result = upload(disk, dest, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
-                        progress=done, managed_disk=managed_disk, timeout=timeout, retry=retry,
-                        identity=copy_identity(source))
+        options = UploadOptions(threads=threads, overwrite=overwrite, resume=resume, verify=verify,
+                                managed_disk=managed_disk, timeout=timeout, retry=retry or RetryPolicy(),
+                                identity=copy_identity(source))
+        result = upload(disk, dest, options, progress=done)
     stats = source.stats()
     return CopyResult(
         source=source.path, dest=result.blob, mode="relay", relay_reason=f"the source is {what}: converted to a "
@@ -195,8 +197,8 @@ class _Copy:
         warnings: list[str] = []
         identity = copy_identity(source)
         state = retrier.call(target.state)
-        plan = _prepare(target, retrier, state, identity, size, overwrite=overwrite, resume=resume,
-                        unique_id=None, timestamp=None, warnings=warnings)
+        plan = _prepare(target, retrier, state, identity, size, UploadOptions(overwrite=overwrite, resume=resume),
+                        warnings)
         present = RangeSet(retrier.call(target.page_ranges)) if plan.resumed else RangeSet()
         if present:
             self.digest_complete = False  # granules already there are not read again

@@ -20,10 +20,12 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authorization", "proxy-connecti
 
 
 class ForwardProxy:
-    """``endpoint`` is ``http://127.0.0.1:PORT``; ``relayed`` lists ``(method, target)`` in arrival order."""
+    """``endpoint`` is ``http://127.0.0.1:PORT``; ``relayed`` lists ``(method, target)`` in arrival order,
+    ``tunnelled`` counts the bytes the clients sent through each ``CONNECT`` target."""
 
     def __init__(self) -> None:
         self.relayed: list[tuple[str, str]] = []
+        self.tunnelled: dict[str, int] = {}
         self.proxy_authorization: list[str | None] = []
         self._lock = threading.Lock()
         owner = self
@@ -89,6 +91,9 @@ class ForwardProxy:
                             data = s.recv(65536)
                             if not data:
                                 return
+                            if s is self.connection:
+                                with owner._lock:
+                                    owner.tunnelled[self.path] = owner.tunnelled.get(self.path, 0) + len(data)
                             (upstream if s is self.connection else self.connection).sendall(data)
                 except OSError:
                     return

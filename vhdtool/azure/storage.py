@@ -199,7 +199,8 @@ class BlobState:
 
 
 class PageBlobTarget:
-    """One page blob, reached through one thread-safe SDK client with retries disabled.
+    """One page blob, reached through one thread-safe SDK client with retries disabled, and for Put
+    Page and ranged reads through :class:`~vhdtool.azure.rest.DirectBlob`, authenticated as that client.
 
     :attr:`requests` counts every HTTP request sent (attempts, not operations); failures come out
     as :class:`RetryableError` or :class:`PermanentError`, scrubbed of secrets.

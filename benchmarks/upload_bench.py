@@ -126,11 +126,11 @@ def worker_vhdtool(conn: str, container: str, blob: str, image: str, threads: in
                    hashes: tuple[str, ...] = ()) -> dict[str, Any]:
     from vhdtool import open_image
     from vhdtool.azure.storage import Destination
-    from vhdtool.azure.upload import upload
+    from vhdtool.azure.upload import UploadOptions, upload
 
     with open_image(image) as disk:
-        result = upload(disk, Destination(connection_string=conn, container=container, blob=blob),
-                        threads=threads, overwrite=True, hashes=hashes)
+        dest = Destination(connection_string=conn, container=container, blob=blob)
+        result = upload(disk, dest, UploadOptions(threads=threads, overwrite=True, hashes=hashes))
     return {"bytes_sent": result.bytes_sent, "requests": result.requests, "md5": result.md5,
             "sparse_sha256": result.sparse_sha256}
 

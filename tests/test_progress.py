@@ -23,7 +23,7 @@ from vhdtool.azure.remote import open_remote
 from vhdtool.azure.remote.copy import copy
 from vhdtool.azure.remote.download import download
 from vhdtool.azure.storage import Destination
-from vhdtool.azure.upload import upload
+from vhdtool.azure.upload import UploadOptions, upload
 from vhdtool.cli.bars import BarProgress
 from vhdtool.jobs.convert import convert, output_size
 from vhdtool.stream.progress import NO_PROGRESS, ProgressTally, WithoutStages
@@ -124,7 +124,7 @@ def test_upload_reports_sent_and_skipped_adding_up_to_the_fixed_vhd(sample: dict
     tally = ProgressTally()
     with open_image(sample["os"]) as disk:
         fixed_size = output_size(disk)
-        result = upload(disk, destination(store, "os.vhd"), threads=4, progress=tally)
+        result = upload(disk, destination(store, "os.vhd"), UploadOptions(threads=4), progress=tally)
     blob = store.client("os.vhd").download_blob().readall()
     assert tally.done == fixed_size == result.blob_size == len(blob)
     bodies = sum(r.body_length for r in proxy.put_pages())

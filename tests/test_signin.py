@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,13 @@ import pytest
 import requests
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
+from forward_proxy import ForwardProxy
 from identity import STORAGE_RESOURCE, Certificate, IdentityEndpoint, claims_of, sign_in_environment
 from signin_helpers import Box, assert_signed_in_only, bearer_claims, make_raw, run_cli
 
-import vhdtool.azure.storage
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination
-from vhdtool.azure.upload import upload
+from vhdtool.azure.upload import UploadOptions, upload
 from vhdtool.blockio.fileio import data_ranges
 from vhdtool.extents import merge_ranges
 
@@ -116,32 +117,43 @@ def assert_blob_holds(box: Box, name: str, image: Path) -> None:
 def _upload(image: Path, box: Box, name: str) -> int:
     with open_image(str(image)) as disk:
         result = upload(disk, Destination(account_url=box.service.url.rstrip("/"), container=box.container,
-                                          blob=name), verify="full")
+                                          blob=name), UploadOptions(verify="full"))
     assert_blob_holds(box, name, image)
     return result.requests
 
 
-def test_one_token_per_1gib_upload_on_the_direct_and_the_sdk_path(tmp_path: Path, box: Box, signed_in: IdentityEndpoint,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_token_per_1gib_upload(tmp_path: Path, box: Box, signed_in: IdentityEndpoint) -> None:
     """Tokens are cached: a 1 GiB upload with ``--verify=full`` (a Put Page and a read back per data run)
-    sends its requests on one token, and so does one whose requests all go through the SDK (as with an
-    HTTP proxy configured)."""
+    sends its requests on one token."""
     big = make_raw(tmp_path / "big.raw", 1024 * MiB, runs=80, run_length=256 * 1024)  # 20 MiB of data
     assert _upload(big, box, "direct.vhd") > 160
     assert len(signed_in.issued()) == 1
 
-    # The SDK path alone: a second identity (so a second, empty token cache), no direct Put Page.
-    other = IdentityEndpoint()
+
+def test_bearer_upload_through_an_https_proxy_tunnel(tmp_path: Path, box: Box, https_proxy: RecordingProxy,
+                                                     signed_in: IdentityEndpoint,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``https_proxy`` set: every request, Put Page and reads included, goes through a CONNECT tunnel,
+    TLS to the service inside it, on one token."""
+    tunnel = ForwardProxy()
     try:
-        for name, value in other.environment().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setattr(vhdtool.azure.storage._FastPutPage, "for_client", classmethod(lambda cls, *a, **k: None))
-        small = make_raw(tmp_path / "small.raw", 32 * MiB, runs=150, run_length=4096)
-        assert _upload(small, box, "sdk.vhd") > 300
-        assert len(other.issued()) == 1
+        for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("https_proxy", tunnel.endpoint)
+        image = make_raw(tmp_path / "disk.raw", 16 * MiB, runs=30, run_length=8192)
+        with open_image(str(image)) as disk:
+            result = upload(disk, Destination(url=f"{https_proxy.endpoint}/{box.container}/tunnel.vhd"),
+                            UploadOptions(threads=3, verify="full"))
+        assert box.download("tunnel.vhd")[:-512] == image.read_bytes()
+        assert_signed_in_only(https_proxy)
+        assert any(r.is_put_page for r in https_proxy.requests)
+        assert result.requests == len(https_proxy.requests)
+        endpoint = urllib.parse.urlsplit(https_proxy.endpoint).netloc
+        assert {method for method, _ in tunnel.relayed} == {"CONNECT"}
+        assert tunnel.tunnelled[endpoint] > result.bytes_sent  # the Put Page bodies went through it
+        assert len(signed_in.issued()) == 1
     finally:
-        other.close()
-    assert len(signed_in.issued()) == 1
+        tunnel.close()
 
 
 def test_short_lived_tokens_are_replaced_before_they_expire(tmp_path: Path, box: Box, https_proxy: RecordingProxy,
@@ -161,7 +173,7 @@ def test_short_lived_tokens_are_replaced_before_they_expire(tmp_path: Path, box:
     https_proxy.on_request = check
     started = time.monotonic()
     with open_image(str(image)) as disk:
-        upload(disk, Destination(url=f"{https_proxy.endpoint}/{box.container}/disk.vhd"), threads=2)
+        upload(disk, Destination(url=f"{https_proxy.endpoint}/{box.container}/disk.vhd"), UploadOptions(threads=2))
     seconds = time.monotonic() - started
     assert box.download("disk.vhd")[:-512] == image.read_bytes()
     assert not late

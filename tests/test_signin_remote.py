@@ -20,7 +20,7 @@ from signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_ent
 
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination
-from vhdtool.azure.upload import upload
+from vhdtool.azure.upload import UploadOptions, upload
 
 MiB = 1 << 20
 
@@ -61,7 +61,7 @@ def test_download_of_an_entra_id_disk_answers_its_challenge(tmp_path: Path, azur
     disk = Disk(azurite, md_host, 8 * MiB + 512, permission="r")
     with open_image(str(image)) as source:  # the disk's content, written beforehand with the account key
         upload(source, Destination(connection_string=azurite.connection_string(), container=disk.container,
-                                   blob="abcd"), overwrite=True)
+                                   blob="abcd"), UploadOptions(overwrite=True))
     md_host.add_rule(Rule(lambda r: True, "answer", times=10_000, answer=needs_entra(signed_in)))
     out_path = tmp_path / f"{uuid.uuid4().hex}.vhd"
     code, out, err = run_cli(["download", disk.url, str(out_path)], capsys)

@@ -29,13 +29,13 @@ import pytest
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule
 from conftest import qemu_img, reference_sparse_digest_of_bytes
+from forward_proxy import ForwardProxy
 
-import vhdtool.azure.storage
 import vhdtool.blockio.fileio
 from vhdtool import open_image
 from vhdtool.azure.pages import split_ranges
 from vhdtool.azure.storage import Destination
-from vhdtool.azure.upload import RetryPolicy, UploadResult, upload
+from vhdtool.azure.upload import RetryPolicy, UploadOptions, UploadResult, upload
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB, merge_ranges
 from vhdtool.formats.vhd.footer import parse_footer
@@ -168,7 +168,7 @@ def test_raw_upload_sends_only_non_zero_pages_in_valid_requests(tmp_path: Path, 
     image = make_raw(tmp_path / "disk.raw", 40 * MiB + 3000)
     expected = fixed_vhd(image, tmp_path)
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=4, verify="full")
+        result = upload(disk, place.dest, UploadOptions(threads=4, verify="full"))
     blob = assert_uploaded(place, result, expected)
     puts = assert_puts_valid(proxy)
     sent_pages = pages_of(puts)
@@ -193,18 +193,35 @@ def test_vhdx_and_dynamic_vhd_upload_as_the_fixed_vhd_convert_writes(tmp_path: P
     assert expected[:24 * MiB] == raw.read_bytes()  # the oracle agrees with qemu-img's input
     with open_image(image) as disk:
         assert disk.format == ("vhdx" if fmt == "vhdx" else "vhd")
-        result = upload(disk, place.dest, threads=3, verify="pages")
+        result = upload(disk, place.dest, UploadOptions(threads=3, verify="pages"))
     blob = assert_uploaded(place, result, expected)
     assert set(pages_of(assert_puts_valid(proxy))) == nonzero_pages(blob)
 
 
-@pytest.fixture(params=["direct", "sdk"])
-def put_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test over both Put Page paths: vhdtool's direct HTTP one and the SDK's (used with
-    token credentials and HTTP proxies), so both classify errors the same way."""
-    if request.param == "sdk":
-        monkeypatch.setattr(vhdtool.azure.storage._FastPutPage, "for_client", lambda *args, **kwargs: None)
-    return str(request.param)
+@pytest.fixture(scope="module")
+def forward_proxy() -> Iterator[ForwardProxy]:
+    p = ForwardProxy()
+    yield p
+    p.close()
+
+
+@pytest.fixture(params=["direct", "http-proxy"])
+def put_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+             forward_proxy: ForwardProxy) -> Iterator[str]:
+    """Run a test straight to the service and through an HTTP proxy named by ``http_proxy`` (which the
+    SDK's requests and vhdtool's Put Page and reads both follow), so both classify errors the same way."""
+    if request.param == "direct":
+        yield str(request.param)
+        return
+    for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", forward_proxy.endpoint)
+    monkeypatch.setenv("HTTP_PROXY", forward_proxy.endpoint)
+    before = len(forward_proxy.relayed)
+    yield str(request.param)
+    relayed = forward_proxy.relayed[before:]
+    assert any(method == "PUT" and "comp=page" in target for method, target in relayed)
+    assert all(target.startswith("http://") for _, target in relayed)  # absolute form, as a proxy wants
 
 
 def test_503_with_retry_after_is_retried_after_the_wait(tmp_path: Path, place: Place,
@@ -212,7 +229,7 @@ def test_503_with_retry_after_is_retried_after_the_wait(tmp_path: Path, place: P
     image = make_raw(tmp_path / "disk.raw", 16 * MiB)
     proxy.add_rule(Rule(lambda r: r.is_put_page, "503", times=2, retry_after=1))
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY)
+        result = upload(disk, place.dest, UploadOptions(threads=2, retry=FAST_RETRY))
     assert_uploaded(place, result, fixed_vhd(image, tmp_path))
     assert result.retries == 2
     refused = [r for r in proxy.requests if r.fault == "503"]
@@ -230,7 +247,7 @@ def test_dropped_connections_are_retried_and_the_blob_is_right(tmp_path: Path, p
     proxy.add_rule(Rule(lambda r: r.is_put_page and (r.offset or 0) > 0, "drop-after", times=1))
     proxy.add_rule(Rule(lambda r: r.method == "GET" and r.query.get("comp") == "pagelist", "drop", times=1))
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY, verify="pages")
+        result = upload(disk, place.dest, UploadOptions(threads=2, retry=FAST_RETRY, verify="pages"))
     assert_uploaded(place, result, fixed_vhd(image, tmp_path))
     assert result.retries == 4
     assert len([r for r in proxy.requests if r.fault]) == 4
@@ -254,7 +271,7 @@ def test_verify_full_sends_one_ranged_get_per_window_and_one_listing(tmp_path: P
     proxy.add_rule(Rule(lambda r: is_read(r) and len(seen) > 4  # a later read of another window
                         and r.headers["x-ms-range"] != seen[1].headers["x-ms-range"], "503"))
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=3, retry=FAST_RETRY, verify="full")
+        result = upload(disk, place.dest, UploadOptions(threads=3, retry=FAST_RETRY, verify="full"))
     assert_uploaded(place, result, expected)
     assert result.verified == "full" and result.retries == 2 and proxy.injected["503"] == 1
     listings = [r for r in proxy.requests if r.method == "GET" and r.query.get("comp") == "pagelist"]
@@ -270,29 +287,21 @@ def test_verify_full_sends_one_ranged_get_per_window_and_one_listing(tmp_path: P
     assert result.requests == len(proxy.requests)
 
 
-def test_verify_full_without_the_sdk_pipeline_attribute_still_reads_right(tmp_path: Path, place: Place,
-                                                                          proxy: RecordingProxy,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK path reads through the client's (private) pipeline; an SDK without it falls back to its
-    own download, which must still verify the same bytes."""
-    from azure.storage.blob import BlobClient
-
-    monkeypatch.setattr(vhdtool.azure.storage._FastPutPage, "for_client", lambda *args, **kwargs: None)
-    monkeypatch.delattr(BlobClient, "_pipeline", raising=False)
-    original = BlobClient.__init__
-
-    def without_pipeline(self: BlobClient, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-        self.__dict__.pop("_pipeline", None)
-
-    monkeypatch.setattr(BlobClient, "__init__", without_pipeline)
+def test_proxy_credentials_in_the_proxy_url_are_sent(tmp_path: Path, place: Place, proxy: RecordingProxy,
+                                                     forward_proxy: ForwardProxy,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``http_proxy=http://user:pass@host:port``: every request carries ``Proxy-Authorization: Basic``."""
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", forward_proxy.endpoint.replace("://", "://proxy%20user:p%40ss@"))
+    before = len(forward_proxy.relayed)
     image = make_raw(tmp_path / "disk.raw", 16 * MiB, seed=9)
-    expected = fixed_vhd(image, tmp_path)
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY, verify="full")
-    assert result.verified == "full"
-    assert_uploaded(place, result, expected)
-    assert any(r.method == "GET" and not r.query.get("comp") for r in proxy.requests)
+        result = upload(disk, place.dest, UploadOptions(threads=2, verify="full"))
+    assert_uploaded(place, result, fixed_vhd(image, tmp_path))
+    sent = forward_proxy.proxy_authorization[before:]
+    assert len(sent) >= result.requests
+    assert set(sent) == {"Basic " + base64.b64encode(b"proxy user:p@ss").decode()}
 
 
 def test_permanent_failure_stops_at_once_and_resume_sends_only_what_is_missing(
@@ -308,7 +317,7 @@ def test_permanent_failure_stops_at_once_and_resume_sends_only_what_is_missing(
 
     proxy.add_rule(Rule(fourth_put, "403", times=1))
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, place.dest, threads=1, window=1, retry=FAST_RETRY)
+        upload(disk, place.dest, UploadOptions(threads=1, window=1, retry=FAST_RETRY))
     assert "403" in str(info.value)
     denied = [r for r in proxy.requests if r.fault == "403"]
     assert len(denied) == 1
@@ -319,7 +328,7 @@ def test_permanent_failure_stops_at_once_and_resume_sends_only_what_is_missing(
 
     proxy.clear()
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=4, resume=True, verify="full")
+        result = upload(disk, place.dest, UploadOptions(threads=4, resume=True, verify="full"))
     assert result.resumed
     blob = assert_uploaded(place, result, expected)
     resent = set(pages_of(assert_puts_valid(proxy)))
@@ -357,7 +366,7 @@ def test_sigkill_halfway_then_resume_sends_only_what_is_missing(tmp_path: Path, 
 
     proxy.clear()
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=4, resume=True)
+        result = upload(disk, place.dest, UploadOptions(threads=4, resume=True))
     blob = assert_uploaded(place, result, expected)
     resent = set(pages_of(assert_puts_valid(proxy)))
     assert resent and not resent & already
@@ -368,12 +377,12 @@ def test_resume_refuses_a_changed_image(tmp_path: Path, place: Place, proxy: Rec
     image = make_raw(tmp_path / "disk.raw", 16 * MiB)
     proxy.add_rule(Rule(lambda r: r.is_put_page, "403", times=1))
     with open_image(image) as disk, pytest.raises(TransferError):
-        upload(disk, place.dest, threads=1, window=1)
+        upload(disk, place.dest, UploadOptions(threads=1, window=1))
     with open(image, "r+b") as f:
         f.write(b"changed")
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, place.dest, resume=True)
+        upload(disk, place.dest, UploadOptions(resume=True))
     assert "--overwrite" in str(info.value)
 
 
@@ -390,7 +399,7 @@ def test_existing_blob_is_refused_then_overwrite_clears_stale_data(tmp_path: Pat
     assert "already exists" in str(info.value) and "--overwrite" in str(info.value)
     assert not [r for r in proxy.requests if r.is_put_page]  # refused before writing anything
     with open_image(image) as disk:
-        result = upload(disk, place.dest, overwrite=True, verify="full")
+        result = upload(disk, place.dest, UploadOptions(overwrite=True, verify="full"))
     assert result.bytes_cleared >= 3 * len(stale)
     assert [r for r in proxy.requests if r.page_write == "clear"]
     assert_uploaded(place, result, expected)
@@ -398,7 +407,7 @@ def test_existing_blob_is_refused_then_overwrite_clears_stale_data(tmp_path: Pat
     # A blob of another type is replaced by a new page blob.
     place.direct.upload_blob(b"block blob", overwrite=True)
     with open_image(image) as disk:
-        result = upload(disk, place.dest, overwrite=True)
+        result = upload(disk, place.dest, UploadOptions(overwrite=True))
     assert_uploaded(place, result, expected)
 
 
@@ -409,7 +418,7 @@ def test_managed_disk_of_the_wrong_size_is_refused_with_the_size_to_pass(tmp_pat
     expected = fixed_vhd(image, tmp_path)
     place.direct.create_page_blob(20 * MiB + 512)
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, place.dest, managed_disk=True)
+        upload(disk, place.dest, UploadOptions(managed_disk=True))
     assert f"--upload-size-bytes {len(expected)}" in str(info.value)
     assert str(20 * MiB + 512) in str(info.value)
     assert not [r for r in proxy.requests if r.method == "PUT"]  # nothing created, resized or written
@@ -417,13 +426,13 @@ def test_managed_disk_of_the_wrong_size_is_refused_with_the_size_to_pass(tmp_pat
     place.direct.create_page_blob(len(expected))  # the right size: written into, never re-created
     proxy.clear()
     with open_image(image) as disk:
-        result = upload(disk, place.dest, managed_disk=True, verify="pages")
+        result = upload(disk, place.dest, UploadOptions(managed_disk=True, verify="pages"))
     assert_uploaded(place, result, expected)
     assert not [r for r in proxy.requests if r.method == "PUT" and r.headers.get("x-ms-blob-type")]
 
     proxy.clear()
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, place.dest, managed_disk=True)
+        upload(disk, place.dest, UploadOptions(managed_disk=True))
     assert "already holds data" in str(info.value)
 
 
@@ -530,7 +539,7 @@ def test_429_and_408_are_retried(tmp_path: Path, place: Place, proxy: RecordingP
     proxy.add_rule(Rule(lambda r: r.is_put_page, status, times=2))
     proxy.add_rule(Rule(lambda r: r.method == "HEAD", status, times=1))  # Get Blob Properties too
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY)
+        result = upload(disk, place.dest, UploadOptions(threads=2, retry=FAST_RETRY))
     assert_uploaded(place, result, fixed_vhd(image, tmp_path))
     assert result.retries == 3 and proxy.injected[status] == 3
     assert result.requests == len(proxy.requests)
@@ -541,7 +550,7 @@ def test_a_timeout_is_retried(tmp_path: Path, place: Place, proxy: RecordingProx
     # Azurite applies the put; its answer comes 2.5 s later, after the client gave up on it.
     proxy.add_rule(Rule(lambda r: r.is_put_page, "slow", times=1, seconds=2.5))
     with open_image(image) as disk:
-        result = upload(disk, place.dest, threads=2, retry=FAST_RETRY, timeout=1.0)
+        result = upload(disk, place.dest, UploadOptions(threads=2, retry=FAST_RETRY, timeout=1.0))
     assert_uploaded(place, result, fixed_vhd(image, tmp_path))
     assert result.retries == 1 and proxy.injected["slow"] == 1
     puts = [r for r in proxy.requests if r.is_put_page]
@@ -696,7 +705,7 @@ def test_each_source_byte_is_read_once(tmp_path: Path, place: Place, proxy: Reco
 
     with open_image(image) as disk:
         monkeypatch.setattr(vhdtool.blockio.fileio, "preadinto", counted)  # reads of the image file only
-        result = upload(disk, place.dest, threads=3)
+        result = upload(disk, place.dest, UploadOptions(threads=3))
     assert_uploaded(place, result, expected)
     ordered = sorted(reads)
     assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False)), "a byte was read twice"
@@ -709,7 +718,7 @@ def test_a_409_or_a_leased_blob_stops_the_upload_at_once(tmp_path: Path, place: 
     expected = fixed_vhd(image, tmp_path)
     proxy.add_rule(Rule(lambda r: r.is_put_page, "409", times=1))
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, place.dest, threads=1, window=1, retry=FAST_RETRY)
+        upload(disk, place.dest, UploadOptions(threads=1, window=1, retry=FAST_RETRY))
     assert "HTTP 409" in str(info.value) and "conflicting state" in str(info.value)
     assert [r.status for r in proxy.requests if r.is_put_page] == [409]  # nothing after it, not retried
 
@@ -718,7 +727,7 @@ def test_a_409_or_a_leased_blob_stops_the_upload_at_once(tmp_path: Path, place: 
     place.direct.acquire_lease()
     proxy.clear()
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, place.dest, overwrite=True, retry=FAST_RETRY)
+        upload(disk, place.dest, UploadOptions(overwrite=True, retry=FAST_RETRY))
     refused = [r for r in proxy.requests if (r.status or 0) >= 400]
     assert len(refused) == 1 and str(refused[0].status) in str(info.value)
     assert not [r for r in proxy.requests if r.is_put_page]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vhdtool.azure.failures import PermanentError
 from vhdtool.azure.pages import (
     MAX_PUT_PAGE,
     PAGE_SIZE,
@@ -18,9 +20,17 @@ from vhdtool.azure.pages import (
     split_ranges,
     total,
 )
-from vhdtool.azure.storage import Destination, is_managed_disk_url, make_destination, public_url, scrub
-from vhdtool.azure.upload import RetryPolicy
-from vhdtool.errors import UsageError
+from vhdtool.azure.storage import (
+    BlobState,
+    Destination,
+    connection_string_field,
+    is_managed_disk_url,
+    make_destination,
+    public_url,
+    scrub,
+)
+from vhdtool.azure.upload import META_FOOTER, META_IDENTITY, RetryPolicy, Start, UploadOptions, choose_start
+from vhdtool.errors import TransferError, UsageError
 from vhdtool.extents import Extent, check_cover, extents_from_ranges
 
 ranges_strategy = st.lists(st.tuples(st.integers(0, 1 << 24), st.integers(1, 1 << 22)), max_size=30).map(
@@ -225,3 +235,64 @@ def test_pageblob_sink_sends_exactly_the_missing_non_zero_pages_and_taps_every_b
     assert sink.bytes_sent + sink.bytes_skipped == size
     assert RangeSet(sink.data_runs.ranges).ranges == RangeSet(
         (p * PAGE_SIZE, (p + 1) * PAGE_SIZE) for p in nonzero).ranges
+
+
+def test_upload_options_are_frozen_and_refuse_bad_values_as_given() -> None:
+    options = UploadOptions(threads=4, hashes=["md5"])  # type: ignore[arg-type]  # a list is kept as a tuple
+    assert options.hashes == ("md5",) and options.requests_window == 8
+    assert UploadOptions(threads=4, window=2).requests_window == 4  # never fewer bodies than threads
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.threads = 2  # type: ignore[misc]
+    for bad, said in (({"threads": 0}, "--threads"), ({"verify": "bytes"}, "--verify"),
+                      ({"max_put": 1000}, "512 bytes to 4 MiB"), ({"max_put": 8 << 20}, "512 bytes to 4 MiB")):
+        with pytest.raises(UsageError, match=said):
+            UploadOptions(**bad)  # type: ignore[arg-type]
+
+
+def _blob(exists: bool = True, size: int = 1536, blob_type: str = "PageBlob", mine: bool = False) -> BlobState:
+    metadata = {META_IDENTITY: "me", META_FOOTER: "00" * 16 + "-7"} if mine else {}
+    return BlobState(exists, size if exists else 0, blob_type if exists else None, metadata)
+
+
+def test_the_start_of_an_upload_follows_the_blob_state_and_the_options() -> None:
+    listed: list[int] = []
+
+    def start(state: BlobState, *, managed: bool = False, overwrite: bool = False, resume: bool = False,
+              written: list[tuple[int, int]] | None = None) -> Start:
+        def ranges() -> list[tuple[int, int]]:
+            listed.append(1)
+            return written or []
+        return choose_start(state, "me", 1536, managed_disk=managed, overwrite=overwrite, resume=resume,
+                            name="c/b", written=ranges)
+
+    assert start(_blob(exists=False)) is Start.CREATE
+    assert start(_blob(mine=True), resume=True) is Start.RESUME
+    assert start(_blob(mine=True, size=2048), resume=True, overwrite=True) is Start.CREATE  # not this size
+    assert start(_blob(), overwrite=True) is Start.REWRITE
+    assert start(_blob(blob_type="BlockBlob"), overwrite=True) is Start.CREATE
+    assert not listed  # a blob's listing is not needed to choose
+    for state, said in ((_blob(), "already exists"), (_blob(mine=True), "already exists"),
+                        (_blob(blob_type="BlockBlob"), "not a page blob")):
+        with pytest.raises(TransferError, match=said):
+            start(state)
+    with pytest.raises(TransferError, match="no interrupted upload of this image"):
+        start(_blob(), resume=True)
+    # A managed disk always exists, at its size; it is written into, cleared first only if it holds data.
+    assert start(_blob(), managed=True) is Start.REWRITE
+    assert start(_blob(mine=True), managed=True, resume=True) is Start.RESUME
+    assert start(_blob(), managed=True, overwrite=True, written=[(0, 512)]) is Start.REWRITE
+    with pytest.raises(TransferError, match="already holds data; pass --overwrite"):
+        start(_blob(), managed=True, written=[(0, 512)])
+    with pytest.raises(PermanentError, match="does not exist"):
+        start(_blob(exists=False), managed=True)
+    with pytest.raises(TransferError, match="--upload-size-bytes 1536"):
+        start(_blob(size=4096), managed=True)
+
+
+def test_public_url_and_connection_string_fields() -> None:
+    assert public_url("https://user:pw@acct.blob.core.windows.net/c/b.vhd?sv=1&sig=S#frag") == \
+        "https://acct.blob.core.windows.net/c/b.vhd"
+    text = "DefaultEndpointsProtocol=https; AccountName=acct;AccountKey=a2V5PQ==;EndpointSuffix=core.windows.net"
+    assert connection_string_field(text, "accountkey") == "a2V5PQ=="  # the value keeps its '='
+    assert connection_string_field(text, "AccountName") == "acct"
+    assert connection_string_field(text, "BlobEndpoint") is None

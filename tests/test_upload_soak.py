@@ -54,7 +54,16 @@ from conftest import reference_sparse_digest_of_bytes
 
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination, PageBlobTarget, RetryableError
-from vhdtool.azure.upload import META_FOOTER, META_MD5, META_SPARSE, META_STATE, STATE_COMPLETE, RetryPolicy, upload
+from vhdtool.azure.upload import (
+    META_FOOTER,
+    META_MD5,
+    META_SPARSE,
+    META_STATE,
+    STATE_COMPLETE,
+    RetryPolicy,
+    UploadOptions,
+    upload,
+)
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB, merge_ranges
 from vhdtool.formats.vhd.footer import parse_footer
@@ -598,7 +607,7 @@ def test_a_page_list_cut_short_is_retried(tmp_path: Path, azurite: Azurite, prox
     # is a broken connection, not a refusal.
     proxy.add_rule(Rule(lambda r: r.query.get("comp") == "pagelist", "cut", times=2))
     with open_image(image) as disk:
-        result = upload(disk, dest, threads=2, retry=FAST_RETRY, verify="pages")
+        result = upload(disk, dest, UploadOptions(threads=2, retry=FAST_RETRY, verify="pages"))
     assert proxy.injected["cut"] == 2 and result.retries == 2
 
 
@@ -609,7 +618,7 @@ def test_properties_cut_short_are_retried_not_a_crash(tmp_path: Path, azurite: A
                        blob="d.vhd")
     proxy.add_rule(Rule(lambda r: r.is_put_page, "403", times=1))
     with open_image(image) as disk, pytest.raises(TransferError):
-        upload(disk, dest, threads=1, window=1, retry=FAST_RETRY)
+        upload(disk, dest, UploadOptions(threads=1, window=1, retry=FAST_RETRY))
     # Half the header block of Get Blob Properties, then the connection closes: http.client takes
     # the end of the stream as the end of the headers, so the answer lacks the blob's size and type.
     proxy.add_rule(Rule(lambda r: r.method == "HEAD", "cut", times=1))
@@ -617,7 +626,7 @@ def test_properties_cut_short_are_retried_not_a_crash(tmp_path: Path, azurite: A
         PageBlobTarget(dest).state()
     proxy.add_rule(Rule(lambda r: r.method == "HEAD", "cut", times=1))
     with open_image(image) as disk:
-        result = upload(disk, dest, threads=2, retry=FAST_RETRY, resume=True, verify="full")
+        result = upload(disk, dest, UploadOptions(threads=2, retry=FAST_RETRY, resume=True, verify="full"))
     assert result.resumed and result.retries == 1
 
 
@@ -636,7 +645,7 @@ def test_a_failure_that_ends_an_upload_names_no_secret(tmp_path: Path, azurite: 
     target = (lambda r: r.query.get("comp") == "pagelist") if kind == "cut" else (lambda r: r.is_put_page)
     proxy.add_rule(Rule(target, kind, times=100, retry_after=0))
     with open_image(image) as disk, pytest.raises(TransferError) as info:
-        upload(disk, dest, threads=2, retry=RetryPolicy(attempts=1), verify="pages")
+        upload(disk, dest, UploadOptions(threads=2, retry=RetryPolicy(attempts=1), verify="pages"))
     text = "".join(traceback.format_exception(info.value)) + repr(info.value)
     assert "gave up" in text
     for form in secret_forms([ACCOUNT_KEY, *urllib.parse.parse_qs(sas)["sig"]]):

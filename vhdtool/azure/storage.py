@@ -9,9 +9,14 @@ Two rules hold for everything that leaves this module:
   through :func:`scrub`, and blob names are shown without their query string.
 * **One retry layer.** The SDK's own retry policy is replaced by a policy that never retries
   (``retry_total=0``) and urllib3's retries are off; :mod:`vhdtool.azure.upload` retries, and needs to
-  know which failures are worth it, so SDK errors are translated into :class:`RetryableError`
-  (timeouts, connection resets, answers cut short, 408/429/500/502/503/504) or
-  :class:`~vhdtool.errors.TransferError`.
+  know which failures are worth it, so SDK errors are translated, by the one classifier of
+  :mod:`vhdtool.azure.failures`, into :class:`RetryableError` (timeouts, connection resets, answers
+  cut short, 408/429/500/502/503/504) or :class:`PermanentError`.
+
+Two transports, one per kind of request: the SDK for the blob's properties, creation, metadata,
+listings and clearing, and :mod:`vhdtool.azure.rest` (plain ``http.client``, authenticated as the
+SDK client is) for the many Put Page requests and the ranged reads, where the SDK's per-request
+cost is the bottleneck.
 
 Signing in (Entra ID tokens, the managed-disk bearer challenge, plain words for refused credentials)
 lives in :mod:`vhdtool.azure.signin`; this module asks it.
@@ -21,22 +26,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
-import hashlib
-import hmac
-import http.client
 import ipaddress
 import re
-import ssl
 import threading
-import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vhdtool.azure import signin
+from vhdtool.azure.failures import PermanentError as PermanentError
+from vhdtool.azure.failures import RetryableError as RetryableError
+from vhdtool.azure.failures import answer_error, connection_error, first_line
+from vhdtool.azure.rest import DirectBlob
 from vhdtool.errors import TransferError, UsageError
 
 if TYPE_CHECKING:
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = 120.0  # seconds for a single request to connect and answer (a 4 MiB put on a slow link)
 MANAGED_DISK_HOST = re.compile(r"^md-[a-z0-9-]+\.[a-z0-9.-]*blob\.storage\.azure\.net$", re.IGNORECASE)
 
@@ -71,40 +72,15 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def public_url(url: str) -> str:
-    """A blob URL without its query string (where a SAS token lives)."""
+    """``url`` without its query string and fragment (where a SAS token lives) or user info."""
     parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
 def is_managed_disk_url(url: str) -> bool:
     """Whether ``url`` is a managed disk's upload URL (``md-*.blob.storage.azure.net``, from grant-access)."""
     host = urllib.parse.urlsplit(url).hostname or ""
     return bool(MANAGED_DISK_HOST.match(host))
-
-
-class RetryableError(TransferError):
-    """A failure worth retrying: a timeout, a dropped connection, or a 408/429/5xx answer."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class PermanentError(TransferError):
-    """A failure that retrying cannot fix (403, 404, 409, 412, bad request): the upload stops at once.
-
-    ``reason`` names a refused credential (``"sas-expired"``, ``"sas-permission"``, ``"rbac"``...; see
-    :mod:`vhdtool.azure.signin`) and ``advice`` what to do, so a command can give its own advice instead.
-    """
-
-    def __init__(self, message: str, status: int | None = None, reason: str | None = None,
-                 advice: str | None = None) -> None:
-        super().__init__(f"{message}; {advice}" if advice else message)
-        self.status = status
-        self.reason = reason
-        self.detail = message
-        self.advice = advice
 
 
 @dataclass(frozen=True)
@@ -129,19 +105,18 @@ class Destination:
         if self.url:
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.url).query)
             found += query.get("sig", [])
-        if self.connection_string:
-            for part in self.connection_string.split(";"):
-                key, _, value = part.partition("=")
-                if key.strip().lower() in ("accountkey", "sharedaccesssignature") and value:
-                    found.append(value.strip())
-                    found += urllib.parse.parse_qs(value).get("sig", [])
+        for name in ("AccountKey", "SharedAccessSignature"):
+            value = connection_string_field(self.connection_string or "", name)
+            if value:
+                found.append(value)
+                found += urllib.parse.parse_qs(value).get("sig", [])
         return found
 
     def sas(self) -> signin.SasToken | None:
         """The SAS token this destination carries (in its URL or connection string), if any."""
         if self.url:
             return signin.parse_sas(urllib.parse.urlsplit(self.url).query)
-        value = _connection_string_field(self.connection_string or "", "SharedAccessSignature")
+        value = connection_string_field(self.connection_string or "", "SharedAccessSignature")
         return signin.parse_sas(value) if value else None
 
     def describe(self) -> str:
@@ -150,7 +125,7 @@ class Destination:
             return public_url(self.url)
         if self.account_url:
             return f"{public_url(self.account_url).rstrip('/')}/{self.container}/{self.blob}"
-        endpoint = _connection_string_field(self.connection_string or "", "BlobEndpoint")
+        endpoint = connection_string_field(self.connection_string or "", "BlobEndpoint")
         prefix = f"{public_url(endpoint).rstrip('/')}/" if endpoint else ""
         return f"{prefix}{self.container}/{self.blob}"
 
@@ -166,7 +141,8 @@ def _azurite_container_url(parts: urllib.parse.SplitResult) -> bool:
     return parts.path.strip("/").count("/") < 2
 
 
-def _connection_string_field(connection_string: str, name: str) -> str | None:
+def connection_string_field(connection_string: str, name: str) -> str | None:
+    """The value of ``name`` (any case) in a ``Key=value;...`` storage connection string, if present."""
     for part in connection_string.split(";"):
         key, _, value = part.partition("=")
         if key.strip().lower() == name.lower():
@@ -222,32 +198,9 @@ class BlobState:
     etag: str | None = None
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or ``x-ms-retry-after-ms``."""
-    if headers is None:
-        return None
-    millis = headers.get("x-ms-retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class PageBlobTarget:
-    """One page blob, reached through one thread-safe SDK client with retries disabled.
+    """One page blob, reached through one thread-safe SDK client with retries disabled, and for Put
+    Page and ranged reads through :class:`~vhdtool.azure.rest.DirectBlob`, authenticated as that client.
 
     :attr:`requests` counts every HTTP request sent (attempts, not operations); failures come out
     as :class:`RetryableError` or :class:`PermanentError`, scrubbed of secrets.
@@ -282,8 +235,8 @@ class PageBlobTarget:
 
     def _connect(self) -> None:
         self._client = self._guard("connect", lambda: self._make_client(self._timeout, self._pool_size))
-        self._fast = _FastPutPage.for_client(self._client, self._timeout, self._clean, self.name, self._count,
-                                             self._refusal)
+        self._direct = DirectBlob.for_client(self._client, name=self.name, timeout=self._timeout,
+                                             clean=self._clean, count=self._count, explain=self._refusal)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -392,25 +345,20 @@ class PageBlobTarget:
             # (IncompleteReadError, a DecodeError), one that does not parse, or a failed download
             # without a status. The connection broke; the service did not refuse. Found by the
             # upload soak: a Get Page Ranges answer cut in half stopped the upload for good.
-            return RetryableError(self._clean(f"{where}: answer cut short: {_first_line(err)}"))
+            return RetryableError(self._clean(f"{where}: answer cut short: {first_line(err)}"))
         if isinstance(err, HttpResponseError) and err.status_code is not None:
-            status = int(err.status_code)
             error_code = getattr(err, "error_code", None)
             error_code = str(getattr(error_code, "value", error_code) or "") or None  # an enum, or text
-            code = error_code or getattr(err, "reason", None) or ""
-            message = self._clean(f"{where}: HTTP {status} {code}: {_first_line(err)}")
-            if status in RETRYABLE_STATUS:
-                headers = getattr(err.response, "headers", None)
-                return RetryableError(message, status, _retry_after(headers))
-            refused = self._refusal(what, status, error_code, signin.authentication_detail(str(err)))
-            if refused is not None:
-                return refused
-            return PermanentError(message + _hint(status), status)
+            return answer_error(self.name, what, int(err.status_code), error_code,
+                                reason=getattr(err, "reason", None), summary=first_line(err),
+                                headers=getattr(err.response, "headers", None),
+                                detail=signin.authentication_detail(str(err)), explain=self._refusal,
+                                clean=self._clean)
         if isinstance(err, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
-            return RetryableError(self._clean(f"{where}: connection failed: {_first_line(err)}"))
+            return connection_error(self.name, what, err, self._clean)
         if isinstance(err, ValueError):
-            return PermanentError(self._clean(f"{where}: {_first_line(err)}"))
-        return PermanentError(self._clean(f"{where}: {type(err).__name__}: {_first_line(err)}"))
+            return PermanentError(self._clean(f"{where}: {first_line(err)}"))
+        return PermanentError(self._clean(f"{where}: {type(err).__name__}: {first_line(err)}"))
 
     def _clean(self, text: str) -> str:
         return scrub(text, self._secrets)
@@ -453,11 +401,7 @@ class PageBlobTarget:
 
     def put_pages(self, offset: int, data: bytes) -> None:
         """Put Page (update) of ``data`` at ``offset``, carrying a Content-MD5 the service checks."""
-        if self._fast is not None:
-            self._fast.put(offset, data)
-            return
-        self._call(f"writing pages at byte {offset}",
-                   lambda: self._client.upload_page(data, offset, len(data), validate_content=True))
+        self._direct.put(offset, data)
 
     def put_pages_from_url(self, offset: int, length: int, source_url: str, source_offset: int,
                            source_authorization: str | None = None) -> None:
@@ -521,258 +465,22 @@ class PageBlobTarget:
                                    content_md5=None if md5 is None else bytearray(md5))
         self._call("setting the blob's Content-MD5", lambda: self._client.set_http_headers(settings))
 
-    def content_md5(self) -> bytes | None:
-        """The blob's stored Content-MD5 property, if any."""
-        props = self._call("reading blob properties", lambda: self._client.get_blob_properties())
-        value = props.content_settings.content_md5
-        return bytes(value) if value else None
-
     def read(self, offset: int, length: int, *, if_match: str | None = None) -> bytes:
         """Get Blob of ``[offset, offset + length)``: one ranged request (``x-ms-range``), not retried here.
 
         ``if_match`` (an ETag) makes the read conditional: a blob changed since is a 412, not mixed data.
 
-        Not the SDK's ``download_blob``: on a page blob that also sends a Get Page Ranges for the whole
-        blob with every read (ignoring its failure) and re-reads a body cut short by itself after a
-        1 s sleep, a second retry layer hidden under ours. The direct HTTP path is used where Put
-        Page uses it; otherwise the request goes through the client's own pipeline (its
-        authentication, no retry policy) as a plain ranged Get Blob.
+        Sent by :mod:`vhdtool.azure.rest`, not the SDK's ``download_blob`` (which on a page blob also
+        lists the page ranges with every read and re-reads a body cut short by itself).
         """
         if length <= 0:
             return b""
-        if self._fast is not None:
-            return self._fast.get(offset, length, if_match=if_match)
-        return self._guard(f"reading bytes at {offset}", lambda: self._pipeline_read(offset, length, if_match))
-
-    def _pipeline_read(self, offset: int, length: int, if_match: str | None = None) -> bytes:
-        from azure.core.exceptions import HttpResponseError
-        from azure.core.rest import HttpRequest
-
-        headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}",
-                   "x-ms-version": str(self._client.api_version)}
-        if if_match:
-            headers["If-Match"] = if_match
-        # stream=True, as the SDK's own downloads: the response policies leave the body alone (with
-        # stream=False they try to decode the disk's bytes as text), and a body cut short comes out of
-        # stream_download as an IncompleteReadError (retryable), not a bare urllib3 error.
-        pipeline = getattr(self._client, "_pipeline", None)  # not public API: fall back if an SDK lacks it
-        if pipeline is None:  # the SDK's own download: the same bytes, plus a page listing per read
-            kwargs: dict[str, Any] = {}
-            if if_match:
-                from azure.core import MatchConditions
-
-                kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
-            return bytes(self._client.download_blob(offset=offset, length=length, validate_content=False,
-                                                    **kwargs).readall())
-        response = pipeline.run(HttpRequest("GET", self._client.url, headers=headers), stream=True).http_response
-        try:
-            if response.status_code not in (200, 206):
-                response.read()
-                raise HttpResponseError(response=response)
-            body = b"".join(response.stream_download(pipeline))
-        finally:
-            response.close()
-        if len(body) != length:
-            raise RetryableError(self._clean(f"{self.name}: reading bytes at {offset}: answer cut short "
-                                             f"({len(body)} of {length} bytes)"))
-        return bytes(body)
+        return self._direct.get(offset, length, if_match=if_match)
 
     def close(self) -> None:
+        self._direct.close()
         with contextlib.suppress(Exception):  # closing a session cannot fail the upload
             self._client.close()
-
-
-class _FastPutPage:
-    """Put Page (and ranged Get Blob for ``--verify=full``) over plain ``http.client`` connections (one
-    per thread), signed like the SDK signs.
-
-    Uploads are many Put Page requests; the SDK's pipeline costs about 1.5 ms of Python per request
-    (measured against Azurite: 1,600 puts of 64 KiB took 5.3 s through the SDK, 2.1 s this way),
-    which on small scattered runs is the bottleneck. Used for SAS URLs, account keys (REST
-    "Authorize with Shared Key") and, over HTTPS, Entra ID tokens from vhdtool's token cache (with
-    or without a SAS), and only without an HTTP proxy in the environment; every other case keeps
-    the SDK path. Errors are classified as for the SDK: 408/429/5xx and connection failures are
-    retryable, the rest permanent (a refused credential said plainly by ``explain``).
-    """
-
-    def __init__(self, url: str, api_version: str, timeout: float, clean: Callable[[str], str], name: str,
-                 count: Callable[[], None], account: str | None = None, key: bytes | None = None,
-                 bearer: Callable[[], str] | None = None,
-                 explain: Callable[[str, int, str | None, str | None], TransferError | None] | None = None
-                 ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.https = parts.scheme.lower() == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port
-        self.path = parts.path
-        self.sas = parts.query
-        self.api_version = api_version
-        self.timeout = timeout
-        self.account = account
-        self.key = key
-        self.bearer = bearer
-        self._explain = explain
-        self._clean = clean
-        self._name = name
-        self._count = count
-        self._local = threading.local()
-
-    @classmethod
-    def for_client(cls, client: Any, timeout: float, clean: Callable[[str], str], name: str,
-                   count: Callable[[], None],
-                   explain: Callable[[str, int, str | None, str | None], TransferError | None] | None = None
-                   ) -> _FastPutPage | None:
-        try:
-            url = str(client.url)
-            api_version = str(client.api_version)
-            credential = client.credential
-            host = urllib.parse.urlsplit(url).hostname or ""
-        except Exception:  # an SDK without these public attributes: keep its own path
-            return None
-        if urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
-            return None
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-        if "sig" in query and credential is None:
-            return cls(url, api_version, timeout, clean, name, count, explain=explain)
-        bearer = getattr(credential, "bearer", None)
-        if callable(bearer) and url.lower().startswith("https://"):  # a token never goes over plain HTTP
-            return cls(url, api_version, timeout, clean, name, count, bearer=bearer, explain=explain)
-        account = getattr(credential, "account_name", None)
-        key = getattr(credential, "account_key", None)
-        if isinstance(account, str) and isinstance(key, str) and not query:
-            try:
-                return cls(url, api_version, timeout, clean, name, count, account, base64.b64decode(key),
-                           explain=explain)
-            except ValueError:
-                return None
-        return None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.https:
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                                   context=ssl.create_default_context())
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
-
-    def _reset(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def _sign(self, verb: str, headers: dict[str, str], length: int, md5: str, query: dict[str, str],
-              if_match: str = "") -> str:
-        # Authorize with Shared Key: VERB, then 11 standard headers (Content-Length empty when 0),
-        # then the x-ms-* headers sorted, then /account/path and the sorted query parameters.
-        assert self.account is not None and self.key is not None
-        standard = [verb, "", "", str(length) if length else "", md5, "", "", "", if_match, "", "", ""]
-        ms_headers = sorted((k.lower(), v.strip()) for k, v in headers.items() if k.lower().startswith("x-ms-"))
-        resource = f"/{self.account}{self.path}" + "".join(f"\n{k.lower()}:{v}" for k, v in sorted(query.items()))
-        text = "\n".join(standard) + "\n" + "".join(f"{k}:{v}\n" for k, v in ms_headers) + resource
-        digest = hmac.new(self.key, text.encode("utf-8"), hashlib.sha256).digest()
-        return f"SharedKey {self.account}:{base64.b64encode(digest).decode('ascii')}"
-
-    def put(self, offset: int, data: bytes) -> None:
-        length = len(data)
-        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
-        headers = {"x-ms-version": self.api_version, "x-ms-date": email.utils.formatdate(usegmt=True),
-                   "x-ms-page-write": "update", "x-ms-range": f"bytes={offset}-{offset + length - 1}",
-                   "Content-MD5": md5, "Content-Length": str(length)}
-        target = f"{self.path}?comp=page" + (f"&{self.sas}" if self.sas else "")
-        if self.key is not None:
-            headers["Authorization"] = self._sign("PUT", headers, length, md5, {"comp": "page"})
-        if self.bearer is not None:
-            headers["Authorization"] = self._authorization()
-        what = f"{self._name}: writing pages at byte {offset}"
-        self._count()
-        try:
-            conn = self._connection()
-            conn.request("PUT", target, body=data, headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as err:
-            self._reset()
-            raise RetryableError(self._clean(f"{what}: connection failed: {type(err).__name__}: {err}")) from None
-        if response.status == 201:
-            return
-        raise self._failure(what, response, body)
-
-    def get(self, offset: int, length: int, *, if_match: str | None = None) -> bytes:
-        """Get Blob of ``[offset, offset + length)``: one ranged request; a short body is retryable."""
-        headers = {"x-ms-version": self.api_version, "x-ms-date": email.utils.formatdate(usegmt=True),
-                   "x-ms-range": f"bytes={offset}-{offset + length - 1}"}
-        if if_match:
-            headers["If-Match"] = if_match
-        target = self.path + (f"?{self.sas}" if self.sas else "")
-        if self.key is not None:
-            headers["Authorization"] = self._sign("GET", headers, 0, "", {}, if_match or "")
-        if self.bearer is not None:
-            headers["Authorization"] = self._authorization()
-        what = f"{self._name}: reading bytes at {offset}"
-        self._count()
-        try:
-            conn = self._connection()
-            conn.request("GET", target, headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as err:
-            # IncompleteRead (a body cut short) is an HTTPException: the connection broke.
-            self._reset()
-            raise RetryableError(self._clean(f"{what}: connection failed: {type(err).__name__}: {err}")) from None
-        if response.status not in (200, 206):
-            raise self._failure(what, response, body)
-        if len(body) != length:
-            self._reset()
-            raise RetryableError(self._clean(f"{what}: answer cut short ({len(body)} of {length} bytes)"))
-        return body
-
-    def _authorization(self) -> str:
-        assert self.bearer is not None
-        try:
-            return self.bearer()
-        except TransferError:
-            raise
-        except Exception as err:  # the credential chain: said as the SDK path says it
-            raise PermanentError(self._clean(f"{self._name}: {signin.no_credential_message(err)}"),
-                                 reason="signin-needed") from None
-
-    def _failure(self, what: str, response: http.client.HTTPResponse, body: bytes = b"") -> TransferError:
-        error_code = response.getheader("x-ms-error-code")
-        code = error_code or response.reason
-        message = self._clean(f"{what}: HTTP {response.status} {code}")
-        if response.status in RETRYABLE_STATUS:
-            return RetryableError(message, response.status, _retry_after(response.headers))
-        if self._explain is not None:
-            detail = signin.authentication_detail(body[:4096].decode("utf-8", "replace"))
-            refused = self._explain(what.removeprefix(f"{self._name}: "), response.status, error_code, detail)
-            if refused is not None:
-                return refused
-        return PermanentError(message + _hint(response.status), response.status)
-
-
-def _default_credential() -> Any:
-    """The process's ``DefaultAzureCredential`` behind its token cache (see :mod:`vhdtool.azure.signin`)."""
-    return signin.shared_credential()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
-
-
-def _hint(status: int) -> str:
-    if status == 403:
-        return " (check the SAS token's permissions and expiry, or the credential's role on the container)"
-    if status == 404:
-        return " (does the container exist?)"
-    if status == 409:
-        return " (the blob is in a conflicting state, e.g. leased, or is not a page blob)"
-    return ""
 
 
 def md5_base64(md5: bytes) -> str:

@@ -25,6 +25,7 @@ sets the state ``complete`` with its sparse digest; no step depends on an MD5.
 from __future__ import annotations
 
 import collections
+import enum
 import hashlib
 import json
 import os
@@ -39,16 +40,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from vhdtool import __version__
+from vhdtool.azure.failures import PermanentError, RetryableError
 from vhdtool.azure.pages import MAX_PAGE_BLOB, MAX_PUT_PAGE, RangeSet, align_extents, split_ranges, total
 from vhdtool.azure.sink import PageBlobSink
-from vhdtool.azure.storage import (
-    BlobState,
-    Destination,
-    PageBlobTarget,
-    PermanentError,
-    RetryableError,
-    md5_base64,
-)
+from vhdtool.azure.storage import DEFAULT_TIMEOUT, BlobState, Destination, PageBlobTarget, md5_base64
 from vhdtool.disk.base import VirtualDisk
 from vhdtool.errors import TransferError, UsageError
 from vhdtool.extents import Extent, merge_ranges
@@ -115,6 +110,53 @@ class Retrier:
                 if self.abort.wait(self.policy.delay(attempt, err.retry_after)):
                     raise TransferError(f"{err} (upload stopped)") from None
                 attempt += 1
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """How to upload: one frozen value for the library call and ``vhdtool upload`` alike.
+
+    ``threads`` requests run at once and at most ``window`` (default ``2 × threads``) request bodies
+    of ``max_put`` bytes exist at once. An existing blob is refused unless ``overwrite`` (its written
+    ranges are cleared first) or ``resume`` (continue an interrupted upload of this same image). A
+    managed disk opened for upload (``managed_disk``, detected from the URL when ``None``) must
+    already have exactly the fixed VHD's size. ``verify`` is ``None``, ``"pages"`` (page ranges
+    compared) or ``"full"`` (bytes read back too). ``size`` grows the virtual size.
+    ``unique_id``/``timestamp`` fix the footer's fields (a resumed upload reuses the ones recorded
+    on the blob). ``hashes`` names whole-file digests to compute besides the sparse digest (with
+    ``md5`` it is stored as the blob's Content-MD5). ``identity`` replaces the resume key made from
+    the image's files (a disk read from a blob has none). Invalid values are refused as they are
+    given, with :class:`~vhdtool.errors.UsageError`.
+    """
+
+    threads: int = DEFAULT_THREADS
+    window: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    verify: str | None = None
+    managed_disk: bool | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float = DEFAULT_TIMEOUT
+    size: int | None = None
+    unique_id: bytes | None = None
+    timestamp: int | None = None
+    max_put: int = MAX_PUT_PAGE
+    hashes: tuple[str, ...] = ()
+    identity: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UsageError("--threads must be at least 1")
+        if self.verify not in (None, *VERIFY_MODES):
+            raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+        if self.max_put % 512 or not 512 <= self.max_put <= MAX_PUT_PAGE:
+            raise UsageError("a Put Page request holds 512 bytes to 4 MiB, in whole 512-byte pages")
+        object.__setattr__(self, "hashes", tuple(self.hashes))  # a list given is kept as a tuple
+
+    @property
+    def requests_window(self) -> int:
+        """Request bodies alive at once: ``window``, at least ``threads`` (default twice that)."""
+        return max(self.threads, self.window if self.window is not None else 2 * self.threads)
 
 
 @dataclass(frozen=True)
@@ -277,60 +319,42 @@ def _metadata(identity: str, unique_id: bytes, timestamp: int, state: str,
     return result
 
 
-def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREADS, window: int | None = None,
-           overwrite: bool = False, resume: bool = False, verify: str | None = None,
-           progress: Progress = NO_PROGRESS, managed_disk: bool | None = None,
-           retry: RetryPolicy | None = None, timeout: float = 120.0, size: int | None = None,
-           unique_id: bytes | None = None, timestamp: int | None = None,
-           max_put: int = MAX_PUT_PAGE, hashes: Sequence[str] = (),
-           identity: str | None = None) -> UploadResult:
+def upload(disk: VirtualDisk, dest: Destination, options: UploadOptions | None = None, *,
+           progress: Progress = NO_PROGRESS) -> UploadResult:
     """Upload ``disk`` to the page blob ``dest`` as a fixed VHD (virtual size rounded up to a MiB + footer).
 
-    ``threads`` requests run at once and at most ``window`` (default ``2 × threads``) request
-    bodies of ``max_put`` bytes exist at once. An existing blob is refused unless ``overwrite``
-    (its written ranges are cleared first) or ``resume`` (continue an interrupted upload of this same
-    image). A managed disk opened for upload (``managed_disk``, detected from the URL when ``None``)
-    must already have exactly the fixed VHD's size. ``verify`` is ``None``, ``"pages"`` (page ranges
-    compared) or ``"full"`` (bytes read back too). ``unique_id``/``timestamp`` fix the footer's
-    fields (a resumed upload reuses the ones recorded on the blob). The sparse digest of the fixed
-    VHD is always computed; ``hashes`` names whole-file digests to compute in the same pass (with
-    ``md5`` it is stored as the blob's Content-MD5), all returned in ``UploadResult.digests``.
-    ``identity`` replaces the resume key made from the image's files (a disk read from a blob has none).
+    ``options`` says how (:class:`UploadOptions`; the defaults when ``None``); ``progress`` is told
+    the bytes sent and skipped as they go. The sparse digest of the fixed VHD is always computed;
+    it and the digests ``options.hashes`` asks for are returned in ``UploadResult.digests``.
     """
-    if threads < 1:
-        raise UsageError("--threads must be at least 1")
-    if verify not in (None, *VERIFY_MODES):
-        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
-    if max_put % 512 or not 512 <= max_put <= MAX_PUT_PAGE:
-        raise UsageError("a Put Page request holds 512 bytes to 4 MiB, in whole 512-byte pages")
-    window = max(threads, window if window is not None else 2 * threads)
+    options = options or UploadOptions()
+    threads = options.threads
     started = time.monotonic()
-    virtual_size = azure_virtual_size(disk.virtual_size, size)
+    virtual_size = azure_virtual_size(disk.virtual_size, options.size)
     blob_size = virtual_size + FOOTER_SIZE
-    identity = identity or image_identity(disk, virtual_size)
+    identity = options.identity or image_identity(disk, virtual_size)
     abort = threading.Event()
-    retrier = Retrier(retry or RetryPolicy(), abort)
+    retrier = Retrier(options.retry, abort)
     warnings: list[str] = []
 
-    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4, managed_disk=managed_disk)
+    target = PageBlobTarget(dest, timeout=options.timeout, pool_size=threads + 4, managed_disk=options.managed_disk)
     try:
         if not target.managed_disk and blob_size > MAX_PAGE_BLOB:
             raise UsageError(f"a page blob holds at most {MAX_PAGE_BLOB} bytes; this disk needs {blob_size}")
         state = retrier.call(target.state)
-        plan = _prepare(target, retrier, state, identity, blob_size, overwrite=overwrite, resume=resume,
-                        unique_id=unique_id, timestamp=timestamp, warnings=warnings)
+        plan = _prepare(target, retrier, state, identity, blob_size, options, warnings)
         plan.source = source_id(disk)
-        view = FixedVhdView(disk, size=size, unique_id=plan.unique_id, timestamp=plan.timestamp)
+        view = FixedVhdView(disk, size=options.size, unique_id=plan.unique_id, timestamp=plan.timestamp)
         present = RangeSet(retrier.call(target.page_ranges)) if plan.resumed else RangeSet()
 
         sparse = SparseDigestSink(blob_size)
-        hasher = HashSink(hashes) if hashes else None
+        hasher = HashSink(options.hashes) if options.hashes else None
         background = _HashInBackground([sparse] + ([hasher] if hasher else []))
         sink = PageBlobSink(lambda offset, body: retrier.call(lambda: target.put_pages(offset, body)),
-                            threads=threads, window=window, present=present, max_put=max_put,
-                            progress=progress, abort=abort, tap=background.feed)
+                            threads=threads, window=options.requests_window, present=present,
+                            max_put=options.max_put, progress=progress, abort=abort, tap=background.feed)
         try:
-            pump(_PageAligned(view), [sink], chunk_size=max_put)
+            pump(_PageAligned(view), [sink], chunk_size=options.max_put)
             background.finish()
         except BaseException:
             sink.abort()
@@ -340,10 +364,9 @@ def upload(disk: VirtualDisk, dest: Destination, *, threads: int = DEFAULT_THREA
         digests = {SPARSE_DIGEST: sparse.hexdigest(), **(hasher.digests() if hasher else {})}
         md5 = bytes.fromhex(digests["md5"]) if "md5" in digests else None
         md5_stored = _finish(target, retrier, plan, identity, digests, md5, warnings)
-        verified = None
-        if verify:
-            _verify(target, retrier, view, sink.data_runs.ranges, full=verify == "full", threads=threads)
-            verified = verify
+        verified = options.verify
+        if verified:
+            _verify(target, retrier, view, sink.data_runs.ranges, full=verified == "full", threads=threads)
         return UploadResult(
             blob=target.name, virtual_size=virtual_size, blob_size=blob_size, bytes_sent=sink.bytes_sent,
             bytes_skipped=sink.bytes_skipped, bytes_cleared=plan.bytes_cleared, requests=target.requests,
@@ -367,12 +390,21 @@ class _Plan:
     source: str = ""  # recorded as META_SOURCE: which image the blob holds
 
 
-def _prepare(target: PageBlobTarget, retrier: Retrier, state: BlobState, identity: str, blob_size: int, *,
-             overwrite: bool, resume: bool, unique_id: bytes | None, timestamp: int | None,
-             warnings: list[str]) -> _Plan:
-    """Decide how to start (create, write into, clear, or resume) and leave the blob ready for pages."""
-    name = target.name
-    if target.managed_disk:
+class Start(enum.Enum):
+    """How an upload begins on the blob it found."""
+
+    RESUME = "resume"  # continue an interrupted upload of this image: send what the blob does not list
+    CREATE = "create"  # Put Blob: a new all-zero page blob (none there, or one of another type or size)
+    REWRITE = "rewrite"  # an existing page blob of the right size: clear what it holds, write into it
+
+
+def choose_start(state: BlobState, identity: str, blob_size: int, *, managed_disk: bool, overwrite: bool,
+                 resume: bool, name: str, written: Callable[[], list[tuple[int, int]]]) -> Start:
+    """Which :class:`Start` the blob's ``state`` calls for; a start the options do not allow is refused.
+
+    ``written`` lists the blob's written ranges (asked only of a managed disk, which always exists).
+    """
+    if managed_disk:
         if not state.exists:
             raise PermanentError(f"{name}: the managed disk's upload blob does not exist "
                                  "(has the `az disk grant-access` SAS expired?)")
@@ -384,38 +416,18 @@ def _prepare(target: PageBlobTarget, retrier: Retrier, state: BlobState, identit
     elif state.exists and state.blob_type not in (None, "PageBlob") and not overwrite:
         raise TransferError(f"{name}: exists as a {state.blob_type}, not a page blob; pass --overwrite to "
                             "replace it")
-
-    recorded = _footer_from_metadata(state.metadata)
-    ours = state.exists and state.metadata.get(META_IDENTITY) == identity and recorded is not None \
-        and state.size == blob_size
-    if resume and ours and recorded is not None:
-        plan = _Plan(recorded[0], recorded[1], resumed=True, metadata_ok=True)
-        if state.metadata.get(META_STATE) == STATE_CLEARING:
-            _clear_all(target, retrier, plan)  # an interrupted --overwrite: finish clearing first
-            _set_metadata(target, retrier, plan, identity, STATE_UPLOADING, warnings)
-        return plan
-
-    plan = _Plan(unique_id or uuid.uuid4().bytes, vhd_timestamp() if timestamp is None else timestamp,
-                 resumed=False, metadata_ok=True)
+    ours = state.exists and state.metadata.get(META_IDENTITY) == identity \
+        and _footer_from_metadata(state.metadata) is not None and state.size == blob_size
+    if resume and ours:
+        return Start.RESUME
     if not state.exists:
-        retrier.call(lambda: target.create(blob_size, _metadata(identity, plan.unique_id, plan.timestamp,
-                                                                STATE_UPLOADING)))
-        return plan
-
-    if target.managed_disk:
-        written = retrier.call(target.page_ranges)
-        if written and not overwrite:
+        return Start.CREATE
+    if managed_disk:
+        if written() and not overwrite:
             raise TransferError(f"{name}: the managed disk already holds data; pass --overwrite to clear it"
                                 + (" (or --resume, if an upload of this image was interrupted)"
                                    if not resume else "; its recorded image is not this one"))
-        plan.reused = True
-        _set_metadata(target, retrier, plan, identity, STATE_CLEARING if written else STATE_UPLOADING,
-                      warnings)
-        if written:
-            _clear_ranges(target, retrier, plan, written)
-            _set_metadata(target, retrier, plan, identity, STATE_UPLOADING, warnings)
-        return plan
-
+        return Start.REWRITE
     if not overwrite:
         if resume:
             raise TransferError(f"{name}: exists but holds no interrupted upload of this image (it changed, "
@@ -423,19 +435,44 @@ def _prepare(target: PageBlobTarget, retrier: Retrier, state: BlobState, identit
         raise TransferError(f"{name}: already exists; pass --overwrite to replace it, or --resume to "
                             "continue an interrupted upload of the same image")
     if state.blob_type != "PageBlob" or state.size != blob_size:
-        # A blob of another type or size is replaced: Put Blob makes a new, all-zero page blob.
+        return Start.CREATE
+    return Start.REWRITE
+
+
+def _prepare(target: PageBlobTarget, retrier: Retrier, state: BlobState, identity: str, blob_size: int,
+             options: UploadOptions, warnings: list[str]) -> _Plan:
+    """Begin as :func:`choose_start` says and leave the blob ready for pages."""
+    listed: list[list[tuple[int, int]]] = []
+
+    def written() -> list[tuple[int, int]]:  # listed once, used by the choice and the clearing
+        if not listed:
+            listed.append(retrier.call(target.page_ranges))
+        return listed[0]
+
+    start = choose_start(state, identity, blob_size, managed_disk=target.managed_disk,
+                         overwrite=options.overwrite, resume=options.resume, name=target.name, written=written)
+    if start is Start.RESUME:
+        recorded = _footer_from_metadata(state.metadata)
+        assert recorded is not None  # choose_start resumes only a blob with a recorded footer
+        plan = _Plan(recorded[0], recorded[1], resumed=True, metadata_ok=True)
+        if state.metadata.get(META_STATE) == STATE_CLEARING:
+            _clear_ranges(target, retrier, plan, written())  # an interrupted --overwrite: finish clearing first
+            _set_metadata(target, retrier, plan, identity, STATE_UPLOADING, warnings)
+        return plan
+    plan = _Plan(options.unique_id or uuid.uuid4().bytes,
+                 vhd_timestamp() if options.timestamp is None else options.timestamp,
+                 resumed=False, metadata_ok=True)
+    if start is Start.CREATE:
         retrier.call(lambda: target.create(blob_size, _metadata(identity, plan.unique_id, plan.timestamp,
                                                                 STATE_UPLOADING)))
         return plan
+    # Start.REWRITE: mark the blob as being cleared, so an interruption is finished by --resume.
     plan.reused = True
-    _set_metadata(target, retrier, plan, identity, STATE_CLEARING, warnings)
-    _clear_all(target, retrier, plan)
+    if not target.managed_disk or written():  # a blob's listing comes after the mark
+        _set_metadata(target, retrier, plan, identity, STATE_CLEARING, warnings)
+        _clear_ranges(target, retrier, plan, written())
     _set_metadata(target, retrier, plan, identity, STATE_UPLOADING, warnings)
     return plan
-
-
-def _clear_all(target: PageBlobTarget, retrier: Retrier, plan: _Plan) -> None:
-    _clear_ranges(target, retrier, plan, retrier.call(target.page_ranges))
 
 
 def _clear_ranges(target: PageBlobTarget, retrier: Retrier, plan: _Plan,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
-from vhdtool.azure.storage import PermanentError, make_destination, scrub
+from vhdtool.azure.failures import PermanentError
+from vhdtool.azure.storage import DEFAULT_TIMEOUT, make_destination, scrub
+from vhdtool.azure.upload import DEFAULT_THREADS, UploadOptions
 from vhdtool.azure.upload import upload as run_upload
 from vhdtool.cli import absolute_parent_option, emit_json, human_size, main, parent_option
 from vhdtool.cli.bars import BarProgress
@@ -14,6 +20,47 @@ from vhdtool.formats.open import open_image
 from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.stream.fixed_view import azure_virtual_size
 from vhdtool.stream.hasher import parse_algorithms
+
+# The flags that make an UploadOptions, in --help order.
+_OPTION_FLAGS = (
+    click.option("--threads", type=click.IntRange(1, 64), default=DEFAULT_THREADS, show_default=True,
+                 help="Put Page requests in flight at once."),
+    click.option("--overwrite", is_flag=True,
+                 help="Replace an existing blob; its written ranges are cleared first."),
+    click.option("--resume", is_flag=True,
+                 help="Continue an interrupted upload of the same image, sending only what is missing."),
+    click.option("--verify", type=click.Choice(["pages", "full"]), is_flag=False, flag_value="pages",
+                 default=None,
+                 help="Afterwards compare the blob's page ranges (--verify) and bytes (--verify=full)."),
+    click.option("--managed-disk/--no-managed-disk", default=None,
+                 help="Treat DEST as a managed disk opened for upload (default: detected from the URL)."),
+    click.option("--size", type=BYTE_SIZE, default=None, metavar="SIZE",
+                 help="Grow the virtual size to SIZE (e.g. 30G, or bytes; rounded up to a MiB)."),
+    click.option("--timeout", type=click.FloatRange(1, 3600), default=DEFAULT_TIMEOUT, show_default=True,
+                 help="Seconds one request may take before it is retried."),
+    click.option("--hash", "hash_text", metavar="ALGS",
+                 help="Whole-file digests of the fixed VHD besides the sparse digest (always computed): md5 "
+                      "(then stored as the blob's Content-MD5), sha256, ... These hash every zero of the disk "
+                      "too."),
+)
+
+
+def upload_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds the flags of :class:`UploadOptions` to ``command``, which gets them as one ``options`` value."""
+
+    @functools.wraps(command)
+    def with_options(*args: Any, threads: int, overwrite: bool, resume: bool, verify: str | None,
+                     managed_disk: bool | None, size: int | None, timeout: float, hash_text: str | None,
+                     **rest: Any) -> None:
+        options = UploadOptions(threads=threads, overwrite=overwrite, resume=resume, verify=verify,
+                                managed_disk=managed_disk, size=size, timeout=timeout,
+                                hashes=parse_algorithms(hash_text) if hash_text else ())
+        command(*args, options=options, **rest)
+
+    decorated: Callable[..., None] = with_options
+    for flag in reversed(_OPTION_FLAGS):
+        decorated = flag(decorated)
+    return decorated
 
 
 @main.command()
@@ -25,24 +72,7 @@ from vhdtool.stream.hasher import parse_algorithms
               help="https://ACCOUNT.blob.core.windows.net, signed in with DefaultAzureCredential.")
 @click.option("--container", help="Container name (instead of CONTAINER/BLOB).")
 @click.option("--blob", "blob_name", help="Blob name (instead of CONTAINER/BLOB).")
-@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Put Page requests in flight at once.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing blob; its written ranges are cleared first.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted upload of the same image, sending only what is missing.")
-@click.option("--verify", type=click.Choice(["pages", "full"]), is_flag=False, flag_value="pages",
-              default=None,
-              help="Afterwards compare the blob's page ranges (--verify) and bytes (--verify=full).")
-@click.option("--managed-disk/--no-managed-disk", default=None,
-              help="Treat DEST as a managed disk opened for upload (default: detected from the URL).")
-@click.option("--size", type=BYTE_SIZE, default=None, metavar="SIZE",
-              help="Grow the virtual size to SIZE (e.g. 30G, or bytes; rounded up to a MiB).")
-@click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
-              help="Seconds one request may take before it is retried.")
-@click.option("--hash", "hash_text", metavar="ALGS",
-              help="Whole-file digests of the fixed VHD besides the sparse digest (always computed): md5 "
-                   "(then stored as the blob's Content-MD5), sha256, ... These hash every zero of the disk too.")
+@upload_options
 @click.option("--base", "base_url", metavar="URL",
               help="IMAGE is a differencing disk whose parent (any level) was uploaded to the page blob URL: "
                    "copy that blob to DEST and send only the ranges the descendants own.")
@@ -52,10 +82,8 @@ from vhdtool.stream.hasher import parse_algorithms
 @parent_option
 @absolute_parent_option
 def upload(image: str, dest: str | None, connection_string: str | None, account_url: str | None,
-           container: str | None, blob_name: str | None, threads: int, overwrite: bool, resume: bool,
-           verify: str | None, managed_disk: bool | None, size: int | None, timeout: float,
-           hash_text: str | None, base_url: str | None, as_json: bool, show_progress: bool | None,
-           parent: str | None, allow_absolute_parent: bool) -> None:
+           container: str | None, blob_name: str | None, options: UploadOptions, base_url: str | None,
+           as_json: bool, show_progress: bool | None, parent: str | None, allow_absolute_parent: bool) -> None:
     """Upload IMAGE (VHDX, VHD or raw) to the page blob DEST as the fixed VHD Azure needs.
 
     DEST is a blob URL with a SAS token (also a managed disk's `az disk grant-access` URL), a blob
@@ -65,26 +93,22 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     the data) is reported and recorded in the blob's metadata.
     """
 
-    hashes = parse_algorithms(hash_text) if hash_text else ()
-
     destination = make_destination(dest, connection_string=connection_string, account_url=account_url,
                                    container=container, blob=blob_name)
     if base_url:
-
-        if hash_text:
+        if options.hashes:
             raise click.UsageError("--base does not combine with --hash (the sparse digest is recorded)")
         patch_command(image, destination, base_url, connection_string=connection_string,
-                      account_url=account_url, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
-                      size=size, timeout=timeout, as_json=as_json, show_progress=show_progress, parent=parent,
+                      account_url=account_url, threads=options.threads, overwrite=options.overwrite,
+                      resume=options.resume, verify=options.verify, size=options.size, timeout=options.timeout,
+                      as_json=as_json, show_progress=show_progress, parent=parent,
                       allow_absolute_parent=allow_absolute_parent)
         return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
-        bar = BarProgress(azure_virtual_size(disk.virtual_size, size) + FOOTER_SIZE, "upload", show_progress,
+        bar = BarProgress(azure_virtual_size(disk.virtual_size, options.size) + FOOTER_SIZE, "upload", show_progress,
                           data_label="sent")
         try:
-            result = run_upload(disk, destination, threads=threads, overwrite=overwrite, resume=resume,
-                                verify=verify, progress=bar, managed_disk=managed_disk,
-                                timeout=timeout, size=size, hashes=hashes)
+            result = run_upload(disk, destination, options, progress=bar)
         except PermanentError as err:
             if err.reason != "sas-expired":
                 raise

@@ -29,7 +29,7 @@ from vhdtool.azure.remote import blob_of, open_remote
 from vhdtool.azure.remote.address import is_url
 from vhdtool.azure.remote.copy import copy_identity
 from vhdtool.azure.storage import Destination, PageBlobTarget
-from vhdtool.azure.upload import upload
+from vhdtool.azure.upload import UploadOptions, upload
 from vhdtool.disk.base import VirtualDisk
 from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
 from vhdtool.formats.open import open_image
@@ -148,8 +148,8 @@ def upload_file(path: str, destination: ContainerDestination, blob_name: str, pr
     with open_image(path) as disk:
         if not isinstance(disk, VhdDisk) or disk.disk_type != "fixed":
             raise OutputError(f"{path}: not the fixed VHD prepare wrote")
-        result = upload(disk, destination.for_blob(blob_name), unique_id=disk.footer.unique_id,
-                        timestamp=disk.footer.timestamp, hashes=hashes,
+        options = UploadOptions(unique_id=disk.footer.unique_id, timestamp=disk.footer.timestamp, hashes=hashes)
+        result = upload(disk, destination.for_blob(blob_name), options,
                         progress=progress)
     return strip_token(result.blob), result.digests
 
@@ -163,9 +163,9 @@ def upload_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name:
     """
 
     blob = blob_of(disk)  # read from a blob: no files to name the resume key after
-    result = upload(disk, destination.for_blob(blob_name), hashes=hashes,
-                    progress=progress,
-                    identity=None if blob is None else copy_identity(blob))
+    options = UploadOptions(hashes=hashes, identity=None if blob is None else copy_identity(blob))
+    result = upload(disk, destination.for_blob(blob_name), options,
+                    progress=progress)
     return strip_token(result.blob), result.digests, result.blob_size
 
 

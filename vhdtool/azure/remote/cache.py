@@ -38,10 +38,6 @@ class GranuleCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def held_bytes(self) -> int:
-        return len(self._items) * self.granule
-
     def get(self, index: int) -> bytes | None:
         with self._lock:
             data = self._items.get(index)

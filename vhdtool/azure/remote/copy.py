@@ -38,6 +38,7 @@ from vhdtool.azure.upload import (
     VERIFY_MODES,
     Retrier,
     RetryPolicy,
+    UploadOptions,
     _prepare,
     _set_metadata,
     upload,
@@ -141,9 +142,10 @@ def _convert(source: BlobSource, dest: Destination, what: str, *, threads: int, 
 
     with open_image(BorrowedSource(source)) as disk:
         progress.stage("convert", azure_virtual_size(disk.virtual_size) + FOOTER_SIZE)  # the new blob's size
-        result = upload(disk, dest, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
-                        progress=progress, managed_disk=managed_disk, timeout=timeout, retry=retry,
-                        identity=copy_identity(source))
+        options = UploadOptions(threads=threads, overwrite=overwrite, resume=resume, verify=verify,
+                                managed_disk=managed_disk, timeout=timeout, retry=retry or RetryPolicy(),
+                                identity=copy_identity(source))
+        result = upload(disk, dest, options, progress=progress)
     stats = source.stats()
     return CopyResult(
         source=source.path, dest=result.blob, mode="relay", relay_reason=f"the source is {what}: converted to a "
@@ -196,8 +198,8 @@ class _Copy:
         warnings: list[str] = []
         identity = copy_identity(source)
         state = retrier.call(target.state)
-        plan = _prepare(target, retrier, state, identity, size, overwrite=overwrite, resume=resume,
-                        unique_id=None, timestamp=None, warnings=warnings)
+        plan = _prepare(target, retrier, state, identity, size, UploadOptions(overwrite=overwrite, resume=resume),
+                        warnings)
         present = RangeSet(retrier.call(target.page_ranges)) if plan.resumed else RangeSet()
         if present:
             self.digest_complete = False  # granules already there are not read again

@@ -18,7 +18,8 @@ import datetime as dt
 import urllib.parse
 from dataclasses import dataclass
 
-from vhdtool.azure.storage import Destination, _connection_string_field, _default_credential
+from vhdtool.azure import signin
+from vhdtool.azure.storage import Destination, connection_string_field
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 SAS_LIFETIME = dt.timedelta(hours=24)
@@ -49,8 +50,8 @@ def copy_source(address: Destination) -> CopySource:
     if address.connection_string:
         client = BlobClient.from_connection_string(address.connection_string, address.container or "",
                                                    address.blob or "")
-        key = _connection_string_field(address.connection_string, "AccountKey")
-        sas = _connection_string_field(address.connection_string, "SharedAccessSignature")
+        key = connection_string_field(address.connection_string, "AccountKey")
+        sas = connection_string_field(address.connection_string, "SharedAccessSignature")
         base = client.url.split("?", 1)[0]
         if key:
             token = generate_blob_sas(client.account_name or "", address.container or "", address.blob or "",
@@ -65,5 +66,5 @@ def copy_source(address: Destination) -> CopySource:
 
 
 def _bearer() -> str:
-    token = _default_credential().get_token(STORAGE_SCOPE).token
+    token = signin.shared_credential().get_token(STORAGE_SCOPE).token
     return f"Bearer {token}"

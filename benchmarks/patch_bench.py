@@ -37,9 +37,9 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.02)
     args = parser.parse_args()
 
-    from azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
-    from remote_helpers import Store, json_of, vhdtool
-    from vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
+    from support.azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
+    from support.remote_helpers import Store, json_of, vhdtool
+    from support.vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
     size = 4 << 30
     rng = random.Random(14)

@@ -38,10 +38,10 @@ def main() -> None:
     parser.add_argument("--filler-mib", type=int, default=16)
     args = parser.parse_args()
 
-    from azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
-    from linux_images import make_linux
-    from remote_helpers import Store, sdk_upload, vhdtool
-    from test_inspect_windows_e2e import builder
+    from support.azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
+    from support.linux_images import make_linux
+    from support.remote_helpers import Store, sdk_upload, vhdtool
+    from support.windows_images import builder
 
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vhdtool-remote-bench-") as tmp_name, \

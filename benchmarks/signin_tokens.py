@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
-    from azurite import ACCOUNT, ACCOUNT_KEY, RecordingProxy, Rule, running_azurite
-    from identity import IdentityEndpoint, make_certificate, sign_in_environment
-    from signin_helpers import Disk, make_raw, needs_entra, without_token
+    from support.azurite import ACCOUNT, ACCOUNT_KEY, RecordingProxy, Rule, running_azurite
+    from support.identity import IdentityEndpoint, make_certificate, sign_in_environment
+    from support.signin_helpers import Disk, make_raw, needs_entra, without_token
 
     work = Path(tempfile.mkdtemp(prefix="signin-bench-"))
     image = make_raw(work / "disk.raw", args.size_mib << 20, runs=max(1, args.data_mib * 4),

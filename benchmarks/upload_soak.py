@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--restart-every", type=int, default=5, help="restart Azurite after this many rounds")
     args = parser.parse_args()
 
-    from azurite import RecordingProxy, running_azurite
+    from support.azurite import RecordingProxy, running_azurite
     from test_upload_soak import Soak, SoakImage, Totals
 
     work = ROOT / "benchmarks" / "work" / "soak"

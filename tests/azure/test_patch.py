@@ -14,17 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
-from remote_helpers import Store, json_of, sdk_upload, vhdtool
-from vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
-from vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
+from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
+from support.remote_helpers import Store, json_of, sdk_upload, vhdtool
+from support.vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
+from support.vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
 from vhdtool import open_image
 from vhdtool.azure.patch import owned_above, plan_patch, split_piece, to_clear
+from vhdtool.extents import MiB
 from vhdtool.formats.vhd.footer import parse_footer
 from vhdtool.stream.fixed_view import FixedVhdView
 
-MiB = 1 << 20
 KiB = 1024
 SIZE = 24 * MiB
 RATIO = 1.01
@@ -205,7 +205,7 @@ def check_patched(paths: list[Path], src: Store, dst: Store, proxy: RecordingPro
     meta = dst.client("patched.vhd").get_blob_properties().metadata
     assert meta["vhdtool_state"] == "complete" and meta["vhdtool_sparse_sha256"] == result["sparse_sha256"]
     # The recorded sparse digest is the blob's own, as the reference definition computes it.
-    from conftest import reference_sparse_digest_of_bytes
+    from support.oracles import reference_sparse_digest_of_bytes
     assert result["sparse_sha256"] == reference_sparse_digest_of_bytes(patched)
     return dict(result)
 

@@ -19,10 +19,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, Rule
-from conftest import qemu_img
-from remote_helpers import ROOT, MiB, Store, json_of, sdk_upload, sig_of, vhdtool
-from test_remote_download import make_raw
+from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, Rule
+from support.oracles import qemu_img
+from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_upload, sig_of, vhdtool
 
 from vhdtool.stream.digest import SparseDigest
 

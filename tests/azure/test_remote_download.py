@@ -16,11 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from azurite import Azurite, Recorded, RecordingProxy, Rule
-from conftest import qemu_img
-from remote_helpers import ROOT, MiB, Store, json_of, sdk_upload, vhdtool
+from support.azurite import Azurite, Recorded, RecordingProxy, Rule
+from support.oracles import qemu_img
+from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_upload, vhdtool
 
 REFERENCE = ROOT / "docs" / "scripts" / "sparse_digest.py"
 RATIO = 1.01  # bytes fetched / bytes written in the blob
@@ -41,20 +40,6 @@ def store(azurite: Azurite, proxy: RecordingProxy) -> Store:
 @pytest.fixture(autouse=True)
 def fresh_proxy(proxy: RecordingProxy) -> None:
     proxy.clear()
-
-
-def make_raw(path: Path, size: int, seed: int) -> Path:
-    """A sparse raw disk: a 9 MiB run, an unaligned write, scattered pages, a page of explicit zeros."""
-    rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        writes = [(0, 4096), (5 * MiB + 100, 3000), (12 * MiB, 9 * MiB + 512)]
-        starts = rng.integers(50000, size // 512 - 64, 60)
-        writes += [(int(o) * 512, 512 * int(n)) for o, n in zip(starts, rng.integers(1, 17, 60), strict=True)]
-        for offset, length in writes:
-            f.seek(offset)
-            f.write(rng.integers(1, 256, length, dtype=np.uint8).tobytes())
-    return path
 
 
 def reference_digest(path: Path) -> str:

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
-from conftest import unpack_fixture
-from remote_helpers import Store, json_of, sdk_upload, sig_of, vhdtool
+from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
+from support.fixture_files import unpack_fixture
+from support.remote_helpers import Store, json_of, sdk_upload, sig_of, vhdtool
 
 
 @pytest.fixture(scope="module")

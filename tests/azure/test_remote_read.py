@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azurite import Azurite, RecordingProxy, Rule
-from conftest import qemu_img
-from linux_images import make_linux
-from remote_helpers import MiB, Store, json_of, sdk_upload, sig_of, vhdtool
+from support.azurite import Azurite, RecordingProxy, Rule
+from support.linux_images import make_linux
+from support.oracles import qemu_img
+from support.remote_helpers import MiB, Store, json_of, sdk_upload, sig_of, vhdtool
 
 from vhdtool.azure.remote.blob_source import BlobSource
 from vhdtool.azure.remote.cache import GranuleCache
@@ -103,7 +103,7 @@ def blobs(store: Store, sample: Any, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from conftest import unpack_fixture
+    from support.fixture_files import unpack_fixture
 
     src = tmp_path_factory.mktemp("sample")
     return {"os": unpack_fixture("sample/linux-os.vhdx.gz", src),

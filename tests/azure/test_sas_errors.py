@@ -35,11 +35,11 @@ from azure.storage.blob import (
     generate_blob_sas,
     generate_container_sas,
 )
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
+from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
 
 from vhdtool.cli import run
+from vhdtool.extents import MiB
 
-MiB = 1 << 20
 HOUR = dt.timedelta(hours=1)
 
 

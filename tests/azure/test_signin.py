@@ -23,19 +23,18 @@ import numpy as np
 import pytest
 import requests
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
-from identity import STORAGE_RESOURCE, Certificate, IdentityEndpoint, claims_of, sign_in_environment
-from signin_helpers import Box, assert_signed_in_only, bearer_claims, make_raw, run_cli
+from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
+from support.identity import STORAGE_RESOURCE, Certificate, IdentityEndpoint, claims_of, sign_in_environment
+from support.signin_helpers import Box, assert_signed_in_only, bearer_claims, make_raw, run_cli
 
 import vhdtool.azure.storage
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination
 from vhdtool.azure.upload import upload
 from vhdtool.blockio.fileio import data_ranges
-from vhdtool.extents import merge_ranges
+from vhdtool.extents import MiB, merge_ranges
 
-MiB = 1 << 20
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def subprocess_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

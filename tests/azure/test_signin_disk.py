@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, RecordingProxy, Rule
-from identity import DISK_RESOURCE, IdentityEndpoint, claims_of
-from signin_helpers import Disk, make_raw, needs_entra, run_cli, without_token
+from support.azurite import Azurite, RecordingProxy, Rule
+from support.identity import DISK_RESOURCE, IdentityEndpoint, claims_of
+from support.signin_helpers import Disk, make_raw, needs_entra, run_cli, without_token
 
-MiB = 1 << 20
+from vhdtool.extents import MiB
 
 
 @pytest.fixture

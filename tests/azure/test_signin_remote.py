@@ -14,15 +14,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, Recorded, RecordingProxy, Rule
-from identity import DISK_RESOURCE, STORAGE_RESOURCE, IdentityEndpoint, claims_of
-from signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_entra, run_cli, without_token
+from support.azurite import Azurite, Recorded, RecordingProxy, Rule
+from support.identity import DISK_RESOURCE, STORAGE_RESOURCE, IdentityEndpoint, claims_of
+from support.signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_entra, run_cli, without_token
 
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination
 from vhdtool.azure.upload import upload
-
-MiB = 1 << 20
+from vhdtool.extents import MiB
 
 
 def test_info_check_and_download_sign_in_once(tmp_path: Path, box: Box, https_proxy: RecordingProxy,

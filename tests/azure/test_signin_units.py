@@ -232,7 +232,7 @@ def test_not_every_refusal_is_about_the_credential() -> None:
 
 
 def test_bearer_tokens_are_scrubbed_from_any_text() -> None:
-    from identity import IdentityEndpoint
+    from support.identity import IdentityEndpoint
 
     endpoint = IdentityEndpoint()
     try:

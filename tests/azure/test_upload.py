@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule
-from conftest import qemu_img, reference_sparse_digest_of_bytes
+from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule
+from support.oracles import qemu_img, reference_sparse_digest_of_bytes
 
 import vhdtool.azure.storage
 import vhdtool.blockio.fileio
@@ -43,7 +43,7 @@ from vhdtool.jobs.convert import convert
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
 
 

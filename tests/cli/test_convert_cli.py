@@ -16,7 +16,7 @@ import termios
 from pathlib import Path
 
 import pytest
-from vhd_builder import build_vhd
+from support.vhd_builder import build_vhd
 
 from vhdtool import open_image
 from vhdtool.cli import run
@@ -25,7 +25,7 @@ from vhdtool.extents import MiB
 from vhdtool.jobs.convert import convert
 from vhdtool.stream import filecopy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def vhdtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from divergences import CONDITIONS, READ, REFUSED, WARNS, Condition
+from support.divergences import CONDITIONS, READ, REFUSED, WARNS, Condition
 
 from vhdtool.cli import run
+from vhdtool.extents import MiB
 from vhdtool.formats.open import open_image
 
-MiB = 1024 * 1024
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 
 
 @pytest.mark.parametrize("condition", CONDITIONS, ids=lambda c: c.key)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import qemu_img, qemu_raw_bytes
+from support.oracles import qemu_img, qemu_raw_bytes
 
 from vhdtool import open_image
 from vhdtool.blockio import fileio

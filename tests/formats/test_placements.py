@@ -13,15 +13,24 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from vhd_builder import build_child, build_vhd, sectors_from_writes
-from vhdx_builder import FULLY_PRESENT, NOT_PRESENT, PARTIALLY_PRESENT, ZERO, Block, LogWrite, build_vhdx, write_log
+from support.vhd_builder import build_child, build_vhd, sectors_from_writes
+from support.vhdx_builder import (
+    FULLY_PRESENT,
+    NOT_PRESENT,
+    PARTIALLY_PRESENT,
+    ZERO,
+    Block,
+    LogWrite,
+    build_vhdx,
+    write_log,
+)
 
 from vhdtool.disk.base import Placement
+from vhdtool.extents import MiB
 from vhdtool.formats.open import open_image
 from vhdtool.jobs.convert import PaddedView
 from vhdtool.stream.fixed_view import FixedVhdView
 
-MiB = 1024 * 1024
 SIZE = 6 * MiB
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from producers import (
+from support.producers import (
     ALSO,
     CREATORS,
     PRODUCERS,
@@ -28,12 +28,12 @@ from producers import (
     matrix,
     qemu_info,
 )
-from vhdx_builder import FULLY_PRESENT, Block, build_vhdx
+from support.vhdx_builder import FULLY_PRESENT, Block, build_vhdx
 
 from vhdtool.cli import run
+from vhdtool.extents import MiB
 
-MiB = 1024 * 1024
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 WARNINGS = {"no-footer-copy": "footer copy at offset 0 is missing",
             "stale-footer-copy": "footer copy at offset 0 differs"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import qemu_raw_bytes
+from support.oracles import qemu_raw_bytes
 
 from vhdtool import open_image
 from vhdtool.extents import MiB, allocated_bytes

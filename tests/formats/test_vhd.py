@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import qemu_img, qemu_raw_bytes
+from support.oracles import qemu_img, qemu_raw_bytes
 
 from vhdtool.cli import main
 from vhdtool.disk.base import DiskReader

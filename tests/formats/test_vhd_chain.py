@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vhd_builder import (
+from support.vhd_builder import (
     SECTOR,
     build_child,
     build_vhd,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from vhd_builder import SECTOR, build_child, build_vhd, model_bytes, ones_complement_checksum
+from support.vhd_builder import SECTOR, build_child, build_vhd, model_bytes, ones_complement_checksum
 
 from vhdtool.cli import main
 from vhdtool.errors import ImageError, ParentError
@@ -380,7 +380,7 @@ def test_run_prints_one_line_and_exits_1(tmp_path: Path, damage: str,
 
 def sparse_vhd_with_hole_table(path: Path, size: int, block_size: int, entries: int) -> None:
     """A dynamic VHD whose BAT of ``entries`` entries is a hole of a sparse file: all entries read 0."""
-    from vhd_builder import footer_bytes
+    from support.vhd_builder import footer_bytes
 
     bat_offset = 1536
     data_end = bat_offset + 4 * entries + 4096

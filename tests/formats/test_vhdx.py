@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import qemu_img, qemu_raw_bytes, unpack_fixture
+from support.fixture_files import unpack_fixture
+from support.oracles import qemu_img, qemu_raw_bytes
 
 from vhdtool.cli import main
-from vhdtool.extents import check_cover
+from vhdtool.extents import MiB, check_cover
 from vhdtool.formats.open import open_image
 from vhdtool.formats.vhdx.reader import VhdxDisk
 
-MiB = 1024 * 1024
 FIXTURES = ["dynamic-1m", "dynamic-default", "dynamic-8m", "fixed-4m", "fixed-zero-state"]
 EXPECTED = {  # name: (type, virtual size, block size, allocated bytes)
     "dynamic-1m": ("dynamic", 10 * MiB + 3584, 1 * MiB, 3 * MiB + 3584),
@@ -148,7 +148,7 @@ def test_4k_sector_dynamic_disk_matches_libvhdi(tmp_path: Path) -> None:
     import random
 
     import pyvhdi
-    from vhdx_builder import FULLY_PRESENT, Block, build_vhdx
+    from support.vhdx_builder import FULLY_PRESENT, Block, build_vhdx
 
     rnd = random.Random(11)
     size = 5 * MiB - 4096

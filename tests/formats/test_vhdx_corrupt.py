@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from vhdx_builder import (
+from support.vhdx_builder import (
     BAT_GUID,
     FULLY_PRESENT,
     METADATA_GUID,
@@ -22,9 +22,9 @@ from vhdx_builder import (
 )
 
 from vhdtool.errors import ImageError, UnsupportedImageError
+from vhdtool.extents import MiB
 from vhdtool.formats.open import open_image
 
-MiB = 1024 * 1024
 KiB = 1024
 # Offsets of the builder's metadata items after the 64 KiB table (each padded to 8 bytes).
 ITEM_FILE_PARAMETERS, ITEM_VIRTUAL_SIZE, ITEM_LOGICAL_SECTOR = 0, 8, 32

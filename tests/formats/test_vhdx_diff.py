@@ -15,7 +15,7 @@ import pyvhdi
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vhdx_builder import (
+from support.vhdx_builder import (
     FULLY_PRESENT,
     NOT_PRESENT,
     PARTIALLY_PRESENT,
@@ -29,10 +29,8 @@ from vhdx_builder import (
 
 from vhdtool.cli import main
 from vhdtool.errors import ParentError
-from vhdtool.extents import allocated_ranges, check_cover, merge_ranges
+from vhdtool.extents import MiB, allocated_ranges, check_cover, merge_ranges
 from vhdtool.formats.open import open_image
-
-MiB = 1024 * 1024
 
 
 def model(blocks: dict[int, Block], size: int, block_size: int, sector: int,

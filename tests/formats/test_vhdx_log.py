@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import qemu_raw_bytes
-from vhdx_builder import (
+from support.oracles import qemu_raw_bytes
+from support.vhdx_builder import (
     FULLY_PRESENT,
     Block,
     Built,
@@ -27,10 +27,10 @@ from vhdx_builder import (
 )
 
 from vhdtool.errors import ImageError
+from vhdtool.extents import MiB
 from vhdtool.formats.open import open_image
 from vhdtool.formats.vhdx.reader import VhdxDisk
 
-MiB = 1024 * 1024
 SIZE = 8 * MiB
 
 

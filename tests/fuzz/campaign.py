@@ -61,7 +61,7 @@ class Campaign:
 
     def volumes(self) -> Any:
         if self._volumes is None:
-            from strategies import make_volumes
+            from support.strategies import make_volumes
 
             self._volumes = make_volumes(Path(tempfile.mkdtemp(prefix="vhdtool-campaign-volumes-")))
         return self._volumes
@@ -102,7 +102,7 @@ class Campaign:
         body()
 
     def run_hives(self, batch: int, seed: int) -> None:
-        from strategies import hive_mutations
+        from support.strategies import hive_mutations
 
         images = self.volumes().images
         names = [n for n in ("hive_software", "hive_system") if n in images]
@@ -164,7 +164,7 @@ class Campaign:
         body()
 
     def run(self, target: str, batch: int, seed: int) -> None:
-        from strategies import table_cases, vhd_cases, vhdx_cases
+        from support.strategies import table_cases, vhd_cases, vhdx_cases
 
         runners: dict[str, Callable[[], None]] = {
             "vhd": lambda: self.run_case_strategy("vhd", vhd_cases(), batch, seed),

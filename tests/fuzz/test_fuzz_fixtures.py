@@ -13,11 +13,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
-from fuzz.harness import exercise
-from fuzz.mutate import Op, SparseImage, make_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.fixture_files import FIXTURES
+
+from fuzz.harness import exercise
+from fuzz.mutate import Op, SparseImage, make_case
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

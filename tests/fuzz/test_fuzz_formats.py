@@ -14,11 +14,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from fuzz.harness import exercise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import Case, vhd_cases, vhdx_cases
+from support.strategies import Case, vhd_cases, vhdx_cases
 
+from fuzz.harness import exercise
 from vhdtool.errors import VhdtoolError
 from vhdtool.formats.open import open_image
 

@@ -20,7 +20,7 @@ from vhdtool.formats.raw import RawDisk
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_campaign_under_memory_cap(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_disk_reader_read_is_clipped_to_the_volume(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", [128, 199, 0x80 | 57])
 def test_ntfs_absurd_mft_record_size(tmp_path: Path, value: int) -> None:
     """Regression (campaign seed 1): clusters-per-MFT-record byte set so the record size is 2**57 or more."""
-    from strategies import _build_table, make_volumes
+    from support.strategies import _build_table, make_volumes
 
     volumes = make_volumes(tmp_path / "vol")
     if "ntfs" not in volumes.images:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fuzz.harness import watchdog
-from vhd_builder import SECTOR, build_child, build_vhd, read_identity
-from vhdx_builder import FULLY_PRESENT, Block, MiB, build_vhdx
+from support.vhd_builder import SECTOR, build_child, build_vhd, read_identity
+from support.vhdx_builder import FULLY_PRESENT, Block, MiB, build_vhdx
 
+from fuzz.harness import watchdog
 from vhdtool.cli import main
 from vhdtool.errors import ImageError, ParentError, VhdtoolError
 from vhdtool.formats.open import open_image, open_with_options

@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fuzz.harness import exercise
-from fuzz.mutate import apply_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import Case, Volumes, hive_mutations, make_volumes, table_cases
+from support.strategies import Case, Volumes, hive_mutations, make_volumes, table_cases
 
+from fuzz.harness import exercise
+from fuzz.mutate import apply_bytes
 from vhdtool.errors import VhdtoolError
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
@@ -46,7 +46,7 @@ def test_undamaged_disks_inspect() -> None:
     """The undamaged tables: inspect finds every volume (the ext4 one with its symlink loops terminates)."""
     names = tuple(n for n in ("ext4", "fat", "ntfs") if n in volumes().images)
     for scheme in ("gpt", "mbr", "mbr-logical"):
-        from strategies import _build_table
+        from support.strategies import _build_table
 
         case = Case("table", {"scheme": scheme, "filesystems": names}, (),
                     lambda folder, p: _build_table(folder, p, volumes()))

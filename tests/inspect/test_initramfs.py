@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from linux_images import make_linux
+from support.linux_images import make_linux
 
 from vhdtool.inspect.initramfs import scan_initramfs
 from vhdtool.inspect.linux_readiness import _module_name

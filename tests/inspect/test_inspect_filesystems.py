@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from vhdtool.disk.base import ImageFile
+from vhdtool.extents import MiB
 from vhdtool.formats.raw import RawDisk
 from vhdtool.inspect import filesystems as fs
 from vhdtool.inspect.xfs_log import xfs_log_state
-
-MiB = 1 << 20
 
 
 def volume(tmp_path: Path, name: str, size: int, *mkfs: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vhdtool.extents import MiB
 from vhdtool.inspect.generation import hyperv_generation
 from vhdtool.inspect.partitions import (
     BIOS_BOOT_GUID,
@@ -13,8 +14,6 @@ from vhdtool.inspect.partitions import (
     Partition,
     PartitionTable,
 )
-
-MiB = 1 << 20
 
 
 def gpt(*types: str, boot_code: bool = False, hybrid: bool = False) -> PartitionTable:

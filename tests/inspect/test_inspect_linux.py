@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from linux_images import ImageCache, shared_cache
+from support.linux_images import ImageCache, shared_cache
 
 from vhdtool.formats.open import open_image
 from vhdtool.inspect.linux import parse_keyvalue, verdict

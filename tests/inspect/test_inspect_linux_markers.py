@@ -7,13 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from linux_images import make_linux
+from support.linux_images import make_linux
 
+from vhdtool.extents import MiB
 from vhdtool.formats.open import open_image
 from vhdtool.inspect.model import GENERALIZED, SPECIALIZED, OsReport
 from vhdtool.inspect.report import inspect_disk
-
-MiB = 1 << 20
 
 
 def root_with(tmp_path: Path, state: str, change: Callable[[Path], None]) -> OsReport:

@@ -8,16 +8,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from linux_images import ImageCache, make_linux, shared_cache
+from support.linux_images import ImageCache, make_linux, shared_cache
 
 from vhdtool.disk.base import ImageFile, VirtualDisk
-from vhdtool.extents import Extent
+from vhdtool.extents import Extent, MiB
 from vhdtool.formats.raw import RawDisk
 from vhdtool.inspect.lvm import LogicalVolume, LogicalVolumeDisk, lvm_crc, parse_config
 from vhdtool.inspect.model import SPECIALIZED
 from vhdtool.inspect.report import LVM_LV_TYPE, inspect_disk
-
-MiB = 1 << 20
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 
 from vhdtool.disk.base import ImageFile
 from vhdtool.errors import ImageError
+from vhdtool.extents import MiB
 from vhdtool.formats.raw import RawDisk
 from vhdtool.inspect.partitions import ESP_GUID, LINUX_SWAP_GUID, read_partition_table
-
-MiB = 1 << 20
 
 
 def raw_disk(path: Path) -> RawDisk:

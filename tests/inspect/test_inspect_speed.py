@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import qemu_img
-from linux_images import make_linux
+from support.linux_images import make_linux
+from support.oracles import qemu_img
 
 from vhdtool.disk.base import ImageFile
 from vhdtool.formats.open import open_image

@@ -6,18 +6,17 @@ hivex's own tools (``hivexget``, ``hivexregedit --export``) are the independent 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.windows_images import builder
 
 from vhdtool.errors import ImageError, VhdtoolError
 from vhdtool.inspect.model import GENERALIZED, IN_BETWEEN, SPECIALIZED, UNKNOWN, OsReport
@@ -31,23 +30,6 @@ from vhdtool.inspect.windows import (
     parse_state_ini,
 )
 
-FIXTURE_SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
-
-
-def load_builder() -> ModuleType:
-    """Import the fixture script as a module (it is a script, not part of a package)."""
-    name = "vhdtool_windows_fixtures"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIXTURE_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = load_builder()
 if builder.missing_tools():
     pytest.skip(f"fixture tools missing: {builder.missing_tools()} (scripts/setup.sh --test)",
                 allow_module_level=True)

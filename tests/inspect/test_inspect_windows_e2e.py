@@ -8,15 +8,13 @@ dynamic VHD: the verdicts must not depend on the container. ntfs-3g's ``ntfscat`
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import qemu_img
+from support.oracles import qemu_img
+from support.windows_images import builder
 
 from vhdtool.formats.open import open_image
 from vhdtool.inspect import report as report_module
@@ -24,22 +22,7 @@ from vhdtool.inspect.model import GENERALIZED, SPECIALIZED
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
-FIXTURE_SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
 
-
-def load_builder() -> ModuleType:
-    name = "vhdtool_windows_fixtures"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIXTURE_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = load_builder()
 if builder.missing_tools():
     pytest.skip(f"fixture tools missing: {builder.missing_tools()} (scripts/setup.sh --test)",
                 allow_module_level=True)

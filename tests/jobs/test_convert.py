@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, qemu_img, reference_sparse_digest, unpack_fixture
+from support.fixture_files import FIXTURES, unpack_fixture
+from support.oracles import qemu_img, reference_sparse_digest
 
 from vhdtool import open_image
 from vhdtool.disk.base import VirtualDisk
@@ -207,7 +208,7 @@ def test_keep_id_reuses_the_vhd_id_and_the_vhdx_data_write_guid(tmp_path: Path) 
     assert fresh.unique_id != kept.unique_id
     assert (tmp_path / "kept.vhd").read_bytes()[-512:][68:84] == vhd_id
 
-    from vhdx_builder import FULLY_PRESENT, Block, build_vhdx
+    from support.vhdx_builder import FULLY_PRESENT, Block, build_vhdx
     guid = uuid.uuid4()
     vhdx = tmp_path / "g.vhdx"
     build_vhdx(vhdx, 3 * MiB, blocks={1: Block(FULLY_PRESENT, b"\x42" * MiB)}, data_write_guid=guid)
@@ -280,7 +281,7 @@ def test_failure_or_ctrl_c_leaves_no_partial_file(tmp_path: Path, error: BaseExc
 
 
 def run_cli(*args: str, preexec: object = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, env=env,
                           preexec_fn=preexec)  # type: ignore[arg-type]
 

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
-from vhdx_builder import (
+from support.vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
+from support.vhdx_builder import (
     FULLY_PRESENT,
     PARTIALLY_PRESENT,
     Block,

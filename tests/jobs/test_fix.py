@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import qemu_img
+from support.oracles import qemu_img
 
 from vhdtool.errors import ImageError, OutputError, UnsupportedImageError
 from vhdtool.extents import MiB, align_up
@@ -198,7 +198,7 @@ def test_a_file_changed_after_planning_is_not_touched(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, env=env)
 
 

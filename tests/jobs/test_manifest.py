@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import reference_sparse_digest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.oracles import reference_sparse_digest
 
 from vhdtool.errors import OutputError, UsageError
 from vhdtool.jobs.manifest import (

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import unpack_fixture
+from support.fixture_files import unpack_fixture
 
 from vhdtool.jobs.manifest import read_manifest
 from vhdtool.jobs.prepare import PrepareRequest, prepare
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "prepare.md"
 TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "bool": (bool,), "integer": (int,), "object": (dict,),
                                       "array": (list,), "null": (type(None),)}

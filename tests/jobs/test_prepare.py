@@ -15,10 +15,11 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import reference_sparse_digest
+from support.oracles import reference_sparse_digest
 
 from vhdtool import __version__
 from vhdtool.errors import ImageError, UsageError
+from vhdtool.extents import MiB
 from vhdtool.inspect.architecture import guess_architecture
 from vhdtool.jobs.manifest import SCHEMA, read_manifest
 from vhdtool.jobs.prepare import (
@@ -32,8 +33,7 @@ from vhdtool.jobs.prepare import (
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
 DAY = date(2026, 11, 23)
-MiB = 1024 * 1024
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def vhdtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,14 +12,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from linux_images import make_linux
+from support.linux_images import make_linux
 
+from vhdtool.extents import MiB
 from vhdtool.inspect.architecture import elf_machine
 from vhdtool.jobs.prepare import PrepareRequest, prepare
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
-MiB = 1024 * 1024
 EM_X86_64, EM_AARCH64, EM_RISCV = 0x3E, 0xB7, 0xF3
 
 

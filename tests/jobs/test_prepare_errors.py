@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import unpack_fixture
+from support.fixture_files import unpack_fixture
 
-ROOT = Path(__file__).resolve().parent.parent
-MiB = 1024 * 1024
+from vhdtool.extents import MiB
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def env() -> dict[str, str]:

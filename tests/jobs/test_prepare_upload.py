@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
-from conftest import reference_sparse_digest, reference_sparse_digest_of_bytes
+from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
+from support.oracles import reference_sparse_digest, reference_sparse_digest_of_bytes
 
 from vhdtool.jobs.prepare import PrepareRequest, parse_destination, prepare
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
 pytest.importorskip("azure.storage.blob")
 DAY = date(2026, 11, 23)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

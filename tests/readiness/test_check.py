@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from linux_images import ImageCache, shared_cache
+from support.linux_images import ImageCache, shared_cache
 
 from vhdtool.inspect.filesystems import VolumeInfo
 from vhdtool.inspect.generation import GenerationReport
@@ -112,7 +112,7 @@ def severities(f: Facts, rule_id: str) -> list[str]:
 def test_rule_ids_are_unique_and_documented() -> None:
     ids = [r.id for r in RULES]
     assert len(ids) == len(set(ids))
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "check-rules.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "check-rules.md").read_text()
     for rule_id in ids:
         assert f"`{rule_id}`" in doc, rule_id
 
@@ -367,7 +367,7 @@ def test_usage_errors_exit_2(images: ImageCache) -> None:
 
 
 def test_dirty_vhdx_log_is_an_unclean_capture(tmp_path: Path) -> None:
-    from vhdx_builder import build_vhdx, write_log
+    from support.vhdx_builder import build_vhdx, write_log
 
     path = tmp_path / "dirty.vhdx"
     write_log(build_vhdx(path, 64 * MiB), [[]])  # one log entry the headers point at: a non-empty log

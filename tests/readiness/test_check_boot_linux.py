@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from linux_images import ImageCache, make_linux, shared_cache
+from support.linux_images import ImageCache, make_linux, shared_cache
 
 from vhdtool.inspect.linux_readiness import fstab_entries, netplan_interfaces, source_kind
 from vhdtool.inspect.model import GENERALIZED

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import qemu_img
-from test_check_windows import builder
+from support.oracles import qemu_img
+from support.windows_images import builder
 
 from vhdtool.inspect.registry import RegValue
 from vhdtool.inspect.windows_readiness import _allow_rules, parse_winhttp

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from support.windows_images import builder
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
 pytest.importorskip("dissect.ntfs")
-SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
 
 
-def load_builder() -> ModuleType:
-    name = "vhdtool_windows_fixtures"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = load_builder()
 if builder.missing_tools():
     pytest.skip(f"fixture tools missing: {builder.missing_tools()}", allow_module_level=True)
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
-from azurite import (
+from support.azurite import (
     ACCOUNT,
     ACCOUNT_KEY,
     FAILING_FAULTS,
@@ -50,7 +50,7 @@ from azurite import (
     RecordingProxy,
     Rule,
 )
-from conftest import reference_sparse_digest_of_bytes
+from support.oracles import reference_sparse_digest_of_bytes
 
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination, PageBlobTarget, RetryableError
@@ -62,7 +62,7 @@ from vhdtool.jobs.convert import convert
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = 512
 MAX_PUT = 4 * MiB
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}

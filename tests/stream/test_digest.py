@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from vhdtool.extents import Extent
 from vhdtool.stream.digest import GRANULE, SparseDigest, SparseDigestSink, granules_touched
 
-REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "scripts" / "sparse_digest.py"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "scripts" / "sparse_digest.py"
 
 
 def _reference():

@@ -11,10 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import reference_sparse_digest
-from vhd_builder import build_child, build_vhd, sectors_from_writes
+from support.oracles import reference_sparse_digest
+from support.vhd_builder import build_child, build_vhd, sectors_from_writes
 
 from vhdtool import open_image
+from vhdtool.extents import MiB
 from vhdtool.jobs.convert import convert
 from vhdtool.stream import filecopy
 from vhdtool.stream.digest import GRANULE, SparseDigest
@@ -22,8 +23,6 @@ from vhdtool.stream.filecopy import KERNEL_COPY_FILESYSTEMS, copy_into, filesyst
 from vhdtool.stream.fixed_file import FixedFileSink
 from vhdtool.stream.fixed_view import FixedVhdView
 from vhdtool.stream.pump import pump
-
-MiB = 1024 * 1024
 
 
 def scattered_raw(path: Path, size: int, seed: int = 3) -> Path:
@@ -181,7 +180,7 @@ def test_cli_sync_flag_fsyncs_and_default_does_not(tmp_path: Path) -> None:
         out = tmp_path / f"out{flag}.vhd"
         cmd = ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,sync_file_range,syncfs", "-o", str(log),
                sys.executable, "-m", "vhdtool", "convert", str(raw), str(out), "--quiet", *([flag] if flag else [])]
-        subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+        subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
         counts[flag] = sum(1 for line in log.read_text().splitlines() if "sync" in line)
     assert counts[""] == 0
     assert counts["--sync"] >= 2

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhd_builder import (
+from support.vhd_builder import (
     SECTOR,
     Layout,
     build_child,
@@ -24,7 +24,7 @@ from vhd_builder import (
     build_vhd,
     ones_complement_checksum,
 )
-from vhdx_builder import (
+from support.vhdx_builder import (
     BAT_GUID,
     FULLY_PRESENT,
     METADATA_GUID,
@@ -40,9 +40,9 @@ from vhdx_builder import (
     write_headers,
     write_log,
 )
+from vhdtool.extents import MiB
 
 KiB = 1024
-MiB = 1024 * KiB
 VHD_SIZE = 5 * MiB
 VHD_SECTORS = {0: b"\x01" * SECTOR, 4095: b"\x02" * SECTOR, 5000: b"\x03" * SECTOR,
                VHD_SIZE // SECTOR - 1: b"\x04" * SECTOR}

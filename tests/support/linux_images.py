@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "linux" / "make_linux.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "fixtures" / "linux" / "make_linux.py"
 _spec = importlib.util.spec_from_file_location("make_linux", SCRIPT)
 assert _spec is not None and _spec.loader is not None
 make_linux = importlib.util.module_from_spec(_spec)

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pyvhdi
-from vhd_builder import build_fixed_vhd, build_vhd, footer_bytes, sectors_from_writes
-from vhdx_builder import (
+
+from support.vhd_builder import build_fixed_vhd, build_vhd, footer_bytes, sectors_from_writes
+from support.vhdx_builder import (
     FULLY_PRESENT,
     NOT_PRESENT,
     PARTIALLY_PRESENT,
@@ -46,9 +47,9 @@ from vhdx_builder import (
     current_data_write_guid,
     write_log,
 )
+from vhdtool.extents import MiB
 
 KiB = 1024
-MiB = 1024 * KiB
 SECTOR = 512
 
 # qemu-img's layout options: block_size 0 lets qemu choose (8 MiB for disks below 1 GiB).

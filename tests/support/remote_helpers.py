@@ -17,13 +17,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
-from azurite import ACCOUNT, Azurite, RecordingProxy
 
+from support.azurite import ACCOUNT, Azurite, RecordingProxy
 from vhdtool.blockio.fileio import data_ranges
+from vhdtool.extents import MiB
 
-ROOT = Path(__file__).resolve().parent.parent
-MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sdk_upload(client: BlobClient, path: Path, *, whole: bool | None = None) -> None:
@@ -93,3 +94,17 @@ def vhdtool(*args: str, connection_string: str | None = None, cwd: Path | None =
 def json_of(proc: subprocess.CompletedProcess[str]) -> Any:
     assert proc.stdout, proc.stderr
     return json.loads(proc.stdout)
+
+
+def make_raw(path: Path, size: int, seed: int) -> Path:
+    """A sparse raw disk: a 9 MiB run, an unaligned write, scattered pages, a page of explicit zeros."""
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        writes = [(0, 4096), (5 * MiB + 100, 3000), (12 * MiB, 9 * MiB + 512)]
+        starts = rng.integers(50000, size // 512 - 64, 60)
+        writes += [(int(o) * 512, 512 * int(n)) for o, n in zip(starts, rng.integers(1, 17, 60), strict=True)]
+        for offset, length in writes:
+            f.seek(offset)
+            f.write(rng.integers(1, 256, length, dtype=np.uint8).tobytes())
+    return path

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from azure.storage.blob import AccessPolicy, BlobServiceClient, generate_blob_sas
-from azurite import ACCOUNT, ACCOUNT_KEY, Answer, Azurite, Recorded, RecordingProxy, storage_error
-from identity import DISK_RESOURCE, STORAGE_RESOURCE, TENANT, Certificate, IdentityEndpoint, claims_of
 
+from support.azurite import ACCOUNT, ACCOUNT_KEY, Answer, Azurite, Recorded, RecordingProxy, storage_error
+from support.identity import DISK_RESOURCE, STORAGE_RESOURCE, TENANT, Certificate, IdentityEndpoint, claims_of
 from vhdtool.cli import run
 
 CHALLENGE = (f"Bearer authorization_uri=https://login.microsoftonline.com/{TENANT}/oauth2/authorize "

@@ -22,8 +22,9 @@ from typing import Any
 
 from fuzz.mutate import Op, apply
 from hypothesis import strategies as st
-from vhd_builder import build_child, build_vhd, footer_bytes
-from vhdx_builder import (
+
+from support.vhd_builder import build_child, build_vhd, footer_bytes
+from support.vhdx_builder import (
     FULLY_PRESENT,
     NOT_PRESENT,
     PARTIALLY_PRESENT,
@@ -35,9 +36,9 @@ from vhdx_builder import (
     build_vhdx,
     write_log,
 )
+from vhdtool.extents import MiB
 
 KiB = 1024
-MiB = 1024 * KiB
 SECTOR = 512
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def _build_vhd(folder: Path, p: dict[str, Any]) -> tuple[Path, dict[str, int], d
         layout = build_child(child, parent, sectors, block_size=block, kinds=p["kinds"])
         if locators:
             # Rebuild with hostile locators placed before the honest ones (resolution must skip them).
-            from vhd_builder import locators_for, read_identity
+            from support.vhd_builder import locators_for, read_identity
 
             pid, _ = read_identity(parent)
             layout = build_vhd(child, size, sectors, block_size=block, disk_type=4, parent_id=pid,
@@ -483,7 +484,7 @@ def make_volumes(folder: Path) -> Volumes:
     try:
         import importlib.util
 
-        script = Path(__file__).resolve().parent.parent / "fixtures" / "windows" / "make_fixtures.py"
+        script = Path(__file__).resolve().parents[2] / "fixtures" / "windows" / "make_fixtures.py"
         spec = importlib.util.spec_from_file_location("make_fixtures_fuzz", script)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import crc32c
 
+from vhdtool.extents import MiB
+
 KiB = 1024
-MiB = 1024 * KiB
 BAT_GUID = uuid.UUID("2DC27766-F623-4200-9D64-115E9BFD4A08")
 METADATA_GUID = uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E")
 FILE_PARAMETERS = uuid.UUID("CAA16737-FA36-4D43-B3B6-33F0AA44E76B")

@@ -2,11 +2,11 @@
 
 Usage: ``python benchmarks/patch_bench.py [--base-mib 256] [--share 0.02]``
 
-Builds (with the test builder ``tests/vhdx_builder.py``) a 4 GiB VHDX base holding ``--base-mib``
+Builds (with the test builder ``tests/support/vhdx_builder.py``) a 4 GiB VHDX base holding ``--base-mib``
 of random 1 MiB blocks and a differencing child over it that rewrites ``--share`` of that amount in
 partially present blocks (half of each block's sectors, in 64 KiB runs) and turns one base block
-ZERO. Against a local Azurite behind the recording proxy of ``tests/azurite.py`` (every Put Page body counted), with
-the proxy standing in for Put Page From URL so the base is copied server-side, it times:
+ZERO. Against a local Azurite behind the recording proxy of ``tests/support/azurite.py`` (every Put Page
+body counted), with the proxy standing in for Put Page From URL so the base is copied server-side, it times:
 
 * ``upload CHILD`` (the full upload a patch replaces);
 * ``upload BASE`` once (the golden image), then ``upload CHILD DEST --base BASE_URL``.

@@ -1,4 +1,4 @@
-"""How qemu-img and libvhdi read the images of tests/divergences.py, beside vhdtool: the columns of the
+"""How qemu-img and libvhdi read the images of tests/support/divergences.py, beside vhdtool: the columns of the
 table in docs/formats.md. ``python benchmarks/reader_divergence.py [--markdown]``."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What reading, downloading and copying disks in Azure costs, against a local Azurite behind the
-recording proxy of ``tests/azurite.py`` (every request and answer byte counted).
+recording proxy of ``tests/support/azurite.py`` (every request and answer byte counted).
 
 Usage: ``python benchmarks/remote_bench.py [--filler-mib 16]``
 

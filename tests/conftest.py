@@ -59,7 +59,8 @@ def box(azurite_oauth: Azurite, certificate: Certificate, https_proxy: Recording
 
 @pytest.fixture(scope="session")
 def md_host(azurite: Azurite, certificate: Certificate) -> Iterator[RecordingProxy]:
-    """The stand-in for a managed disk's ``md-`` host (see ``tests/signin_helpers.py``): HTTPS, Azurite behind."""
+    """The stand-in for a managed disk's ``md-`` host (see ``tests/support/signin_helpers.py``): HTTPS,
+    Azurite behind."""
     proxy = RecordingProxy(azurite.port, certificate=certificate)
     yield proxy
     proxy.close()

@@ -1,7 +1,7 @@
 """``vhdtool copy`` between two Azurite accounts: only written ranges move, server-side or relayed.
 
 Azurite answers Put Page From URL with 501, so against Azurite itself the copy relays the bytes.
-The server-side path runs against a stand-in that the recording proxy of ``tests/azurite.py`` puts in
+The server-side path runs against a stand-in that the recording proxy of ``tests/support/azurite.py`` puts in
 front of Azurite (``copy_from_url_keys``): it implements Put Page From URL as the REST reference
 describes it for x-ms-version 2020-10-02 and later, by reading the source range from Azurite and
 writing it with an ordinary Put Page. It is a stand-in, not the service: it checks the request's

@@ -1,6 +1,6 @@
 """``vhdtool download`` against Azurite: only written ranges fetched, sparse output, resumable, digested.
 
-Every request passes the recording proxy of ``tests/azurite.py`` (counted, faults injected). The
+Every request passes the recording proxy of ``tests/support/azurite.py`` (counted, faults injected). The
 output is compared byte for byte with the blob as the SDK downloads it; its sparse digest with the
 stand-alone reference script of docs/scripts/sparse_digest.py run on the output file.
 """

@@ -1,7 +1,7 @@
 """``info``, ``inspect`` and ``check`` of disks already in Azure, read where they are.
 
 Azurite holds the blobs (no mock); every request goes through the recording proxy of
-``tests/azurite.py``, which counts requests and answer bytes and injects faults. Each remote
+``tests/support/azurite.py``, which counts requests and answer bytes and injects faults. Each remote
 result is compared with the same command run on a local copy of the blob's bytes: the output must
 be the same but for the image's name and the line that says what was read. Blobs come from
 ``vhdtool upload`` and from the Azure SDK alone (``upload_blob``), including a VHDX uploaded as it

@@ -4,7 +4,7 @@ The blob service is a second Azurite, over HTTPS with ``--oauth basic`` (it chec
 audience, issuer and lifetime, and refuses bearer tokens over HTTP); the certificate is made for the
 run and trusted through ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` for the test process and its
 children only. ``DefaultAzureCredential`` finds the managed identity through ``IDENTITY_ENDPOINT``
-and ``IDENTITY_HEADER`` (the App Service protocol) served by ``tests/identity.py``, which counts the
+and ``IDENTITY_HEADER`` (the App Service protocol) served by ``tests/support/identity.py``, which counts the
 tokens it hands out. Requests pass a recording HTTPS proxy, which sees every ``Authorization`` header.
 What Azurite does not check (RBAC roles) the proxy answers as Azure does: 403
 ``AuthorizationPermissionMismatch`` (REST API "Common error codes").

@@ -1,7 +1,7 @@
 """Managed disks whose data access needs Microsoft Entra ID (``az disk create --data-access-auth-mode
 AzureActiveDirectory``): the bearer challenge answered with a token for ``https://disk.azure.com/``.
 
-Azure's ``md-*.blob.storage.azure.net`` hosts cannot run here; the stand-in of ``tests/signin_helpers.py``
+Azure's ``md-*.blob.storage.azure.net`` hosts cannot run here; the stand-in of ``tests/support/signin_helpers.py``
 does what they do, in front of Azurite. The disk itself is a page blob created beforehand with the exact
 size, as in the other managed-disk tests.
 """

@@ -1,6 +1,6 @@
 """``vhdtool upload`` against a real Azurite, every request recorded by a loopback proxy.
 
-The blob service is Azurite (no mock); the proxy in ``tests/azurite.py`` checks every Put Page
+The blob service is Azurite (no mock); the proxy in ``tests/support/azurite.py`` checks every Put Page
 (≤ 4 MiB, 512-byte aligned, Content-MD5 right) and injects faults. After each upload the blob is
 downloaded straight from Azurite and compared with the fixed VHD that ``vhdtool convert`` writes;
 the MD5 is recomputed with hashlib. A "managed disk" is emulated by a page blob created beforehand

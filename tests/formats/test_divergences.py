@@ -1,5 +1,5 @@
 """vhdtool's column of the table of docs/formats.md, "Where vhdtool differs from qemu-img and libvhdi":
-each condition of tests/divergences.py, built, is refused, read with a warning or read, as the table
+each condition of tests/support/divergences.py, built, is refused, read with a warning or read, as the table
 says; and the table names every condition. (The qemu-img and libvhdi columns come from
 ``python benchmarks/reader_divergence.py``; they are not pinned here, so a new libvhdi cannot break
 the suite.)"""

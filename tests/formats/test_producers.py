@@ -1,4 +1,4 @@
-"""Every image the producers matrix generates (tests/producers.py) reads as qemu-img and libvhdi read
+"""Every image the producers matrix generates (tests/support/producers.py) reads as qemu-img and libvhdi read
 it: ``vhdtool info`` describes it and ``vhdtool convert --format raw`` writes byte for byte what the
 oracles read. The wider matrix is marked ``wide`` (``scripts/test.sh --slow``). Beside the matrix:
 the divergences from qemu-img that docs/formats.md records, and the bad input that stays refused."""

@@ -1,4 +1,4 @@
-"""Dynamic and differencing VHDs from tests/vhd_builder.py: libvhdi checks the builder, a model checks
+"""Dynamic and differencing VHDs from tests/support/vhd_builder.py: libvhdi checks the builder, a model checks
 the reader (random block maps and partial bitmaps), and parent resolution is exercised end to end."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Differencing VHDX chains made by tests/vhdx_builder.py: a model of the block map is the oracle for
+"""Differencing VHDX chains made by tests/support/vhdx_builder.py: a model of the block map is the oracle for
 every state, libvhdi (pyvhdi) an independent reader for the states it implements, and parent
 resolution / identity checks are exercised end to end."""
 

@@ -1,6 +1,6 @@
 """Fuzzing the VHD and VHDX readers with structure-aware damage (issue 7).
 
-Valid images come from the spec-following builders (tests/vhd_builder.py, tests/vhdx_builder.py);
+Valid images come from the spec-following builders (tests/support/vhd_builder.py, tests/support/vhdx_builder.py);
 hypothesis then damages named fields (sizes, offsets, counts, BAT and log entries, parent locators) and
 repairs checksums some of the time. Every entry point must succeed or raise a VhdtoolError, within a
 time bound, with reads that agree with each other. A fixed, derandomised number of examples runs here;

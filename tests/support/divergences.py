@@ -2,7 +2,7 @@
 libvhdi, as a small image built to show it (docs/formats.md, "Where vhdtool differs from qemu-img and
 libvhdi").
 
-``tests/test_divergences.py`` checks vhdtool's column of that table against these images and that the
+``tests/formats/test_divergences.py`` checks vhdtool's column of that table against these images and that the
 table names every condition; ``python benchmarks/reader_divergence.py`` runs qemu-img and libvhdi on
 them and prints their columns, so the table can be redone when either tool changes.
 """

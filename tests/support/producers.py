@@ -8,7 +8,7 @@ against the raw output, on a replayed copy when the image has a dirty log) and l
 whole chain attached), plus the builder's own model of the bytes where it knows them.
 
 qemu-img makes what it can (every ``create``/``convert`` option that changes the layout, data written
-with ``qemu-io``); ``tests/vhdx_builder.py`` and ``tests/vhd_builder.py`` make the rest (4 KiB
+with ``qemu-io``); ``tests/support/vhdx_builder.py`` and ``tests/support/vhd_builder.py`` make the rest (4 KiB
 sectors, differencing chains, ``leave_blocks_allocated``, dirty logs, other creators' footers and
 dynamic-VHD layout quirks). The default run takes a pairwise cover of qemu's options (every pair of
 values meets once, and every subformat × zero-state × size shape) and every builder case; the ``slow``

@@ -38,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from support.azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
-    from support.remote_helpers import Store, json_of, vhdtool
+    from support.cli import run_cli_process
+    from support.remote_helpers import Store, json_of
     from support.vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
     size = 4 << 30
@@ -67,7 +68,7 @@ def main() -> None:
         def run(name: str, *argv: str, store: Store) -> dict[str, Any]:
             proxy.clear()
             started = time.monotonic()
-            proc = vhdtool(*argv, "--json", connection_string=store.connection_string)
+            proc = run_cli_process(*argv, "--json", connection_string=store.connection_string)
             seconds = time.monotonic() - started
             if proc.returncode:
                 raise SystemExit(f"{name}: {proc.stderr.strip()}")

@@ -39,8 +39,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from support.azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
+    from support.cli import run_cli_process
     from support.linux_images import make_linux
-    from support.remote_helpers import Store, sdk_upload, vhdtool
+    from support.remote_helpers import Store, sdk_upload
     from support.windows_images import builder
 
     report: dict[str, Any] = {}
@@ -64,7 +65,7 @@ def main() -> None:
         def counted(*command: str, cs: str | None = None) -> dict[str, Any]:
             proxy.clear()
             started = time.monotonic()
-            proc = vhdtool(*command, connection_string=cs)
+            proc = run_cli_process(*command, connection_string=cs)
             seconds = time.monotonic() - started
             if proc.returncode not in (0, 1):
                 raise SystemExit(proc.stderr)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
-from support.remote_helpers import Store, json_of, sdk_upload, vhdtool
+from support.cli import run_cli
+from support.remote_helpers import Store, json_of, sdk_upload
 from support.vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
 from support.vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
@@ -163,7 +164,7 @@ def sent_bodies(proxy: RecordingProxy) -> int:
 
 def put_base(kind: str, base: Path, src: Store, tmp: Path) -> None:
     if kind == "vhdtool":
-        proc = vhdtool("upload", str(base), src.spec("base.vhd"), "--overwrite",
+        proc = run_cli("upload", str(base), src.spec("base.vhd"), "--overwrite",
                        connection_string=src.connection_string)
         assert proc.returncode == 0, proc.stderr
         return
@@ -179,7 +180,7 @@ def put_base(kind: str, base: Path, src: Store, tmp: Path) -> None:
 def check_patched(paths: list[Path], src: Store, dst: Store, proxy: RecordingProxy, owned_data: int,
                   *extra: str) -> dict[str, object]:
     proxy.clear()
-    proc = vhdtool("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
+    proc = run_cli("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
                    "--json", "--verify", *extra, connection_string=dst.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
@@ -187,7 +188,7 @@ def check_patched(paths: list[Path], src: Store, dst: Store, proxy: RecordingPro
     assert result["bytes_sent"] == sent  # the owned non-zero pages and the footer
     assert sent <= RATIO * owned_data + 512, (sent, owned_data)
     assert result["copy_mode"] == "server" and result["copy_bytes_sent"] == 0
-    full = vhdtool("upload", str(paths[-1]), dst.spec("full.vhd"), "--json", *extra,
+    full = run_cli("upload", str(paths[-1]), dst.spec("full.vhd"), "--json", *extra,
                    connection_string=dst.connection_string)
     assert full.returncode == 0, full.stderr
     full_result = json_of(full)
@@ -247,7 +248,7 @@ def test_wrong_base_is_refused_before_writing(tmp_path: Path, src: Store, dst: S
     for base_by in ("vhdtool", "sdk"):
         put_base(base_by, wrong[0], src, other)
         proxy.clear()
-        proc = vhdtool("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
+        proc = run_cli("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
                        connection_string=dst.connection_string)
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -265,7 +266,7 @@ def test_wrong_base_is_refused_before_writing(tmp_path: Path, src: Store, dst: S
         f.seek(file_offset)
         f.write(bytes(b ^ 0xFF for b in old))
     proxy.clear()
-    proc = vhdtool("upload", str(paths[-1]), dst.spec("patched2.vhd"), "--base", src.sas_url("base.vhd"),
+    proc = run_cli("upload", str(paths[-1]), dst.spec("patched2.vhd"), "--base", src.sas_url("base.vhd"),
                    connection_string=dst.connection_string)
     assert proc.returncode != 0 and "sparse digest" in proc.stderr, proc.stderr
     assert not any(r.method == "PUT" for r in proxy.requests)
@@ -286,7 +287,7 @@ def test_interrupted_patch_resumes_without_copying_again(tmp_path: Path, src: St
     client.clear_page(offset, 4096)
     assert client.download_blob().readall() != expected
     proxy.clear()
-    proc = vhdtool("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
+    proc = run_cli("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
                    "--resume", "--json", "--verify=full", connection_string=dst.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
@@ -296,7 +297,7 @@ def test_interrupted_patch_resumes_without_copying_again(tmp_path: Path, src: St
     assert client.get_blob_properties().metadata["vhdtool_state"] == "complete"
     # Without --resume, an existing blob is refused before anything is written.
     proxy.clear()
-    proc = vhdtool("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
+    proc = run_cli("upload", str(paths[-1]), dst.spec("patched.vhd"), "--base", src.sas_url("base.vhd"),
                    connection_string=dst.connection_string)
     assert proc.returncode != 0 and "already exists" in proc.stderr, proc.stderr
     assert not any(r.method == "PUT" for r in proxy.requests)
@@ -308,7 +309,7 @@ def test_base_relayed_where_the_service_cannot_copy(tmp_path: Path, src: Store, 
     put_base("vhdtool", paths[0], src, tmp_path)
     keys, proxy.copy_from_url_keys = proxy.copy_from_url_keys, None  # Azurite itself answers 501
     try:
-        proc = vhdtool("upload", str(paths[-1]), dst.spec("relayed.vhd"), "--base", src.sas_url("base.vhd"),
+        proc = run_cli("upload", str(paths[-1]), dst.spec("relayed.vhd"), "--base", src.sas_url("base.vhd"),
                        "--json", "--verify=full", connection_string=dst.connection_string)
     finally:
         proxy.copy_from_url_keys = keys
@@ -316,7 +317,7 @@ def test_base_relayed_where_the_service_cannot_copy(tmp_path: Path, src: Store, 
     result = json_of(proc)
     assert result["copy_mode"] == "relay" and result["copy_bytes_sent"] > 0
     assert result["bytes_sent"] <= RATIO * owned_data + 512
-    full = vhdtool("upload", str(paths[-1]), dst.spec("full.vhd"), connection_string=dst.connection_string)
+    full = run_cli("upload", str(paths[-1]), dst.spec("full.vhd"), connection_string=dst.connection_string)
     assert full.returncode == 0, full.stderr
     assert dst.client("relayed.vhd").download_blob().readall()[:-512] == \
         dst.client("full.vhd").download_blob().readall()[:-512]
@@ -326,17 +327,17 @@ def test_last_months_patched_blob_is_next_months_base(tmp_path: Path, src: Store
                                                       proxy: RecordingProxy) -> None:
     paths, _ = vhd_chain(tmp_path, 2, random.Random(31))
     put_base("vhdtool", paths[0], src, tmp_path)
-    month1 = vhdtool("upload", str(paths[1]), src.spec("month1.vhd"), "--base", src.sas_url("base.vhd"),
+    month1 = run_cli("upload", str(paths[1]), src.spec("month1.vhd"), "--base", src.sas_url("base.vhd"),
                      connection_string=src.connection_string)
     assert month1.returncode == 0, month1.stderr
     proxy.clear()
-    proc = vhdtool("upload", str(paths[2]), dst.spec("month2.vhd"), "--base", src.sas_url("month1.vhd"),
+    proc = run_cli("upload", str(paths[2]), dst.spec("month2.vhd"), "--base", src.sas_url("month1.vhd"),
                    "--json", connection_string=dst.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["proof"] == "metadata" and result["levels"] == 1
     assert Path(result["ancestor"]).resolve() == paths[1].resolve()
-    full = vhdtool("upload", str(paths[2]), dst.spec("full.vhd"), connection_string=dst.connection_string)
+    full = run_cli("upload", str(paths[2]), dst.spec("full.vhd"), connection_string=dst.connection_string)
     assert full.returncode == 0, full.stderr
     assert dst.client("month2.vhd").download_blob().readall()[:-512] == \
         dst.client("full.vhd").download_blob().readall()[:-512]
@@ -353,7 +354,7 @@ def test_refusals_are_one_line(tmp_path: Path, src: Store, dst: Store, proxy: Re
     ]
     for image, base, message in cases:
         proxy.clear()
-        proc = vhdtool("upload", str(image), dst.spec("x.vhd"), "--base", src.sas_url(base),
+        proc = run_cli("upload", str(image), dst.spec("x.vhd"), "--base", src.sas_url(base),
                        connection_string=dst.connection_string)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
@@ -369,7 +370,7 @@ def test_prepare_patches_the_os_disk_over_its_base(tmp_path: Path, src: Store, d
     put_base("vhdtool", paths[0], src, tmp_path)
     out = tmp_path / "out"
     proxy.clear()
-    proc = vhdtool("prepare", "--name", "web", "--os", str(paths[-1]), "-o", str(out), "--upload", dst.container,
+    proc = run_cli("prepare", "--name", "web", "--os", str(paths[-1]), "-o", str(out), "--upload", dst.container,
                    "--base-os", src.sas_url("base.vhd"), "--force", "--json", "-q",
                    *(() if local_copy else ("--no-local-copy",)), connection_string=dst.connection_string)
     assert proc.returncode == 0, proc.stderr
@@ -381,7 +382,7 @@ def test_prepare_patches_the_os_disk_over_its_base(tmp_path: Path, src: Store, d
     patched = dst.client(blob).download_blob().readall()
     if local_copy:  # the blob is the very file prepare wrote, footer included
         assert patched == (out / disk["fixed_vhd"]["path"]).read_bytes()
-    full = vhdtool("upload", str(paths[-1]), dst.spec("full.vhd"), "--overwrite",
+    full = run_cli("upload", str(paths[-1]), dst.spec("full.vhd"), "--overwrite",
                    connection_string=dst.connection_string)
     assert full.returncode == 0, full.stderr
     assert patched[:-512] == dst.client("full.vhd").download_blob().readall()[:-512]
@@ -400,7 +401,7 @@ def test_prepare_base_options_are_checked_first(tmp_path: Path) -> None:
          "--base-data 'x': write LUN=URL"),
     ]
     for extra, message in cases:
-        proc = vhdtool("prepare", "--name", "web", "--os", str(paths[-1]), "-o", str(tmp_path / "out"), *extra)
+        proc = run_cli("prepare", "--name", "web", "--os", str(paths[-1]), "-o", str(tmp_path / "out"), *extra)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()

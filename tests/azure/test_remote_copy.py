@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy, Rule
+from support.cli import cli_command, run_cli
 from support.oracles import qemu_img
-from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_upload, sig_of, vhdtool
+from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_upload, sig_of
 
 from vhdtool.stream.digest import SparseDigest
 
@@ -58,7 +58,7 @@ def blobs(src: Store, tmp_path_factory: pytest.TempPathFactory) -> dict[str, byt
     """Blob name in ``src`` -> its bytes: a fixed VHD by vhdtool, one by the SDK, and a VHDX as uploaded."""
     tmp = tmp_path_factory.mktemp("copy")
     raw = make_raw(tmp / "disk.raw", 48 * MiB, seed=11)
-    proc = vhdtool("upload", str(raw), src.spec("disk.vhd"), connection_string=src.connection_string)
+    proc = run_cli("upload", str(raw), src.spec("disk.vhd"), connection_string=src.connection_string)
     assert proc.returncode == 0, proc.stderr
     fixed = tmp / "sdk.vhd"
     qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(fixed))
@@ -82,7 +82,7 @@ def digest_of(data: bytes) -> str:
 
 def cross(src: Store, dst: Store, name: str, dest_name: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """``vhdtool copy`` of ``src``'s blob to ``dst``'s, both given as CONTAINER/BLOB with their connection strings."""
-    return vhdtool("copy", src.spec(name), dst.spec(dest_name), "--source-connection-string",
+    return run_cli("copy", src.spec(name), dst.spec(dest_name), "--source-connection-string",
                    src.connection_string, "--connection-string", dst.connection_string, *extra)
 
 
@@ -119,7 +119,7 @@ def test_server_side_copy_through_the_stand_in(blobs: dict[str, bytes], src: Sto
                                                proxy: RecordingProxy) -> None:
     proxy.copy_from_url_keys = dict(src.azurite.accounts)
     url = src.sas_url("disk.vhd")
-    proc = vhdtool("copy", url, dst.spec("server.vhd"), "--json", "--connection-string", dst.connection_string)
+    proc = run_cli("copy", url, dst.spec("server.vhd"), "--json", "--connection-string", dst.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["mode"] == "server" and result["relay_reason"] is None
@@ -140,7 +140,7 @@ def test_server_side_copy_through_the_stand_in(blobs: dict[str, bytes], src: Sto
     # SAS URLs on both sides, as in the README.
     proxy.clear()
     dest_url = dst.sas_url("server4.vhd", read=True, write=True, create=True)
-    proc = vhdtool("copy", url, dest_url, "--json")
+    proc = run_cli("copy", url, dest_url, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json_of(proc)["mode"] == "server" and sig_of(dest_url) not in proc.stdout + proc.stderr
     assert dst.client("server4.vhd").download_blob().readall() == blobs["disk.vhd"]
@@ -192,7 +192,7 @@ def test_destination_rules(blobs: dict[str, bytes], src: Store, dst: Store, prox
     stale = dst.client("busy.vhd")
     stale.create_page_blob(size)
     stale.upload_page(b"\x5a" * 4 * MiB, 40 * MiB, 4 * MiB)  # where the source holds (almost) nothing
-    same = vhdtool("copy", src.spec("disk.vhd"), src.spec("disk.vhd"), "--overwrite",
+    same = run_cli("copy", src.spec("disk.vhd"), src.spec("disk.vhd"), "--overwrite",
                    connection_string=src.connection_string)
     assert same.returncode == 2 and "same blob" in same.stderr
     refused = cross(src, dst, "disk.vhd", "busy.vhd")
@@ -221,7 +221,7 @@ def test_a_vhdx_blob_is_converted_by_the_relay(blobs: dict[str, bytes], src: Sto
     assert result["converted"] and result["mode"] == "relay" and "vhdx" in result["relay_reason"]
     copied = dst.client("converted.vhd").download_blob().readall()
     assert copied[:-512] == blobs["disk.vhd"][:-512] and len(copied) == len(blobs["disk.vhd"])
-    check = vhdtool("check", "--role", "data", "--json", dst.spec("converted.vhd"),
+    check = run_cli("check", "--role", "data", "--json", dst.spec("converted.vhd"),
                     connection_string=dst.connection_string)
     assert check.returncode == 0 and json_of(check)["ready"], check.stdout
 
@@ -229,9 +229,9 @@ def test_a_vhdx_blob_is_converted_by_the_relay(blobs: dict[str, bytes], src: Sto
 def test_a_killed_copy_resumes(blobs: dict[str, bytes], src: Store, dst: Store, proxy: RecordingProxy) -> None:
     env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
     env["PYTHONPATH"] = str(ROOT)
-    args = [sys.executable, "-m", "vhdtool", "copy", src.spec("sdk.vhd"), dst.spec("resumed.vhd"),
-            "--source-connection-string", src.connection_string, "--connection-string", dst.connection_string,
-            "--threads", "2"]
+    args = cli_command("copy", src.spec("sdk.vhd"), dst.spec("resumed.vhd"),
+                       "--source-connection-string", src.connection_string,
+                       "--connection-string", dst.connection_string, "--threads", "2")
     seen = [0]
     child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -250,7 +250,7 @@ def test_a_killed_copy_resumes(blobs: dict[str, bytes], src: Store, dst: Store, 
     assert 0 < partial < data
     time.sleep(0.1)
     proxy.clear()
-    proc = vhdtool("copy", src.spec("sdk.vhd"), dst.spec("resumed.vhd"), "--source-connection-string",
+    proc = run_cli("copy", src.spec("sdk.vhd"), dst.spec("resumed.vhd"), "--source-connection-string",
                    src.connection_string, "--connection-string", dst.connection_string, "--resume", "--json",
                    "--verify=full")
     assert proc.returncode == 0, proc.stderr

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 from support.azurite import Azurite, Recorded, RecordingProxy, Rule
+from support.cli import cli_command, run_cli
 from support.oracles import qemu_img
-from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_upload, vhdtool
+from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_upload
 
 REFERENCE = ROOT / "docs" / "scripts" / "sparse_digest.py"
 RATIO = 1.01  # bytes fetched / bytes written in the blob
@@ -60,7 +61,7 @@ def uploaded(store: Store, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     """name -> (CONTAINER/BLOB, the blob's bytes as the SDK downloads them)."""
     tmp = tmp_path_factory.mktemp("dl")
     raw = make_raw(tmp / "disk.raw", 64 * MiB, seed=3)
-    proc = vhdtool("upload", str(raw), store.spec("vhdtool.vhd"), connection_string=store.connection_string)
+    proc = run_cli("upload", str(raw), store.spec("vhdtool.vhd"), connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     fixed = tmp / "disk.vhd"
     qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw), str(fixed))
@@ -78,7 +79,7 @@ def test_download_fetches_only_written_ranges_and_writes_sparse(uploaded: dict[s
                                                                  tmp_path: Path, name: str) -> None:
     spec, blob = uploaded[name]
     out = tmp_path / "out.vhd"
-    proc = vhdtool("download", spec, str(out), "--json", connection_string=store.connection_string)
+    proc = run_cli("download", spec, str(out), "--json", connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert out.read_bytes() == blob
@@ -93,13 +94,13 @@ def test_download_fetches_only_written_ranges_and_writes_sparse(uploaded: dict[s
     assert not list(tmp_path.glob("*.vhdtool-partial*"))
     # raw: the disk without its footer, same digest (of the blob)
     raw_out = tmp_path / "out.raw"
-    proc = vhdtool("download", spec, str(raw_out), "--format", "raw", "--json",
+    proc = run_cli("download", spec, str(raw_out), "--format", "raw", "--json",
                    connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     assert raw_out.read_bytes() == blob[:-512]
     assert json_of(proc)["sparse_digest"] == result["sparse_digest"]
     # an existing output is refused without --force
-    again = vhdtool("download", spec, str(out), connection_string=store.connection_string)
+    again = run_cli("download", spec, str(out), connection_string=store.connection_string)
     assert again.returncode == 1 and "--force" in again.stderr
 
 
@@ -108,7 +109,7 @@ def test_a_vhdx_blob_is_converted_on_the_way(uploaded: dict[str, tuple[str, byte
     spec, _ = uploaded["disk.vhdx"]
     _, fixed = uploaded["vhdtool.vhd"]
     out = tmp_path / "out.vhd"
-    proc = vhdtool("download", spec, str(out), "--json", connection_string=store.connection_string)
+    proc = run_cli("download", spec, str(out), "--json", connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["converted"] and result["source_format"] == "vhdx-dynamic"
@@ -116,7 +117,7 @@ def test_a_vhdx_blob_is_converted_on_the_way(uploaded: dict[str, tuple[str, byte
     assert data[:-512] == fixed[:-512]  # the same disk; the fresh footer has its own unique id
     assert result["sparse_digest"] == reference_digest(out) and result["digest_of"] == "output"
     qemu_img("compare", "-f", "vpc", "-F", "vpc", str(out), str(out))
-    resumed = vhdtool("download", spec, str(tmp_path / "x.vhd"), "--resume", connection_string=store.connection_string)
+    resumed = run_cli("download", spec, str(tmp_path / "x.vhd"), "--resume", connection_string=store.connection_string)
     assert resumed.returncode == 2 and "converted on the way" in resumed.stderr
 
 
@@ -128,7 +129,7 @@ def test_faults_are_retried(uploaded: dict[str, tuple[str, bytes]], store: Store
     proxy.add_rule(Rule(ranged, "drop", times=2))
     proxy.add_rule(Rule(ranged, "cut", times=2))
     out = tmp_path / "out.vhd"
-    proc = vhdtool("download", spec, str(out), "--json", "--threads", "4", connection_string=store.connection_string)
+    proc = run_cli("download", spec, str(out), "--json", "--threads", "4", connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == blob
     assert json_of(proc)["retries"] == 7
@@ -146,7 +147,7 @@ def test_a_killed_download_resumes_and_refuses_a_changed_blob(uploaded: dict[str
     # Slow answers, so the kill lands after the first granules are recorded and before the last.
     proxy.add_rule(Rule(lambda r: r.method == "GET" and not r.query.get("comp"), "delay", times=1000,
                         seconds=0.4))
-    child = subprocess.Popen([sys.executable, "-m", "vhdtool", "download", spec, str(out), "--threads", "2"],
+    child = subprocess.Popen(cli_command("download", spec, str(out), "--threads", "2"),
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record = Path(str(out) + ".vhdtool-partial.json")
     deadline = time.monotonic() + 60
@@ -159,7 +160,7 @@ def test_a_killed_download_resumes_and_refuses_a_changed_blob(uploaded: dict[str
     done = {i for a, b in json.loads(record.read_text())["done"] for i in range(a, b)}
     assert 0 < len(done) < len(blob) // (4 * MiB)
     proxy.clear()
-    proc = vhdtool("download", spec, str(out), "--resume", "--json", connection_string=store.connection_string)
+    proc = run_cli("download", spec, str(out), "--resume", "--json", connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["resumed"] and out.read_bytes() == blob
@@ -179,7 +180,7 @@ def test_a_killed_download_resumes_and_refuses_a_changed_blob(uploaded: dict[str
     Path(str(out2) + ".vhdtool-partial.json").write_text(record.read_text() if record.exists() else
                                                          _record_for(store, spec, len(blob)))
     store.client("resume.vhd").upload_page(b"\x09" * 512, 0, 512)
-    proc = vhdtool("download", spec, str(out2), "--resume", connection_string=store.connection_string)
+    proc = run_cli("download", spec, str(out2), "--resume", connection_string=store.connection_string)
     assert proc.returncode == 2 and "changed since the partial download" in proc.stderr, proc.stderr
     assert not out2.exists()
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
+from support.cli import run_cli
 from support.fixture_files import unpack_fixture
-from support.remote_helpers import Store, json_of, sdk_upload, sig_of, vhdtool
+from support.remote_helpers import Store, json_of, sdk_upload, sig_of
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_prepare_reads_disks_in_azure_and_verify_checks_a_copied_set(azurite: Az
     sdk_upload(disks.client("data.vhd"), data)
     os_url, data_url = disks.sas_url("os.vhdx"), disks.sas_url("data.vhd")
     out = tmp_path / "out"
-    proc = vhdtool("prepare", "--name", "web", "--os", os_url, "--data", f"0={data_url}", "-o", str(out),
+    proc = run_cli("prepare", "--name", "web", "--os", os_url, "--data", f"0={data_url}", "-o", str(out),
                    "--upload", images.container, "--no-local-copy", "--json", "-q",
                    connection_string=images.connection_string)
     assert proc.returncode == 0, proc.stderr
@@ -48,22 +49,22 @@ def test_prepare_reads_disks_in_azure_and_verify_checks_a_copied_set(azurite: Az
     assert os_disk["source"]["format"] == "vhdx" and os_disk["os"]["state"] == "generalized"
     assert data_disk["source"]["type"] == "dynamic" and data_disk["fixed_vhd"]["path"] is None
     manifest_path = next(out.glob("*.manifest.json"))
-    ok = vhdtool("verify", str(manifest_path), "--dest", images.container, "--json",
+    ok = run_cli("verify", str(manifest_path), "--dest", images.container, "--json",
                  connection_string=images.connection_string)
     assert ok.returncode == 0 and json_of(ok)["ok"], ok.stdout
 
     # The set moves to another account (another region): blob by blob, with vhdtool copy.
     for disk in manifest["disks"]:
         blob = disk["name"] + ".vhd"
-        moved = vhdtool("copy", images.spec(blob), region2.spec(blob), "--source-connection-string",
+        moved = run_cli("copy", images.spec(blob), region2.spec(blob), "--source-connection-string",
                         images.connection_string, "--connection-string", region2.connection_string)
         assert moved.returncode == 0, moved.stderr
-    there = vhdtool("verify", str(manifest_path), "--dest", region2.container, "--json",
+    there = run_cli("verify", str(manifest_path), "--dest", region2.container, "--json",
                     connection_string=region2.connection_string)
     assert there.returncode == 0 and json_of(there)["ok"], there.stdout
     # A copy that went wrong is drift.
     region2.client(os_disk["name"] + ".vhd").upload_page(b"\x01" * 512, 512 * 100, 512)
-    drift = vhdtool("verify", str(manifest_path), "--dest", region2.container, "--json",
+    drift = run_cli("verify", str(manifest_path), "--dest", region2.container, "--json",
                     connection_string=region2.connection_string)
     assert drift.returncode == 1
     verdicts = {d["name"]: d["status"] for d in json.loads(drift.stdout)["disks"]}

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from support.azurite import Azurite, RecordingProxy, Rule
+from support.cli import run_cli
 from support.linux_images import make_linux
 from support.oracles import qemu_img
-from support.remote_helpers import MiB, Store, json_of, sdk_upload, sig_of, vhdtool
+from support.remote_helpers import MiB, Store, json_of, sdk_upload, sig_of
 
 from vhdtool.azure.remote.blob_source import BlobSource
 from vhdtool.azure.remote.cache import GranuleCache
@@ -85,7 +86,7 @@ def blobs(store: Store, sample: Any, tmp_path_factory: pytest.TempPathFactory) -
     tmp = tmp_path_factory.mktemp("remote")
     out: dict[str, tuple[str, Path]] = {}
     # 1. The OS disk uploaded by vhdtool (a fixed VHD made on the fly); its bytes fetched back directly.
-    proc = vhdtool("upload", str(sample["os"]), store.spec("os.vhd"), connection_string=store.connection_string)
+    proc = run_cli("upload", str(sample["os"]), store.spec("os.vhd"), connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     local = tmp / "os.vhd"
     write_sparse(local, store.client("os.vhd").download_blob().readall())
@@ -116,9 +117,9 @@ def test_remote_info_inspect_check_match_local(blobs: dict[str, tuple[str, Path]
     spec, local = blobs[name]
     role = "data" if name == "sdk-dynamic" else "os"
     for command in (["info"], ["inspect"], ["check", "--role", role]):
-        here = vhdtool(*command, "--json", str(local))
+        here = run_cli(*command, "--json", str(local))
         proxy.clear()
-        there = vhdtool(*command, "--json", spec, connection_string=store.connection_string)
+        there = run_cli(*command, "--json", spec, connection_string=store.connection_string)
         only_reads(proxy)
         assert there.returncode == here.returncode, there.stderr
         remote, facts = json_of(there), json_of(here)
@@ -129,8 +130,8 @@ def test_remote_info_inspect_check_match_local(blobs: dict[str, tuple[str, Path]
         assert without(remote, "path", "read", "allocated_bytes") == without(facts, "path", "allocated_bytes")
         if "path" in remote:
             assert remote["path"] == f"{store.proxy.endpoint}/{spec}"
-    human_here = vhdtool(*command, str(local))
-    human_there = vhdtool(*command, spec, connection_string=store.connection_string)
+    human_here = run_cli(*command, str(local))
+    human_there = run_cli(*command, spec, connection_string=store.connection_string)
     assert human_body(human_there.stdout) == human_body(human_here.stdout)
     assert "read from Azure:" in human_there.stdout
     if name == "sdk-vhdx":
@@ -143,24 +144,24 @@ def test_a_sas_url_is_read_and_its_token_never_shown(blobs: dict[str, tuple[str,
                                                      proxy: RecordingProxy) -> None:
     spec, _ = blobs["vhdtool-fixed"]
     url = store.sas_url(spec.split("/", 1)[1])
-    proc = vhdtool("check", url)
+    proc = run_cli("check", url)
     assert proc.returncode == 0, proc.stderr
     assert sig_of(url) not in proc.stdout + proc.stderr
     assert "ready for Azure" in proc.stdout
     # A token without read permission: one line, no token, non-zero exit.
     bad = store.sas_url(spec.split("/", 1)[1], write=True)
-    proc = vhdtool("info", bad)
+    proc = run_cli("info", bad)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "403" in proc.stderr, proc.stderr
     assert sig_of(bad) not in proc.stdout + proc.stderr
-    missing = vhdtool("info", store.sas_url("nothing-here.vhd"))
+    missing = run_cli("info", store.sas_url("nothing-here.vhd"))
     assert missing.returncode == 1 and "no such blob" in missing.stderr
 
 
 def test_a_block_blob_is_read_and_named(blobs: dict[str, tuple[str, Path]], store: Store) -> None:
     _, local = blobs["sdk-dynamic"]
     store.client("block.vhd").upload_blob(local.read_bytes(), overwrite=True)  # a block blob, by mistake
-    proc = vhdtool("info", "--json", store.spec("block.vhd"), connection_string=store.connection_string)
+    proc = run_cli("info", "--json", store.spec("block.vhd"), connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     assert json_of(proc)["type"] == "dynamic"
     assert "BlockBlob" in proc.stderr and "page blobs only" in proc.stderr
@@ -172,7 +173,7 @@ def test_a_local_file_wins_over_container_slash_blob(blobs: dict[str, tuple[str,
     folder = tmp_path / spec.split("/")[0]
     folder.mkdir()
     (folder / spec.split("/")[1]).write_bytes(local.read_bytes())
-    proc = vhdtool("info", "--json", spec, connection_string=store.connection_string, cwd=tmp_path)
+    proc = run_cli("info", "--json", spec, connection_string=store.connection_string, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "read" not in json_of(proc) and not proxy.requests
 
@@ -180,13 +181,13 @@ def test_a_local_file_wins_over_container_slash_blob(blobs: dict[str, tuple[str,
 def test_faults_are_retried_and_change_nothing(blobs: dict[str, tuple[str, Path]], store: Store,
                                                proxy: RecordingProxy) -> None:
     spec, local = blobs["sdk-vhdx"]
-    expected = json_of(vhdtool("inspect", "--json", str(local)))
+    expected = json_of(run_cli("inspect", "--json", str(local)))
     ranged = lambda r: r.method == "GET" and not r.query.get("comp")  # noqa: E731
     proxy.add_rule(Rule(lambda r: r.method == "HEAD", "503", retry_after=0))
     proxy.add_rule(Rule(lambda r: r.query.get("comp") == "pagelist", "cut"))
     proxy.add_rule(Rule(ranged, "drop", times=2))
     proxy.add_rule(Rule(ranged, "503", times=1, retry_after=0))
-    proc = vhdtool("inspect", "--json", spec, connection_string=store.connection_string)
+    proc = run_cli("inspect", "--json", spec, connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stderr
     got = json_of(proc)
     assert got["read"]["retries"] == 5
@@ -234,7 +235,7 @@ def test_page_ranges_are_listed_across_continuation_markers(store: Store, proxy:
                                                                   + bytes([7]) * 512)
     finally:
         source.close()
-    proc = vhdtool("info", "--json", store.spec("fragmented.vhd"), connection_string=store.connection_string)
+    proc = run_cli("info", "--json", store.spec("fragmented.vhd"), connection_string=store.connection_string)
     assert json_of(proc)["allocated_bytes"] == 512 * len(written)
 
 
@@ -287,7 +288,7 @@ def large_disks(tmp_path_factory: pytest.TempPathFactory, store: Store) -> dict[
 @pytest.mark.parametrize("fs", ["ext4", "ntfs"])
 def test_check_of_a_30_gib_os_disk_reads_within_budget(large_disks: dict[str, str], store: Store,
                                                        proxy: RecordingProxy, fs: str) -> None:
-    proc = vhdtool("check", "--role", "os", "--json", large_disks[fs], connection_string=store.connection_string)
+    proc = run_cli("check", "--role", "os", "--json", large_disks[fs], connection_string=store.connection_string)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json_of(proc)
     assert result["ready"] and result["os"]["state"] == GENERALIZED

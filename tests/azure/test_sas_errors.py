@@ -36,8 +36,8 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
+from support.cli import run_cli
 
-from vhdtool.cli import run
 from vhdtool.extents import MiB
 
 HOUR = dt.timedelta(hours=1)
@@ -101,13 +101,6 @@ def make_raw(path: Path, size: int = 8 * MiB, runs: int = 8, run_length: int = 6
     return path
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        run(args)
-    out, err = capsys.readouterr()
-    return int(stop.value.code or 0), out, err
-
-
 def refusal(code: int, err: str, spot: Spot, expected: int = 1) -> str:
     """The one line a refusal prints; no signature in any spelling."""
     assert code == expected, err
@@ -150,7 +143,7 @@ def test_sas_expiring_mid_upload_names_its_expiry_and_resume_finishes(
     proxy.on_request = hold_first_put
     if service == "as-azure":
         proxy.add_rule(Rule(lambda r: "se" in r.query, "answer", times=10_000, answer=_as_azure_when_expired))
-    code, out, err = run_cli(["upload", str(image), spot.url(sas, via_proxy=True), "--threads", "2"], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(sas, via_proxy=True), "--threads", "2"])
     line = refusal(code, err, spot)
     assert held.is_set()
     answer = "AuthorizationFailure" if service == "azurite" else "AuthenticationFailed"
@@ -160,7 +153,7 @@ def test_sas_expiring_mid_upload_names_its_expiry_and_resume_finishes(
 
     proxy.clear()
     fresh = spot.blob_sas(read=True, create=True, write=True)
-    code, out, err = run_cli(["upload", str(image), spot.url(fresh, via_proxy=True), "--resume", "--json"], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(fresh, via_proxy=True), "--resume", "--json"])
     assert code == 0, err
     facts = json.loads(out)
     assert facts["resumed"] is True and facts["bytes_skipped"] > 0
@@ -179,7 +172,7 @@ def test_sas_expiring_mid_upload_names_its_expiry_and_resume_finishes(
 def test_sas_without_a_permission_names_it(permissions: dict[str, bool], refused: str, tmp_path: Path, spot: Spot,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2)
-    code, out, err = run_cli(["upload", str(image), spot.url(spot.blob_sas(**permissions))], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(spot.blob_sas(**permissions))])
     line = refusal(code, err, spot)
     assert refused in line, line
     if permissions == {"read": True, "create": True}:
@@ -191,7 +184,7 @@ def test_container_sas_where_a_blob_url_is_needed(tmp_path: Path, spot: Spot,
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2)
     sas = spot.container_sas(read=True, create=True, write=True)
     # The container's own URL, as `az storage container generate-sas` users paste it: refused before any request.
-    code, out, err = run_cli(["upload", str(image), spot.url(sas, blob=None)], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(sas, blob=None)])
     line = refusal(code, err, spot, expected=2)
     assert "this is a container URL with a container SAS (sr=c); give the blob's URL: add /BLOB to the path" in line
 
@@ -199,13 +192,13 @@ def test_container_sas_where_a_blob_url_is_needed(tmp_path: Path, spot: Spot,
     other = "q" + uuid.uuid4().hex[:12]
     spot.service.create_container(other)
     wrong = spot.container_sas(container=other, read=True, create=True, write=True)
-    code, out, err = run_cli(["upload", str(image), spot.url(wrong)], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(wrong)])
     line = refusal(code, err, spot)
     assert "HTTP 403 AuthorizationFailure: the SAS token was refused: it is a container SAS (sr=c), valid only " \
            "for the container it was made for (is it this one's?)" in line, line
 
     # As advised: the blob's URL with the same container SAS.
-    code, out, err = run_cli(["upload", str(image), spot.url(sas)], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(sas)])
     assert code == 0, err
     assert spot.download()[:-512] == image.read_bytes()
 
@@ -215,14 +208,14 @@ def test_blob_sas_where_a_container_sas_is_needed(tmp_path: Path, spot: Spot,
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2)
     blob_sas = spot.blob_sas("web-os.vhd", read=True, create=True, write=True)
     code, out, err = run_cli(["prepare", "--name", "web", "--os", str(image), "-o", str(tmp_path / "set"),
-                              "--upload", spot.url(blob_sas, blob=None)], capsys)
+                              "--upload", spot.url(blob_sas, blob=None)])
     line = refusal(code, err, spot, expected=2)
     assert "its SAS is a blob SAS (sr=b), valid for one blob, but the set's blobs are named here " \
            "(DISKNAME.vhd): give a container SAS (sr=c) or an account SAS" in line, line
     assert not (tmp_path / "set").exists()
 
     # A blob SAS made for another blob: the service refuses it.
-    code, out, err = run_cli(["upload", str(image), spot.url(blob_sas, blob="disk.vhd")], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(blob_sas, blob="disk.vhd")])
     line = refusal(code, err, spot)
     assert "HTTP 403 AuthorizationFailure: the SAS token was refused: it is a blob SAS (sr=b), valid only for " \
            "the one blob it was made for (is it this blob's?)" in line, line
@@ -247,7 +240,7 @@ def test_revoked_managed_disk_sas_says_grant_access_again(tmp_path: Path, spot: 
             revoked.set()
 
     proxy.on_request = revoke
-    code, out, err = run_cli(["upload", str(image), spot.url(sas, via_proxy=True), "--managed-disk"], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(sas, via_proxy=True), "--managed-disk"])
     line = refusal(code, err, spot)
     assert revoked.is_set()
     assert "HTTP 403 AuthorizationFailure: the managed disk's access SAS is no longer valid: access was revoked " \
@@ -275,6 +268,6 @@ def _account_sas(spot: Spot, **kwargs: object) -> str:
 def test_other_sas_limits_are_named(make: Callable[[Spot], str], refused: str, tmp_path: Path, spot: Spot,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2)
-    code, out, err = run_cli(["upload", str(image), spot.url(make(spot))], capsys)
+    code, out, err = run_cli(["upload", str(image), spot.url(make(spot))])
     line = refusal(code, err, spot)
     assert refused in line, line

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +22,9 @@ import pytest
 import requests
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule, storage_error
+from support.cli import run_cli, run_cli_process
 from support.identity import STORAGE_RESOURCE, Certificate, IdentityEndpoint, claims_of, sign_in_environment
-from support.signin_helpers import Box, assert_signed_in_only, bearer_claims, make_raw, run_cli
+from support.signin_helpers import Box, assert_signed_in_only, bearer_claims, make_raw
 
 import vhdtool.azure.storage
 from vhdtool import open_image
@@ -34,21 +33,14 @@ from vhdtool.azure.upload import upload
 from vhdtool.blockio.fileio import data_ranges
 from vhdtool.extents import MiB, merge_ranges
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def subprocess_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True,
-                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=120)
-
 
 def test_upload_account_url_signs_in_with_the_managed_identity(tmp_path: Path, box: Box, https_proxy: RecordingProxy,
                                                                identity: IdentityEndpoint,
                                                                certificate: Certificate) -> None:
     """A fresh process, as a user runs it: one token, asked the App Service way, on every request."""
     image = make_raw(tmp_path / "disk.raw", 16 * MiB, runs=12, run_length=100 * 1024)
-    proc = subprocess_cli(["upload", str(image), f"{box.container}/disk.vhd", "--account-url", https_proxy.endpoint,
-                           "--verify=full", "--json"], sign_in_environment(identity, certificate))
+    proc = run_cli_process(["upload", str(image), f"{box.container}/disk.vhd", "--account-url", https_proxy.endpoint,
+                            "--verify=full", "--json"], base_env=sign_in_environment(identity, certificate))
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     assert box.download("disk.vhd")[:-512] == image.read_bytes()
@@ -69,7 +61,7 @@ def test_prepare_upload_and_verify_sign_in_once(tmp_path: Path, box: Box, https_
     out = tmp_path / "set"
     code, stdout, err = run_cli(["prepare", "--name", "web", "--os", str(sample["os"]), "--data",
                                  f"0={sample['data']}", "-o", str(out), "--upload", url, "--no-local-copy",
-                                 "--json", "-q"], capsys)
+                                 "--json", "-q"])
     assert code == 0, err
     manifest = json.loads(stdout)
     assert [d["blob_url"].startswith(url) for d in manifest["disks"]] == [True, True]
@@ -77,7 +69,7 @@ def test_prepare_upload_and_verify_sign_in_once(tmp_path: Path, box: Box, https_
     uploads = len(https_proxy.requests)
 
     (path,) = out.glob("*.manifest.json")
-    code, stdout, err = run_cli(["verify", str(path), "--dest", url], capsys)
+    code, stdout, err = run_cli(["verify", str(path), "--dest", url])
     assert code == 0 and "no drift" in stdout, stdout + err
     assert_signed_in_only(https_proxy)
     assert len(https_proxy.requests) > uploads
@@ -183,7 +175,7 @@ def test_no_sign_in_found_is_one_line(tmp_path: Path, box: Box, https_proxy: Rec
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2, run_length=4096)
     started = time.monotonic()
     code, out, err = run_cli(["upload", str(image), f"{box.container}/disk.vhd", "--account-url",
-                              https_proxy.endpoint], capsys)
+                              https_proxy.endpoint])
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "no usable Microsoft Entra ID sign-in (tried ManagedIdentity)" in err and "az login" in err
     assert time.monotonic() - started < 10
@@ -200,7 +192,7 @@ def test_identity_without_a_data_role_is_told_which_role(tmp_path: Path, box: Bo
                                   403, "AuthorizationPermissionMismatch",
                                   "This request is not authorized to perform this operation using this permission.")))
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2, run_length=4096)
-    code, out, err = run_cli(["upload", str(image), f"{https_proxy.endpoint}/{box.container}/disk.vhd"], capsys)
+    code, out, err = run_cli(["upload", str(image), f"{https_proxy.endpoint}/{box.container}/disk.vhd"])
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "HTTP 403 AuthorizationPermissionMismatch" in err
     assert "give it the role Storage Blob Data Contributor on the storage account or container" in err
@@ -216,7 +208,7 @@ def test_token_for_another_audience_refused_by_azurite(tmp_path: Path, box: Box,
     signed_in.audience = "https://management.azure.com/"
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2, run_length=4096)
     code, out, err = run_cli(["upload", str(image), f"{box.container}/disk.vhd", "--account-url",
-                              https_proxy.endpoint], capsys)
+                              https_proxy.endpoint])
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "HTTP 403 AuthenticationFailed: the service refused the Microsoft Entra ID token" in err
     assert [r.status for r in https_proxy.requests] == [403]
@@ -225,7 +217,7 @@ def test_token_for_another_audience_refused_by_azurite(tmp_path: Path, box: Box,
 def test_a_token_is_never_sent_over_plain_http(tmp_path: Path, azurite: Azurite, signed_in: IdentityEndpoint,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=2, run_length=4096)
-    code, out, err = run_cli(["upload", str(image), "somewhere/disk.vhd", "--account-url", azurite.endpoint], capsys)
+    code, out, err = run_cli(["upload", str(image), "somewhere/disk.vhd", "--account-url", azurite.endpoint])
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "a Microsoft Entra ID token is sent only over HTTPS" in err
     assert not signed_in.requests  # refused before a token was even asked for

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from support.azurite import Azurite, RecordingProxy, Rule
+from support.cli import run_cli
 from support.identity import DISK_RESOURCE, IdentityEndpoint, claims_of
-from support.signin_helpers import Disk, make_raw, needs_entra, run_cli, without_token
+from support.signin_helpers import Disk, make_raw, needs_entra, without_token
 
 from vhdtool.extents import MiB
 
@@ -31,7 +32,7 @@ def test_challenge_answered_with_one_disk_token(tmp_path: Path, azurite: Azurite
     image = make_raw(tmp_path / "disk.raw", 12 * MiB, runs=24, run_length=64 * 1024)
     disk = Disk(azurite, host, 12 * MiB + 512)
     host.add_rule(Rule(lambda r: True, "answer", times=10_000, answer=needs_entra(signed_in)))
-    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk", "--verify=full", "--json"], capsys)
+    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk", "--verify=full", "--json"])
     assert code == 0, err
     assert disk.download()[:-512] == image.read_bytes()
     assert json.loads(out)["requests"] == len(host.requests)
@@ -52,7 +53,7 @@ def test_sas_only_disk_asks_for_no_token(tmp_path: Path, azurite: Azurite, host:
     """Without a challenge (a disk with the default data access mode) the SAS alone is used."""
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=4, run_length=64 * 1024)
     disk = Disk(azurite, host, 4 * MiB + 512)
-    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk"], capsys)
+    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk"])
     assert code == 0, err
     assert disk.download()[:-512] == image.read_bytes()
     assert not signed_in.requests
@@ -67,7 +68,7 @@ def test_challenge_without_a_sign_in_is_one_line(tmp_path: Path, azurite: Azurit
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=4, run_length=64 * 1024)
     disk = Disk(azurite, host, 4 * MiB + 512)
     host.add_rule(Rule(lambda r: True, "answer", times=10_000, answer=needs_entra(signed_in)))
-    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk"], capsys)
+    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk"])
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "the service asks for a Microsoft Entra ID token for https://disk.azure.com/" in err
     assert "no sign-in worked (tried ManagedIdentity)" in err and "Data Operator for Managed Disks" in err
@@ -82,7 +83,7 @@ def test_identity_without_the_disk_role_is_told_which_role(tmp_path: Path, azuri
     image = make_raw(tmp_path / "disk.raw", 4 * MiB, runs=4, run_length=64 * 1024)
     disk = Disk(azurite, host, 4 * MiB + 512)
     host.add_rule(Rule(lambda r: True, "answer", times=10_000, answer=needs_entra(signed_in, role=False)))
-    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk"], capsys)
+    code, out, err = run_cli(["upload", str(image), disk.url, "--managed-disk"])
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "HTTP 403 AuthorizationPermissionMismatch: the signed-in identity may not do this (reading blob " \
            "properties): give it the role Data Operator for Managed Disks on the disk" in err, err

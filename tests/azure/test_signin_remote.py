@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from support.azurite import Azurite, Recorded, RecordingProxy, Rule
+from support.cli import run_cli
 from support.identity import DISK_RESOURCE, STORAGE_RESOURCE, IdentityEndpoint, claims_of
-from support.signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_entra, run_cli, without_token
+from support.signin_helpers import Box, Disk, assert_signed_in_only, make_raw, needs_entra, without_token
 
 from vhdtool import open_image
 from vhdtool.azure.storage import Destination
@@ -34,16 +35,16 @@ def test_info_check_and_download_sign_in_once(tmp_path: Path, box: Box, https_pr
     https_proxy.clear()
     url = f"{https_proxy.endpoint}/{box.container}/disk.vhd"
 
-    code, out, err = run_cli(["info", url, "--json"], capsys)
+    code, out, err = run_cli(["info", url, "--json"])
     assert code == 0, err
     facts = json.loads(out)
     assert (facts["format"], facts["virtual_size"]) == ("vhd", 12 * MiB), facts
 
-    code, out, err = run_cli(["check", f"{box.container}/disk.vhd", "--account-url", https_proxy.endpoint], capsys)
+    code, out, err = run_cli(["check", f"{box.container}/disk.vhd", "--account-url", https_proxy.endpoint])
     assert code in (0, 1) and "Traceback" not in err and "read from Azure" in out, out + err
 
     out_path = tmp_path / "copy.vhd"
-    code, out, err = run_cli(["download", url, str(out_path), "--json"], capsys)
+    code, out, err = run_cli(["download", url, str(out_path), "--json"])
     assert code == 0, err
     assert out_path.read_bytes() == box.download("disk.vhd")
     assert_signed_in_only(https_proxy)
@@ -63,7 +64,7 @@ def test_download_of_an_entra_id_disk_answers_its_challenge(tmp_path: Path, azur
                                    blob="abcd"), overwrite=True)
     md_host.add_rule(Rule(lambda r: True, "answer", times=10_000, answer=needs_entra(signed_in)))
     out_path = tmp_path / f"{uuid.uuid4().hex}.vhd"
-    code, out, err = run_cli(["download", disk.url, str(out_path)], capsys)
+    code, out, err = run_cli(["download", disk.url, str(out_path)])
     assert code == 0, err
     assert out_path.read_bytes() == disk.download()
     first, *rest = md_host.requests
@@ -89,7 +90,7 @@ def test_server_side_copy_sends_the_source_token_as_copy_source_authorization(
     https_proxy.copy_from_url_keys = dict(azurite_oauth.accounts)
     try:
         code, out, err = run_cli(["copy", f"{https_proxy.endpoint}/{box.container}/src.vhd", f"{box.container}/dst.vhd",
-                                  "--account-url", https_proxy.endpoint, "--mode", "server", "--json"], capsys)
+                                  "--account-url", https_proxy.endpoint, "--mode", "server", "--json"])
     finally:
         https_proxy.copy_from_url_keys = None
     assert code == 0, err
@@ -119,7 +120,7 @@ def test_server_side_copy_sends_the_source_token_as_copy_source_authorization(
     https_proxy.on_request = spoil
     try:
         code, out, err = run_cli(["copy", f"{https_proxy.endpoint}/{box.container}/src.vhd", f"{box.container}/x.vhd",
-                                  "--account-url", https_proxy.endpoint, "--mode", "server"], capsys)
+                                  "--account-url", https_proxy.endpoint, "--mode", "server"])
     finally:
         https_proxy.copy_from_url_keys = None
         https_proxy.on_request = None

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, Recorded, RecordingProxy, Rule
+from support.cli import cli_command, run_cli
 from support.oracles import qemu_img, reference_sparse_digest_of_bytes
 
 import vhdtool.azure.storage
@@ -339,8 +340,8 @@ def test_sigkill_halfway_then_resume_sends_only_what_is_missing(tmp_path: Path, 
     proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=10_000, seconds=0.15))
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
-    proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
-                             f"{place.container}/{place.blob}", "--threads", "2"],
+    proc = subprocess.Popen(cli_command("upload", str(image),
+                                        f"{place.container}/{place.blob}", "--threads", "2"),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(proxy.put_pages()) < 4 and time.monotonic() < deadline and proc.poll() is None:
@@ -427,13 +428,6 @@ def test_managed_disk_of_the_wrong_size_is_refused_with_the_size_to_pass(tmp_pat
     assert "already holds data" in str(info.value)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
-    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run([sys.executable, "-m", "vhdtool", "upload", *args], capture_output=True, text=True,
-                          env=full_env, timeout=120)
-
-
 def test_cli_json_summary_and_secrets_never_printed(tmp_path: Path, place: Place, azurite: Azurite) -> None:
     image = make_raw(tmp_path / "disk.raw", 16 * MiB)
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
@@ -451,7 +445,7 @@ def test_cli_json_summary_and_secrets_never_printed(tmp_path: Path, place: Place
                 assert form not in proc.stdout and form not in proc.stderr
 
     url = f"{azurite.endpoint}/{place.container}/{place.blob}?{good_sas}"
-    proc = run_cli(str(image), url, "--json", "--verify=full", "--hash", "md5")
+    proc = run_cli("upload", str(image), url, "--json", "--verify=full", "--hash", "md5")
     assert proc.returncode == 0, proc.stderr
     clean(proc)
     facts = json.loads(proc.stdout)
@@ -466,29 +460,29 @@ def test_cli_json_summary_and_secrets_never_printed(tmp_path: Path, place: Place
     assert base64.b64decode(facts["content_md5"]) == hashlib.md5(blob).digest()
     stored = place.direct.get_blob_properties().content_settings.content_md5
     assert stored is not None and bytes(stored) == hashlib.md5(blob).digest()
-    human = run_cli(str(image), url, "--overwrite")  # no --hash: no MD5 anywhere, and the old one cleared
+    human = run_cli("upload", str(image), url, "--overwrite")  # no --hash: no MD5 anywhere, and the old one cleared
     assert human.returncode == 0, human.stderr
     assert "sparse-sha256" in human.stdout and "md5" not in human.stdout
     props = place.direct.get_blob_properties()
     assert not props.content_settings.content_md5 and "vhdtool_md5" not in props.metadata
     assert props.metadata["vhdtool_sparse_sha256"] == reference_sparse_digest_of_bytes(place.download())
 
-    proc = run_cli(str(image), url)  # exists: refused, exit 1, one line
+    proc = run_cli("upload", str(image), url)  # exists: refused, exit 1, one line
     assert proc.returncode == 1 and "--overwrite" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     clean(proc)
 
     denied = f"{azurite.endpoint}/{place.container}/other.vhd?{read_sas}"
-    proc = run_cli(str(image), denied)  # a read-only SAS: the service says 403
+    proc = run_cli("upload", str(image), denied)  # a read-only SAS: the service says 403
     assert proc.returncode == 1 and "403" in proc.stderr and "Traceback" not in proc.stderr
     clean(proc)
 
-    proc = run_cli(str(image), "nosuchcontainer/x.vhd",
+    proc = run_cli("upload", str(image), "nosuchcontainer/x.vhd",
                    env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string()})
     assert proc.returncode == 1 and "404" in proc.stderr and "Traceback" not in proc.stderr
     clean(proc)
 
-    proc = run_cli(str(image), "only-a-name")
+    proc = run_cli("upload", str(image), "only-a-name")
     assert proc.returncode == 2 and "CONTAINER/BLOB" in proc.stderr
 
 
@@ -499,8 +493,8 @@ def test_ctrl_c_exits_130_in_one_line_and_resume_finishes(tmp_path: Path, place:
     proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=10_000, seconds=0.2))
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
-    proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
-                             f"{place.container}/{place.blob}", "--threads", "2", "--progress"],
+    proc = subprocess.Popen(cli_command("upload", str(image),
+                                        f"{place.container}/{place.blob}", "--threads", "2", "--progress"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(proxy.put_pages()) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -513,7 +507,7 @@ def test_ctrl_c_exits_130_in_one_line_and_resume_finishes(tmp_path: Path, place:
     while any(r.status is None and r.fault is None for r in proxy.requests) and time.monotonic() < deadline:
         time.sleep(0.05)
     proxy.clear()
-    proc2 = run_cli(str(image), f"{place.container}/{place.blob}", "--resume", "--json", "--verify",
+    proc2 = run_cli("upload", str(image), f"{place.container}/{place.blob}", "--resume", "--json", "--verify",
                     env={"AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
     assert proc2.returncode == 0, proc2.stderr
     facts = json.loads(proc2.stdout)
@@ -554,7 +548,7 @@ def test_cli_timeout_option_retries_a_slow_answer(tmp_path: Path, place: Place, 
     image = make_raw(tmp_path / "disk.raw", 16 * MiB)
     proxy.add_rule(Rule(lambda r: r.is_put_page, "slow", times=1, seconds=3.0))
     started = time.monotonic()
-    proc = run_cli(str(image), f"{place.container}/{place.blob}", "--timeout", "1", "--json",
+    proc = run_cli("upload", str(image), f"{place.container}/{place.blob}", "--timeout", "1", "--json",
                    env={"AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string})
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
@@ -584,13 +578,13 @@ def test_403_and_404_stop_at_once_in_one_line_without_secrets(tmp_path: Path, pl
     bad_sas = urllib.parse.urlencode({**query, "sig": forged})
     secrets = [query["sig"], forged, ACCOUNT_KEY]
 
-    proc = run_cli(str(image), f"{proxy.endpoint}/{place.container}/{place.blob}?{bad_sas}")
+    proc = run_cli("upload", str(image), f"{proxy.endpoint}/{place.container}/{place.blob}?{bad_sas}")
     line = secret_free_one_line(proc, secrets)
     assert "403" in line and "SAS" in line
     assert len(proxy.requests) == 1 and proxy.requests[0].status == 403  # not retried
 
     proxy.clear()
-    proc = run_cli(str(image), f"nosuchcontainer{uuid.uuid4().hex[:8]}/disk.vhd",
+    proc = run_cli("upload", str(image), f"nosuchcontainer{uuid.uuid4().hex[:8]}/disk.vhd",
                    "--connection-string", place.proxy_connection_string)
     line = secret_free_one_line(proc, secrets)
     assert "404" in line and "container" in line
@@ -614,8 +608,8 @@ def test_progress_bar_on_a_terminal_shows_sent_and_empty(tmp_path: Path, place: 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "upload", str(image),
-                                 f"{place.container}/{place.blob}", "--threads", "2", "--json"],
+        proc = subprocess.Popen(cli_command("upload", str(image),
+                                            f"{place.container}/{place.blob}", "--threads", "2", "--json"),
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
         slave = -1
@@ -735,8 +729,8 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once(tmp_path: Path, place: Pla
     expected = fixed_vhd(image, tmp_path)
     proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=4, seconds=HOLD))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
-    command = [sys.executable, "-m", "vhdtool", "upload", str(image), f"{place.container}/{place.blob}",
-               "--threads", "4"]
+    command = cli_command("upload", str(image), f"{place.container}/{place.blob}",
+                          "--threads", "4")
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(proxy.put_pages()) < 4 and time.monotonic() < deadline and proc.poll() is None:

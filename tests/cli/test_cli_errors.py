@@ -11,16 +11,10 @@ from pathlib import Path
 
 import click
 import pytest
+from support.cli import run_cli
 
 from vhdtool.blockio import fileio
 from vhdtool.cli import main, run
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        run(args)
-    out, err = capsys.readouterr()
-    return int(stop.value.code or 0), out, err
 
 
 @pytest.fixture
@@ -44,7 +38,7 @@ def broken_command() -> object:
 def test_unexpected_failures_are_one_line(broken_command: dict[str, BaseException], error: BaseException,
                                           expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     broken_command["error"] = error
-    code, out, err = run_cli(["explode"], capsys)
+    code, out, err = run_cli(["explode"])
     assert code == (130 if isinstance(error, KeyboardInterrupt) else 1)
     assert out == "" and err.count("\n") == 1 and err.startswith(expected), err
     assert "Traceback" not in err
@@ -67,13 +61,13 @@ def test_read_error_names_the_image_structure_and_offset(tmp_path: Path, monkeyp
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(fileio, "pread", failing_pread)
-    code, _, err = run_cli(["info", str(image)], capsys)
+    code, _, err = run_cli(["info", str(image)])
     assert code == 1 and err.count("\n") == 1
     assert str(image) in err and "Input/output error" in err and "byte 0" in err, err
 
 
 def test_click_usage_errors_keep_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["convert"], capsys)
+    code, _, err = run_cli(["convert"])
     assert code == 2 and "Missing argument" in err
     assert isinstance(main, click.Group)
 

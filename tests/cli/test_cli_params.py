@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support.cli import run_cli
 
 from vhdtool.cli.params import parse_size
 from vhdtool.errors import UsageError
@@ -28,7 +26,7 @@ def test_unreadable_sizes_are_refused(text: str) -> None:
 @pytest.mark.parametrize("command", ["convert", "upload"])
 def test_every_size_option_says_a_bad_size_in_one_line(command: str) -> None:
     args = ["convert", "nowhere.vhdx", "-o", "out.vhd"] if command == "convert" else ["upload", "nowhere.vhdx", "c/b"]
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", *args, "--size", "30X"], capture_output=True, text=True)
+    proc = run_cli(*args, "--size", "30X")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["vhdtool: error: --size: cannot read size '30X'; write e.g. 30G, "
                                                 "30GiB, 1024M or a byte count"]

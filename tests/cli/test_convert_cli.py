@@ -16,6 +16,7 @@ import termios
 from pathlib import Path
 
 import pytest
+from support.cli import cli_command, run_cli
 from support.vhd_builder import build_vhd
 
 from vhdtool import open_image
@@ -28,11 +29,6 @@ from vhdtool.stream import filecopy
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def vhdtool(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, env=env)
-
-
 def on_terminal(args: list[str], columns: int) -> tuple[int, str, str]:
     """Run vhdtool with stderr on a pseudo-terminal of ``columns`` columns (0: never sized).
 
@@ -43,7 +39,7 @@ def on_terminal(args: list[str], columns: int) -> tuple[int, str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
-    proc = subprocess.Popen([sys.executable, "-m", "vhdtool", *args], stdout=subprocess.PIPE, stderr=slave,
+    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=slave,
                             env=env)
     # The slave stays open here until the child is done, so reading the master never hits EIO
     # (which on Linux can drop what the child wrote last).
@@ -84,7 +80,7 @@ def test_quiet_and_json_draw_no_bar_even_on_a_terminal(tmp_path: Path, source: P
 
 
 def test_no_bar_when_stderr_is_not_a_terminal(tmp_path: Path, source: Path) -> None:
-    proc = vhdtool("convert", str(source), "-o", str(tmp_path / "o.vhd"))
+    proc = run_cli("convert", str(source), "-o", str(tmp_path / "o.vhd"))
     assert proc.returncode == 0 and proc.stderr == "" and "wrote" in proc.stdout
 
 
@@ -101,14 +97,14 @@ def damaged_dynamic(tmp_path: Path) -> Path:
 def test_reader_warnings_are_said(tmp_path: Path) -> None:
     """Converting a disk whose end footer was damaged says that the footer copy was used."""
     src = damaged_dynamic(tmp_path)
-    text = vhdtool("convert", str(src), str(tmp_path / "a.vhd"))
+    text = run_cli("convert", str(src), str(tmp_path / "a.vhd"))
     assert text.returncode == 0
     assert text.stderr.startswith("vhdtool: warning: the footer at the end of the file has a wrong checksum")
     assert "copy at offset 0" in text.stderr and len(text.stderr.splitlines()) == 1
-    summary = vhdtool("convert", str(src), str(tmp_path / "b.vhd"), "--json")
+    summary = run_cli("convert", str(src), str(tmp_path / "b.vhd"), "--json")
     assert summary.returncode == 0 and summary.stderr == ""
     assert any("copy at offset 0" in w for w in json.loads(summary.stdout)["warnings"])
-    quiet = vhdtool("convert", str(src), str(tmp_path / "c.vhd"), "--quiet")
+    quiet = run_cli("convert", str(src), str(tmp_path / "c.vhd"), "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
     with open_image(tmp_path / "a.vhd") as out:
         assert out.read(3 * 512, 512) == b"\x33" * 512
@@ -116,14 +112,14 @@ def test_reader_warnings_are_said(tmp_path: Path) -> None:
 
 def test_output_as_argument_or_option(tmp_path: Path, source: Path) -> None:
     """`vhdtool convert IMAGE OUT.vhd` (as check's advice says) and `-o OUT.vhd` write the same file."""
-    assert vhdtool("convert", str(source), str(tmp_path / "a.vhd")).returncode == 0
-    assert vhdtool("convert", str(source), "-o", str(tmp_path / "b.vhd")).returncode == 0
+    assert run_cli("convert", str(source), str(tmp_path / "a.vhd")).returncode == 0
+    assert run_cli("convert", str(source), "-o", str(tmp_path / "b.vhd")).returncode == 0
     assert (tmp_path / "a.vhd").read_bytes()[:-512] == (tmp_path / "b.vhd").read_bytes()[:-512]
-    same = vhdtool("convert", str(source), str(tmp_path / "c.vhd"), "-o", str(tmp_path / "c.vhd"))
+    same = run_cli("convert", str(source), str(tmp_path / "c.vhd"), "-o", str(tmp_path / "c.vhd"))
     assert same.returncode == 0
-    both = vhdtool("convert", str(source), str(tmp_path / "d.vhd"), "-o", str(tmp_path / "e.vhd"))
+    both = run_cli("convert", str(source), str(tmp_path / "d.vhd"), "-o", str(tmp_path / "e.vhd"))
     assert both.returncode == 2 and "two outputs" in both.stderr and len(both.stderr.splitlines()) == 1
-    none = vhdtool("convert", str(source))
+    none = run_cli("convert", str(source))
     assert none.returncode == 2 and "no output" in none.stderr
     assert not (tmp_path / "d.vhd").exists() and not (tmp_path / "e.vhd").exists()
 
@@ -131,10 +127,10 @@ def test_output_as_argument_or_option(tmp_path: Path, source: Path) -> None:
 def test_an_empty_image_is_refused_unless_a_size_is_given(tmp_path: Path) -> None:
     empty = tmp_path / "empty.raw"
     empty.write_bytes(b"")
-    proc = vhdtool("convert", str(empty), str(tmp_path / "e.vhd"))
+    proc = run_cli("convert", str(empty), str(tmp_path / "e.vhd"))
     assert proc.returncode == 1 and "empty" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "e.vhd").exists()
-    blank = vhdtool("convert", str(empty), str(tmp_path / "b.vhd"), "--size", "2M")
+    blank = run_cli("convert", str(empty), str(tmp_path / "b.vhd"), "--size", "2M")
     assert blank.returncode == 0
     data = (tmp_path / "b.vhd").read_bytes()
     assert len(data) == 2 * MiB + 512 and not any(data[:-512])

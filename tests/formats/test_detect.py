@@ -5,11 +5,11 @@ from __future__ import annotations
 import gzip
 import lzma
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.cli import run_cli
 
 from vhdtool import UnsupportedImageError, open_image
 from vhdtool.cli import main
@@ -42,7 +42,7 @@ def test_compressed_files_are_refused_with_the_decompress_command(tmp_path: Path
 def test_cli_reports_a_foreign_format_in_one_line(tmp_path: Path) -> None:
     img = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "8M"], check=True)
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "info", str(img)], capture_output=True, text=True)
+    proc = run_cli("info", str(img))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "qcow2" in lines[0] and "Traceback" not in proc.stderr
@@ -51,8 +51,7 @@ def test_cli_reports_a_foreign_format_in_one_line(tmp_path: Path) -> None:
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["info", str(tmp_path / "nope.vhd")])
     assert result.exit_code != 0
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "info", str(tmp_path / "nope.vhd")],
-                          capture_output=True, text=True)
+    proc = run_cli("info", str(tmp_path / "nope.vhd"))
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "nope.vhd" in proc.stderr
 
 
@@ -63,7 +62,7 @@ def test_info_json_on_a_raw_image(tmp_path: Path) -> None:
         f.truncate(10 * 1024 * 1024 + 512)
         f.seek(4096)
         f.write(b"x" * 4096)
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "info", "--json", str(img)], capture_output=True, text=True)
+    proc = run_cli("info", "--json", str(img))
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     assert facts["format"] == "raw" and facts["type"] == "fixed"

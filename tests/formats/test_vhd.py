@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.cli import run_cli_process
 from support.oracles import qemu_img, qemu_raw_bytes
 
 from vhdtool.cli import main
@@ -147,7 +147,6 @@ def test_cli_info_json(fixture_file) -> None:  # type: ignore[no-untyped-def]
 
 def test_cli_info_human_and_subprocess(fixture_file) -> None:  # type: ignore[no-untyped-def]
     path = fixture_file("vhd/fixed-force.vhd")
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "info", str(path)],
-                          capture_output=True, text=True)
+    proc = run_cli_process("info", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "vhd (fixed)" in proc.stdout and "footer checksum  valid" in proc.stdout

@@ -4,14 +4,13 @@ extents must be exact, and `info` must describe the file; plus a 64 TiB sparse d
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import tracemalloc
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.cli import run_cli
 from support.fixture_files import unpack_fixture
 from support.oracles import qemu_img, qemu_raw_bytes
 
@@ -137,7 +136,7 @@ def test_huge_sparse_disk_is_cheap(tmp_path: Path) -> None:
 def test_cli_rejects_garbage_vhdx_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.vhdx"
     path.write_bytes(b"vhdxfile" + bytes(2 * MiB))
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "info", str(path)], capture_output=True, text=True)
+    proc = run_cli("info", str(path))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "VHDX header 1 at byte 65536" in lines[0], proc.stderr

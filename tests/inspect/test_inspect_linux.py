@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.linux_images import ImageCache, shared_cache
 
 from vhdtool.formats.open import open_image
@@ -166,27 +167,21 @@ def test_verdict_does_not_depend_on_the_container(
 
 def test_cli_inspect_json(images: ImageCache) -> None:
     path = images.get("gpt-ext4", SPECIALIZED)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vhdtool", "inspect", str(path), "--json"], capture_output=True, text=True
-    )
+    proc = run_cli("inspect", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["os"]["state"] == SPECIALIZED and doc["os"]["family"] == "linux"
     assert doc["generation"]["value"] == "V2" and doc["os_partition"] == 2
     assert doc["partition_table"]["scheme"] == "gpt"
     assert [v["filesystem"]["kind"] for v in doc["volumes"]] == ["fat", "ext4"]
-    human = subprocess.run(
-        [sys.executable, "-m", "vhdtool", "inspect", str(path)], capture_output=True, text=True
-    )
+    human = run_cli("inspect", str(path))
     assert human.returncode == 0 and "state       specialized" in human.stdout
 
 
 def test_cli_inspect_unsupported_image_is_one_line(tmp_path: Path) -> None:
     qcow = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "64M"], check=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vhdtool", "inspect", str(qcow)], capture_output=True, text=True
-    )
+    proc = run_cli("inspect", str(qcow))
     assert proc.returncode == 1
     assert proc.stderr.startswith("vhdtool: error:") and proc.stderr.count("\n") == 1
 

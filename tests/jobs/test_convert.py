@@ -16,11 +16,11 @@ import hashlib
 import os
 import random
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli, run_cli_process
 from support.fixture_files import FIXTURES, unpack_fixture
 from support.oracles import qemu_img, reference_sparse_digest
 
@@ -280,12 +280,6 @@ def test_failure_or_ctrl_c_leaves_no_partial_file(tmp_path: Path, error: BaseExc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
 
 
-def run_cli(*args: str, preexec: object = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, env=env,
-                          preexec_fn=preexec)  # type: ignore[arg-type]
-
-
 def test_no_space_is_one_clear_line_and_no_partial_file(tmp_path: Path) -> None:
     """A file size limit (RLIMIT_FSIZE) makes writes fail with EFBIG like a full disk would."""
     import resource
@@ -298,7 +292,7 @@ def test_no_space_is_one_clear_line_and_no_partial_file(tmp_path: Path) -> None:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (2 * MiB, 2 * MiB))
 
-    proc = run_cli("convert", str(src), "-o", str(out_dir / "x.vhd"), preexec=limit)
+    proc = run_cli_process("convert", str(src), "-o", str(out_dir / "x.vhd"), preexec_fn=limit)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "x.vhd" in lines[0] and "too large" in lines[0], proc.stderr

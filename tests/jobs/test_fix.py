@@ -12,10 +12,10 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.oracles import qemu_img
 
 from vhdtool.errors import ImageError, OutputError, UnsupportedImageError
@@ -195,11 +195,6 @@ def test_a_file_changed_after_planning_is_not_touched(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="changed"):
         apply_fix(plan)
     assert path.read_bytes() == before
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, env=env)
 
 
 def test_cli_needs_yes_and_dry_run_only_reports(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.oracles import reference_sparse_digest
 
 from vhdtool import __version__
@@ -34,14 +34,6 @@ pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
 DAY = date(2026, 11, 23)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def vhdtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The real command line, as a user runs it (error mapping and exit codes included)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env)
 
 
 def digests(path: Path) -> tuple[str, str]:
@@ -193,7 +185,7 @@ def test_os_disk_without_an_os_is_recorded_as_unknown(sample: dict[str, Path], t
 
 
 def test_cli_prepare_and_verify(sample: dict[str, Path], tmp_path: Path) -> None:
-    proc = vhdtool("prepare", "--name", "cli", "--os", str(sample["os"]), "--data", f"0={sample['data']}",
+    proc = run_cli("prepare", "--name", "cli", "--os", str(sample["os"]), "--data", f"0={sample['data']}",
                    "-o", str(tmp_path / "o"), "--expect", "generalized")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -204,7 +196,7 @@ def test_cli_prepare_and_verify(sample: dict[str, Path], tmp_path: Path) -> None
     assert "convert  OS disk" in proc.stderr
     manifests = list((tmp_path / "o").glob("*.manifest.json"))
     assert [m.name for m in manifests] == ["cli.manifest.json"]
-    ok = vhdtool("verify", str(manifests[0]))
+    ok = run_cli("verify", str(manifests[0]))
     assert ok.returncode == 0 and ok.stdout.strip().endswith("no drift"), ok.stdout + ok.stderr
     # One changed byte in the data disk's VHD is drift; the OS disk stays OK.
     data_vhd = next((tmp_path / "o").glob("cli-datadisk-0-*.vhd"))
@@ -213,7 +205,7 @@ def test_cli_prepare_and_verify(sample: dict[str, Path], tmp_path: Path) -> None
         byte = f.read(1)
         f.seek(3 * MiB + 7)
         f.write(bytes([byte[0] ^ 0xFF]))
-    bad = vhdtool("verify", "--json", str(manifests[0]))
+    bad = run_cli("verify", "--json", str(manifests[0]))
     assert bad.returncode == 1
     verdicts = json.loads(bad.stdout)
     assert verdicts["ok"] is False
@@ -221,12 +213,12 @@ def test_cli_prepare_and_verify(sample: dict[str, Path], tmp_path: Path) -> None
     assert any("sparse digest" in p for p in verdicts["disks"][1]["problems"])
     assert verdicts["disks"][1]["compared"] == ["sparse-sha256"]
     data_vhd.unlink()
-    gone = vhdtool("verify", str(manifests[0]))
+    gone = run_cli("verify", str(manifests[0]))
     assert gone.returncode == 1 and "MISSING" in gone.stdout
 
 
 def test_cli_check_failure_is_one_line_and_exit_1(sample: dict[str, Path], tmp_path: Path) -> None:
-    proc = vhdtool("prepare", "--name", "x", "--os", str(sample["os"]), "-o", str(tmp_path / "o"),
+    proc = run_cli("prepare", "--name", "x", "--os", str(sample["os"]), "-o", str(tmp_path / "o"),
                    "--expect", "specialized")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("vhdtool: error:")]
@@ -246,7 +238,7 @@ def test_cli_check_failure_is_one_line_and_exit_1(sample: dict[str, Path], tmp_p
 ])
 def test_cli_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "os.raw").write_bytes(bytes(1024))
-    proc = vhdtool("prepare", "--name", "u", "--os", str(tmp_path / "os.raw"), "-o", str(tmp_path / "o"),
+    proc = run_cli("prepare", "--name", "u", "--os", str(tmp_path / "os.raw"), "-o", str(tmp_path / "o"),
                    *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
@@ -272,7 +264,7 @@ def test_guess_architecture(facts: dict[str, object], boot: list[str], expected:
 
 
 def test_cli_json_prints_the_manifest(sample: dict[str, Path], tmp_path: Path) -> None:
-    proc = vhdtool("prepare", "--name", "js", "--os", str(sample["os"]), "-o", str(tmp_path / "o"), "--json")
+    proc = run_cli("prepare", "--name", "js", "--os", str(sample["os"]), "-o", str(tmp_path / "o"), "--json")
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     assert printed == json.loads((tmp_path / "o" / "js.manifest.json").read_text())

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import cli_command, run_cli_process
 from support.fixture_files import unpack_fixture
 
 from vhdtool.extents import MiB
@@ -63,8 +63,7 @@ def inputs(tmp_path: Path) -> Path:
 ])
 def test_bad_input_is_one_line_and_writes_nothing(inputs: Path, args: list[str], code: int, message: str) -> None:
     before = files_under(inputs)
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "-q", *args], capture_output=True,
-                          text=True, cwd=inputs, env=env())
+    proc = run_cli_process("prepare", "-q", *args, cwd=inputs, base_env=env())
     assert proc.returncode == code, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("vhdtool: error: "), proc.stderr
@@ -79,9 +78,8 @@ def test_unwritable_output_folder(inputs: Path) -> None:
     if not target.is_dir():
         pytest.skip("needs /proc")
     before = files_under(inputs)
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "-q", "--name", "s", "--os",
-                           "linux-os.vhdx", "-o", str(target)], capture_output=True, text=True, cwd=inputs,
-                          env=env())
+    proc = run_cli_process("prepare", "-q", "--name", "s", "--os", "linux-os.vhdx", "-o", str(target),
+                           cwd=inputs, base_env=env())
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("vhdtool: error: /proc/self"), proc.stderr
@@ -95,8 +93,8 @@ def test_ctrl_c_during_prepare_leaves_no_files(inputs: Path) -> None:
         for _ in range(384):
             f.write(os.urandom(MiB))  # data throughout: the conversion takes a while
     out = inputs / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "vhdtool", "prepare", "--name", "s", "--os", "linux-os.vhdx",
-                             "--data", "0=big.raw", "-o", str(out)], cwd=inputs, env=env(),
+    proc = subprocess.Popen(cli_command("prepare", "--name", "s", "--os", "linux-os.vhdx",
+                                        "--data", "0=big.raw", "-o", str(out)), cwd=inputs, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen: list[str] = []

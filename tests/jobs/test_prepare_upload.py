@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import urllib.parse
 from datetime import date
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, RecordingProxy
+from support.cli import run_cli_process
 from support.oracles import reference_sparse_digest, reference_sparse_digest_of_bytes
 
 from vhdtool.jobs.prepare import PrepareRequest, parse_destination, prepare
@@ -73,8 +73,7 @@ def test_upload_after_conversion_and_verify_against_blobs(azurite: Azurite, cont
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
     env.update(PYTHONPATH=str(ROOT), AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string())
-    ok = subprocess.run([sys.executable, "-m", "vhdtool", "verify", result.manifest_path, "--dest", container,
-                         "--json"], capture_output=True, text=True, env=env)
+    ok = run_cli_process("verify", result.manifest_path, "--dest", container, "--json", base_env=env)
     assert ok.returncode == 0, ok.stderr
     assert [d["status"] for d in json.loads(ok.stdout)["disks"]] == ["ok", "ok"]
 
@@ -84,8 +83,7 @@ def test_upload_after_conversion_and_verify_against_blobs(azurite: Azurite, cont
     client = BlobClient.from_connection_string(azurite.connection_string(), container,
                                                manifest.disks[0].name + ".vhd")
     client.upload_page(b"\x5a" * 512, offset=2 * 1024 * 1024, length=512)
-    bad = subprocess.run([sys.executable, "-m", "vhdtool", "verify", result.manifest_path, "--dest",
-                          container], capture_output=True, text=True, env=env)
+    bad = run_cli_process("verify", result.manifest_path, "--dest", container, base_env=env)
     assert bad.returncode == 1
     assert bad.stdout.splitlines()[0].startswith("DRIFT ") and "DRIFT:" in bad.stdout
 
@@ -112,8 +110,7 @@ def test_no_local_copy_uploads_from_the_source(azurite: Azurite, container: str,
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
     env["PYTHONPATH"] = str(ROOT)
-    local = subprocess.run([sys.executable, "-m", "vhdtool", "verify", result.manifest_path],
-                           capture_output=True, text=True, env=env)
+    local = run_cli_process("verify", result.manifest_path, base_env=env)
     assert local.returncode == 1 and "nothing verified" in local.stdout
 
     # A blob that already holds a name counts as a collision: the next set takes counter 01.
@@ -142,27 +139,24 @@ def test_sas_token_never_reaches_the_manifest_or_the_output(azurite: Azurite, co
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
     env["PYTHONPATH"] = str(ROOT)
     out = tmp_path / "o"
-    runs = [subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "--name", "sas", "--os", str(sample["os"]),
-                            "--data", f"0={sample['data']}", "-o", str(out), "--upload", url, *extra],
-                           capture_output=True, text=True, env=env) for extra in ([], ["--json"])]
+    runs = [run_cli_process("prepare", "--name", "sas", "--os", str(sample["os"]), "--data", f"0={sample['data']}",
+                            "-o", str(out), "--upload", url, *extra, base_env=env) for extra in ([], ["--json"])]
     for proc in runs:
         assert proc.returncode == 0, proc.stderr
     manifests = sorted(out.glob("*.manifest.json"))
     assert len(manifests) == 2  # the second run took counter 01: the blobs of the first hold the names
-    verify = subprocess.run([sys.executable, "-m", "vhdtool", "verify", str(manifests[0]), "--dest", url],
-                            capture_output=True, text=True, env=env)
+    verify = run_cli_process("verify", str(manifests[0]), "--dest", url, base_env=env)
     assert verify.returncode == 0 and "no drift" in verify.stdout, verify.stdout + verify.stderr
     from azure.storage.blob import BlobClient
 
     gone_name = json.loads(manifests[1].read_text())["disks"][1]["name"] + ".vhd"
     BlobClient.from_connection_string(azurite.connection_string(), container, gone_name).delete_blob()
-    missing = subprocess.run([sys.executable, "-m", "vhdtool", "verify", str(manifests[1]), "--dest", url],
-                             capture_output=True, text=True, env=env)
+    missing = run_cli_process("verify", str(manifests[1]), "--dest", url, base_env=env)
     assert missing.returncode == 1 and f"MISSING  {gone_name[:-4]}" in missing.stdout, missing.stdout
     # A failing upload (the blob service is gone from this port) must not print the token either.
     dead = f"http://127.0.0.1:1/{url.split('/', 3)[3]}"
-    fail = subprocess.run([sys.executable, "-m", "vhdtool", "prepare", "--name", "gone", "--os", str(sample["os"]),
-                           "-o", str(tmp_path / "dead"), "--upload", dead], capture_output=True, text=True, env=env)
+    fail = run_cli_process("prepare", "--name", "gone", "--os", str(sample["os"]), "-o", str(tmp_path / "dead"),
+                           "--upload", dead, base_env=env)
     assert fail.returncode == 1 and fail.stderr.splitlines()[-1].startswith("vhdtool: error: ")
     assert not (tmp_path / "dead").exists()  # no output folder is left behind by a failed run
     texts = [p.stdout + p.stderr for p in (*runs, verify, missing, fail)] + [m.read_text() for m in manifests]
@@ -200,8 +194,7 @@ def test_sparse_digest_of_a_real_upload_is_the_reference_scripts(azurite: Azurit
     raw, vhdx = scattered_vhdx(tmp_path, size)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
     env.update(PYTHONPATH=str(ROOT), AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string())
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "upload", str(vhdx), f"{container}/direct.vhd",
-                           "--json"], capture_output=True, text=True, env=env)
+    proc = run_cli_process("upload", str(vhdx), f"{container}/direct.vhd", "--json", base_env=env)
     assert proc.returncode == 0, proc.stderr
     reported = json.loads(proc.stdout)
     assert reported["md5"] is None and reported["digests"] == {"sparse-sha256": reported["sparse_sha256"]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.cli import run_cli
 from support.linux_images import ImageCache, shared_cache
 
 from vhdtool.inspect.filesystems import VolumeInfo
@@ -288,14 +288,11 @@ def test_billing_tier_rounds_up(size: int) -> None:
 # ---------------------------------------------------------------- the command on real images
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vhdtool", "check", *args], capture_output=True, text=True)
-
-
 def test_fixed_vhd_generalized_is_ready(images: ImageCache, tmp_path: Path) -> None:
     path = images.get("gpt-ext4", GENERALIZED, "fixed")
     junit = tmp_path / "report.xml"
-    proc = run_check(
+    proc = run_cli(
+        "check",
         str(path), "--json", "--expect", "generalized", "--generation", "V2", "--junit", str(junit)
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -310,7 +307,7 @@ def test_fixed_vhd_generalized_is_ready(images: ImageCache, tmp_path: Path) -> N
 def test_raw_specialized_fails_with_json_and_junit(images: ImageCache, tmp_path: Path) -> None:
     path = images.get("gpt-ext4", SPECIALIZED)
     junit = tmp_path / "report.xml"
-    proc = run_check(str(path), "--json", "--expect", "generalized", "--junit", str(junit))
+    proc = run_cli("check", str(path), "--json", "--expect", "generalized", "--junit", str(junit))
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     errors = {x["id"] for x in doc["findings"] if x["severity"] == "error"}
@@ -322,13 +319,13 @@ def test_raw_specialized_fails_with_json_and_junit(images: ImageCache, tmp_path:
 
 
 def test_human_output_and_linux_findings(images: ImageCache) -> None:
-    proc = run_check(str(images.get("gpt-swap", GENERALIZED)))
+    proc = run_cli("check", str(images.get("gpt-swap", GENERALIZED)))
     assert proc.returncode == 1
     assert "WARNING linux-swap:" in proc.stdout and "NOT ready for Azure" in proc.stdout
-    drivers = run_check(str(images.get("gpt-ext4", "nodrivers")), "--json")
+    drivers = run_cli("check", str(images.get("gpt-ext4", "nodrivers")), "--json")
     ids = {x["id"] for x in json.loads(drivers.stdout)["findings"] if x["severity"] == "error"}
     assert "linux-hyperv-drivers" in ids
-    luks = run_check(str(images.get("luks", GENERALIZED)), "--json")
+    luks = run_cli("check", str(images.get("luks", GENERALIZED)), "--json")
     assert "os-encrypted" in {
         x["id"] for x in json.loads(luks.stdout)["findings"] if x["severity"] == "error"
     }
@@ -336,7 +333,7 @@ def test_human_output_and_linux_findings(images: ImageCache) -> None:
 
 def test_dynamic_and_vhdx_say_convert(images: ImageCache) -> None:
     for container in ("vhdx", "dynamic"):
-        proc = run_check(str(images.get("mbr-ext4", GENERALIZED, container)), "--json")
+        proc = run_cli("check", str(images.get("mbr-ext4", GENERALIZED, container)), "--json")
         assert proc.returncode == 1
         doc = json.loads(proc.stdout)
         fmt = [x for x in doc["findings"] if x["id"] == "format-fixed-vhd"]
@@ -351,7 +348,7 @@ def test_broken_footer_checksum(images: ImageCache, tmp_path: Path) -> None:
     with open(path, "r+b") as f:
         f.seek(-512 + 64, 2)  # the footer's checksum field
         f.write(b"\x00\x00\x00\x01")
-    proc = run_check(str(path), "--json")
+    proc = run_cli("check", str(path), "--json")
     if proc.returncode == 1 and not proc.stdout:
         pytest.fail(f"the VHD reader refused the image: {proc.stderr}")
     ids = {x["id"] for x in json.loads(proc.stdout)["findings"] if x["severity"] == "error"}
@@ -360,10 +357,10 @@ def test_broken_footer_checksum(images: ImageCache, tmp_path: Path) -> None:
 
 def test_usage_errors_exit_2(images: ImageCache) -> None:
     path = str(images.get("bare-ext4", GENERALIZED))
-    assert run_check(path, "--role", "boot").returncode == 2
-    assert run_check(path, "--expect", "sort-of").returncode == 2
-    assert run_check(path, "--generation", "V3").returncode == 2
-    assert run_check().returncode == 2
+    assert run_cli("check", path, "--role", "boot").returncode == 2
+    assert run_cli("check", path, "--expect", "sort-of").returncode == 2
+    assert run_cli("check", path, "--generation", "V3").returncode == 2
+    assert run_cli("check").returncode == 2
 
 
 def test_dirty_vhdx_log_is_an_unclean_capture(tmp_path: Path) -> None:
@@ -371,7 +368,7 @@ def test_dirty_vhdx_log_is_an_unclean_capture(tmp_path: Path) -> None:
 
     path = tmp_path / "dirty.vhdx"
     write_log(build_vhdx(path, 64 * MiB), [[]])  # one log entry the headers point at: a non-empty log
-    proc = run_check(str(path), "--json", "--role", "data")
+    proc = run_cli("check", str(path), "--json", "--role", "data")
     doc = json.loads(proc.stdout)
     unclean = [x for x in doc["findings"] if x["id"] == "unclean-capture"]
     assert unclean and "VHDX log" in unclean[0]["message"] and unclean[0]["severity"] == "warning"
@@ -421,7 +418,7 @@ def test_damaged_footers_are_findings_not_refusals(
     raw; ``check`` still names the footer field, and inspects the data part before the footer."""
     path = _damaged_copy(images.get("gpt-ext4", GENERALIZED, "fixed"), tmp_path / f"{name}.vhd", changes, recompute)
     junit = tmp_path / "report.xml"
-    proc = run_check(str(path), "--json", "--junit", str(junit))
+    proc = run_cli("check", str(path), "--json", "--junit", str(junit))
     assert proc.returncode == 1 and proc.stderr == "", proc.stderr
     doc = json.loads(proc.stdout)
     assert {x["id"] for x in doc["findings"] if x["severity"] == "error"} == expected
@@ -437,7 +434,7 @@ def test_current_size_short_of_the_data(images: ImageCache, tmp_path: Path) -> N
     """A footer whose current size leaves half the data out: Azure would see half a disk."""
     path = _damaged_copy(images.get("gpt-ext4", GENERALIZED, "fixed"), tmp_path / "short.vhd",
                          {48: (64 * MiB).to_bytes(8, "big")})
-    proc = run_check(str(path), "--json")
+    proc = run_cli("check", str(path), "--json")
     doc = json.loads(proc.stdout)
     errors = [x for x in doc["findings"] if x["severity"] == "error"]
     assert proc.returncode == 1 and [x["id"] for x in errors] == ["footer-current-size"]

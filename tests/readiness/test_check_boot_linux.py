@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.linux_images import ImageCache, make_linux, shared_cache
 
 from vhdtool.inspect.linux_readiness import fstab_entries, netplan_interfaces, source_kind
@@ -99,8 +98,7 @@ def test_initramfs_layouts_and_compressors(tmp_path: Path, boot_layout: str, com
 
 
 def test_inspect_json_shows_the_typed_facts(images: ImageCache) -> None:
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "inspect", str(images.get("gpt-ext4", "boot-traps")),
-                           "--json"], capture_output=True, text=True)
+    proc = run_cli("inspect", str(images.get("gpt-ext4", "boot-traps")), "--json")
     assert proc.returncode == 0, proc.stderr
     linux = json.loads(proc.stdout)["os"]["linux"]
     assert {m["mount_point"]: m["kind"] for m in linux["mounts"]}["/"] == "kernel-name"

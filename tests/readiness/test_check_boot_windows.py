@@ -4,13 +4,12 @@ hivexregedit, volumes by mkntfs + wimapply), through raw, VHDX, dynamic and fixe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.oracles import qemu_img
 from support.windows_images import builder
 
@@ -36,8 +35,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def check(path: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "vhdtool", "check", str(path), "--json", *args],
-                          capture_output=True, text=True)
+    proc = run_cli("check", str(path), "--json", *args)
     assert proc.stdout, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.windows_images import builder
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
@@ -27,9 +26,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def check(path: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vhdtool", "check", str(path), "--json", *args], capture_output=True, text=True
-    )
+    proc = run_cli("check", str(path), "--json", *args)
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 

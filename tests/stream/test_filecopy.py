@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.cli import cli_command, cli_environment
 from support.oracles import reference_sparse_digest
 from support.vhd_builder import build_child, build_vhd, sectors_from_writes
 
@@ -169,7 +170,6 @@ def test_no_fsync_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 def test_cli_sync_flag_fsyncs_and_default_does_not(tmp_path: Path) -> None:
     """Counted by strace in a real process: no fsync by default, fsyncs with --sync."""
     import shutil
-    import sys
 
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
@@ -179,8 +179,8 @@ def test_cli_sync_flag_fsyncs_and_default_does_not(tmp_path: Path) -> None:
         log = tmp_path / f"trace{flag}.txt"
         out = tmp_path / f"out{flag}.vhd"
         cmd = ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,sync_file_range,syncfs", "-o", str(log),
-               sys.executable, "-m", "vhdtool", "convert", str(raw), str(out), "--quiet", *([flag] if flag else [])]
-        subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+               *cli_command("convert", str(raw), str(out), "--quiet", *([flag] if flag else []))]
+        subprocess.run(cmd, check=True, env=cli_environment())
         counts[flag] = sum(1 for line in log.read_text().splitlines() if "sync" in line)
     assert counts[""] == 0
     assert counts["--sync"] >= 2

@@ -14,7 +14,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,8 +35,11 @@ class CliResult(NamedTuple):
     stderr: str
 
 
-def _environment_changes(env: Mapping[str, str | None] | None) -> dict[str, str | None]:
+def _environment_changes(env: Mapping[str, str | None] | None, connection_string: str | None
+                         ) -> dict[str, str | None]:
     changes: dict[str, str | None] = {name: None for name in AMBIENT}
+    if connection_string is not None:
+        changes["AZURE_STORAGE_CONNECTION_STRING"] = connection_string
     changes.update(env or {})
     return changes
 
@@ -54,16 +57,30 @@ def _working_directory(path: Path | None) -> Iterator[None]:
         os.chdir(before)
 
 
-def run_cli(*args: str | os.PathLike[str], env: Mapping[str, str | None] | None = None,
-            cwd: Path | None = None, stdin: str | None = None) -> CliResult:
+Arg = str | os.PathLike[str]
+
+
+def _argv(args: tuple[Arg | Sequence[Arg], ...]) -> list[str]:
+    """``run_cli("info", path)`` and ``run_cli(["info", path])`` alike."""
+    argv: list[str] = []
+    for arg in args:
+        if isinstance(arg, (list, tuple)):
+            argv.extend(os.fspath(a) for a in arg)
+        else:
+            argv.append(os.fspath(arg))  # type: ignore[arg-type]
+    return argv
+
+
+def run_cli(*args: Arg | Sequence[Arg], env: Mapping[str, str | None] | None = None,
+            connection_string: str | None = None, cwd: Path | None = None, stdin: str | None = None) -> CliResult:
     """``vhdtool ARGS`` in this process. ``env`` sets variables for the call (``None`` removes one);
-    the connection-string variable is removed unless given. Nothing is a terminal."""
+    the connection-string variable is removed unless given (``connection_string``). Nothing is a terminal."""
     runner = CliRunner()
-    argv = [os.fspath(a) for a in args]
+    argv = _argv(args)
     code = 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(_working_directory(cwd))
-        outputs = stack.enter_context(runner.isolation(input=stdin, env=_environment_changes(env)))
+        outputs = stack.enter_context(runner.isolation(input=stdin, env=_environment_changes(env, connection_string)))
         try:
             run(argv)
         except SystemExit as stop:
@@ -77,17 +94,21 @@ def run_cli(*args: str | os.PathLike[str], env: Mapping[str, str | None] | None 
     return CliResult(code, out.decode(), err.decode())
 
 
-def cli_command(*args: str | os.PathLike[str]) -> list[str]:
+def cli_command(*args: Arg | Sequence[Arg]) -> list[str]:
     """The argument vector of ``python -m vhdtool ARGS`` in this interpreter."""
-    return [sys.executable, "-m", "vhdtool", *(os.fspath(a) for a in args)]
+    return [sys.executable, "-m", "vhdtool", *_argv(args)]
 
 
-def cli_environment(env: Mapping[str, str | None] | None = None, *, base: Mapping[str, str] | None = None
-                    ) -> dict[str, str]:
-    """The environment of a CLI process: ``base`` (this process's by default) with this checkout first on
-    the import path, the connection-string variable removed unless given, ``env`` applied (``None`` removes)."""
+def cli_environment(env: Mapping[str, str | None] | None = None, *, base: Mapping[str, str] | None = None,
+                    connection_string: str | None = None) -> dict[str, str]:
+    """The environment of a CLI process: ``base`` as given, or this process's without the connection-string
+    variable (unless ``connection_string``); ``env`` applied (``None`` removes); this checkout first on the
+    import path."""
     environ = dict(os.environ if base is None else base)
-    for name, value in _environment_changes(env).items():
+    changes = _environment_changes(env, connection_string) if base is None else dict(env or {})
+    if base is not None and connection_string is not None:
+        changes["AZURE_STORAGE_CONNECTION_STRING"] = connection_string
+    for name, value in changes.items():
         if value is None:
             environ.pop(name, None)
         else:
@@ -96,9 +117,11 @@ def cli_environment(env: Mapping[str, str | None] | None = None, *, base: Mappin
     return environ
 
 
-def run_cli_process(*args: str | os.PathLike[str], env: Mapping[str, str | None] | None = None,
-                    base_env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                    timeout: float | None = 600) -> subprocess.CompletedProcess[str]:
+def run_cli_process(*args: Arg | Sequence[Arg], env: Mapping[str, str | None] | None = None,
+                    base_env: Mapping[str, str] | None = None, connection_string: str | None = None,
+                    cwd: Path | None = None, timeout: float | None = 600,
+                    preexec_fn: Callable[[], object] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m vhdtool ARGS`` as a user runs it, in a fresh interpreter (see :func:`cli_environment`)."""
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=cwd,
-                          env=cli_environment(env, base=base_env), timeout=timeout)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=cli_environment(env, base=base_env, connection_string=connection_string),
+                          preexec_fn=preexec_fn)

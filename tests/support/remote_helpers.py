@@ -1,4 +1,4 @@
-"""Helpers of the tests of disks already in Azure: blobs put in Azurite without vhdtool, CLI runs.
+"""Helpers of the tests of disks already in Azure: blobs put in Azurite without vhdtool, JSON of CLI runs.
 
 ``sdk_upload`` writes a file to a page blob with the Azure SDK alone (``upload_blob`` for small
 files, ``create_page_blob`` + ``upload_page`` of the written ranges for large sparse ones), as
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
-import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from support.azurite import ACCOUNT, Azurite, RecordingProxy
+from support.cli import CliResult
 from vhdtool.blockio.fileio import data_ranges
 from vhdtool.extents import MiB
 
@@ -79,19 +78,7 @@ def sig_of(url: str) -> str:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["sig"]
 
 
-def vhdtool(*args: str, connection_string: str | None = None, cwd: Path | None = None,
-            env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would (``python -m vhdtool``), with this checkout first on the path."""
-    environ = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
-    environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
-    if connection_string:
-        environ["AZURE_STORAGE_CONNECTION_STRING"] = connection_string
-    environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "vhdtool", *args], capture_output=True, text=True,
-                          cwd=cwd, env=environ, timeout=timeout)
-
-
-def json_of(proc: subprocess.CompletedProcess[str]) -> Any:
+def json_of(proc: CliResult | subprocess.CompletedProcess[str]) -> Any:
     assert proc.stdout, proc.stderr
     return json.loads(proc.stdout)
 

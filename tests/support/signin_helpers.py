@@ -19,12 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 from azure.storage.blob import AccessPolicy, BlobServiceClient, generate_blob_sas
 
 from support.azurite import ACCOUNT, ACCOUNT_KEY, Answer, Azurite, Recorded, RecordingProxy, storage_error
 from support.identity import DISK_RESOURCE, STORAGE_RESOURCE, TENANT, Certificate, IdentityEndpoint, claims_of
-from vhdtool.cli import run
 
 CHALLENGE = (f"Bearer authorization_uri=https://login.microsoftonline.com/{TENANT}/oauth2/authorize "
              f"resource_id={DISK_RESOURCE}")
@@ -53,14 +51,6 @@ def make_raw(path: Path, size: int, runs: int, run_length: int, seed: int = 3) -
             f.seek(int(offset))
             f.write(rng.integers(1, 256, run_length, dtype=np.uint8).tobytes())
     return path
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``vhdtool ARGS`` in this process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as stop:
-        run(args)
-    out, err = capsys.readouterr()
-    return int(stop.value.code or 0), out, err
 
 
 def bearer_claims(rec: Recorded) -> dict[str, object]:

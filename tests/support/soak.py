@@ -25,7 +25,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -48,6 +47,7 @@ from support.azurite import (
     Recorded,
     RecordingProxy,
 )
+from support.cli import cli_command
 from support.oracles import reference_sparse_digest_of_bytes
 from vhdtool import open_image
 from vhdtool.azure.upload import META_FOOTER, META_MD5, META_SPARSE, META_STATE, STATE_COMPLETE
@@ -361,8 +361,8 @@ class Soak:
     def run_once(self, image: SoakImage, *, resume: bool, sig: str | None) -> Run:
         """One CLI process, signalled at a random request if ``sig``; its outcome checked and recorded."""
         dest, env = self.destination(image)
-        args = [sys.executable, "-m", "vhdtool", "upload", str(image.path), dest, "--threads", str(self.threads),
-                "--json", f"--verify={image.verify}"]
+        args = cli_command("upload", str(image.path), dest, "--threads", str(self.threads),
+                           "--json", f"--verify={image.verify}")
         args += ["--resume"] if resume else []
         args += ["--overwrite"] if image.overwrite else []
         args += ["--hash", "md5"] if image.md5 else []

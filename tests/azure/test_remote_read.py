@@ -268,7 +268,7 @@ def test_the_cache_holds_a_bounded_number_of_granules(store: Store, proxy: Recor
 @pytest.fixture(scope="module")
 def large_disks(tmp_path_factory: pytest.TempPathFactory, store: Store) -> dict[str, str]:
     """30 GiB fixed VHDs holding an ext4 and an NTFS OS (sparse; put in Azurite by the SDK)."""
-    from test_inspect_windows_e2e import builder
+    from support.windows_images import builder
 
     tmp = tmp_path_factory.mktemp("large")
     raws = {"ext4": make_linux.build_large(tmp / "lin.img", GENERALIZED, size=30 * GiB, filler=16 * MiB),

@@ -114,7 +114,7 @@ class Campaign:
         @hypothesis_seed(seed)
         @given(st.data())
         def body(data: st.DataObject) -> None:
-            from test_fuzz_tables import _read_hive
+            from fuzz.test_fuzz_tables import _read_hive
 
             name = data.draw(st.sampled_from(names))
             ops = data.draw(hive_mutations(len(images[name])))
@@ -139,14 +139,14 @@ class Campaign:
         body()
 
     def run_fixtures(self, batch: int, seed: int) -> None:
-        from test_fuzz_fixtures import ALL_FIXTURES
+        from fuzz.test_fuzz_fixtures import ALL_FIXTURES
 
         rng = random.Random(seed)
         for _ in range(batch):
             self.run_fixture(rng.choice(ALL_FIXTURES), rng.randrange(1 << 30), seed)
 
     def run_fixture(self, name: str, case_seed: int, seed: int) -> None:
-        from test_fuzz_fixtures import WITH_FILESYSTEMS, base, fixture_mutations
+        from fuzz.test_fuzz_fixtures import WITH_FILESYSTEMS, base, fixture_mutations
 
         image = base(name)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support.oracles import qemu_img
-from support.windows_images import builder
+from support.windows_images import builder, built_images
 
 from vhdtool.formats.open import open_image
 from vhdtool.inspect import report as report_module
@@ -34,7 +34,7 @@ FORMATS = ("raw", "vhdx", "vpc")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     """name -> {"raw": path, "vhdx": path, "vpc": path} for every built image."""
     out = tmp_path_factory.mktemp("winimages")
-    built = builder.build_all(out)
+    built = built_images(tmp_path_factory)
     result: dict[str, dict[str, Path]] = {}
     for name, raw in built.items():
         vhdx, vpc = out / f"{name}.vhdx", out / f"{name}.vhd"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from support.cli import run_cli
 from support.oracles import qemu_img
-from support.windows_images import builder
+from support.windows_images import builder, built_images
 
 from vhdtool.inspect.registry import RegValue
 from vhdtool.inspect.windows_readiness import _allow_rules, parse_winhttp
@@ -25,7 +25,7 @@ CONTAINERS = {"vhdx": ["-O", "vhdx"], "dynamic": ["-O", "vpc", "-o", "subformat=
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("winboot")
-    built: dict[str, Path] = builder.build_all(base)
+    built: dict[str, Path] = built_images(tmp_path_factory)
     for name in ("gen1-mbr", "gen2-gpt", "vol-unready"):
         for container, args in CONTAINERS.items():
             out = base / f"{name}.{container}"

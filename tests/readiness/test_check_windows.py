@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from support.cli import run_cli
-from support.windows_images import builder
+from support.windows_images import builder, built_images
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 
@@ -21,7 +21,7 @@ if builder.missing_tools():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    built: dict[str, Path] = builder.build_all(tmp_path_factory.mktemp("wincheck"))
+    built: dict[str, Path] = built_images(tmp_path_factory)
     return built
 
 

@@ -1,4 +1,4 @@
-"""Build the Linux fixture images of ``fixtures/linux/make_linux.py`` once per test session."""
+"""Build the Linux fixture images of ``fixtures/linux/make_linux.py`` once per test run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from support.run_folder import build_once, shared_folder
 
 SCRIPT = Path(__file__).resolve().parents[2] / "fixtures" / "linux" / "make_linux.py"
 _spec = importlib.util.spec_from_file_location("make_linux", SCRIPT)
@@ -25,24 +27,17 @@ class ImageCache:
     def get(self, layout: str, state: str, container: str = "raw") -> Path:
         key = (layout, state, container)
         if key not in self.built:
-            raw = self.root / f"{layout}-{state}.img"
-            if not raw.exists():
-                make_linux.build(raw, layout, state)
+            raw = build_once(self.root / f"{layout}-{state}.img", lambda out: make_linux.build(out, layout, state))
             if container == "raw":
                 self.built[key] = raw
             else:
-                out = self.root / f"{layout}-{state}.{container}"
                 args = {
                     "vhdx": ["-O", "vhdx"],
                     "dynamic": ["-O", "vpc", "-o", "subformat=dynamic,force_size"],
                     "fixed": ["-O", "vpc", "-o", "subformat=fixed,force_size"],
                 }[container]
-                subprocess.run(
-                    ["qemu-img", "convert", "-f", "raw", *args, str(raw), str(out)],
-                    check=True,
-                    capture_output=True,
-                )
-                self.built[key] = out
+                self.built[key] = build_once(self.root / f"{layout}-{state}.{container}", lambda out: subprocess.run(
+                    ["qemu-img", "convert", "-f", "raw", *args, str(raw), str(out)], check=True, capture_output=True))
         return self.built[key]
 
 
@@ -50,7 +45,7 @@ _CACHE: list[ImageCache] = []
 
 
 def shared_cache(factory: pytest.TempPathFactory) -> ImageCache:
-    """One cache per test session, shared by every module that builds Linux images."""
+    """One cache per test run, shared by every module (and every xdist worker) that builds Linux images."""
     if not _CACHE:
-        _CACHE.append(ImageCache(factory.mktemp("linux-images")))
+        _CACHE.append(ImageCache(shared_folder(factory, "linux-images")))
     return _CACHE[0]

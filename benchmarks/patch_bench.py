@@ -2,11 +2,11 @@
 
 Usage: ``python benchmarks/patch_bench.py [--base-mib 256] [--share 0.02]``
 
-Builds (with the test builder ``tests/vhdx_builder.py``) a 4 GiB VHDX base holding ``--base-mib``
+Builds (with the test builder ``tests/support/vhdx_builder.py``) a 4 GiB VHDX base holding ``--base-mib``
 of random 1 MiB blocks and a differencing child over it that rewrites ``--share`` of that amount in
 partially present blocks (half of each block's sectors, in 64 KiB runs) and turns one base block
-ZERO. Against a local Azurite behind the recording proxy of ``tests/azurite.py`` (every Put Page body counted), with
-the proxy standing in for Put Page From URL so the base is copied server-side, it times:
+ZERO. Against a local Azurite behind the recording proxy of ``tests/support/azurite.py`` (every Put Page
+body counted), with the proxy standing in for Put Page From URL so the base is copied server-side, it times:
 
 * ``upload CHILD`` (the full upload a patch replaces);
 * ``upload BASE`` once (the golden image), then ``upload CHILD DEST --base BASE_URL``.
@@ -37,9 +37,10 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.02)
     args = parser.parse_args()
 
-    from azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
-    from remote_helpers import Store, json_of, vhdtool
-    from vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
+    from support.azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
+    from support.cli import run_cli_process
+    from support.remote_helpers import Store, json_of
+    from support.vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
 
     size = 4 << 30
     rng = random.Random(14)
@@ -67,7 +68,7 @@ def main() -> None:
         def run(name: str, *argv: str, store: Store) -> dict[str, Any]:
             proxy.clear()
             started = time.monotonic()
-            proc = vhdtool(*argv, "--json", connection_string=store.connection_string)
+            proc = run_cli_process(*argv, "--json", connection_string=store.connection_string)
             seconds = time.monotonic() - started
             if proc.returncode:
                 raise SystemExit(f"{name}: {proc.stderr.strip()}")

@@ -1,4 +1,4 @@
-"""How qemu-img and libvhdi read the images of tests/divergences.py, beside vhdtool: the columns of the
+"""How qemu-img and libvhdi read the images of tests/support/divergences.py, beside vhdtool: the columns of the
 table in docs/formats.md. ``python benchmarks/reader_divergence.py [--markdown]``."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyvhdi  # noqa: E402
-from divergences import CONDITIONS  # noqa: E402
+from support.divergences import CONDITIONS  # noqa: E402
 
 from vhdtool import open_image  # noqa: E402
 from vhdtool.errors import VhdtoolError  # noqa: E402

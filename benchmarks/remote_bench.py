@@ -1,5 +1,5 @@
 """What reading, downloading and copying disks in Azure costs, against a local Azurite behind the
-recording proxy of ``tests/azurite.py`` (every request and answer byte counted).
+recording proxy of ``tests/support/azurite.py`` (every request and answer byte counted).
 
 Usage: ``python benchmarks/remote_bench.py [--filler-mib 16]``
 
@@ -38,10 +38,11 @@ def main() -> None:
     parser.add_argument("--filler-mib", type=int, default=16)
     args = parser.parse_args()
 
-    from azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
-    from linux_images import make_linux
-    from remote_helpers import Store, sdk_upload, vhdtool
-    from test_inspect_windows_e2e import builder
+    from support.azurite import SECOND_ACCOUNT, RecordingProxy, running_azurite
+    from support.cli import run_cli_process
+    from support.linux_images import make_linux
+    from support.remote_helpers import Store, sdk_upload
+    from support.windows_images import builder
 
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vhdtool-remote-bench-") as tmp_name, \
@@ -64,7 +65,7 @@ def main() -> None:
         def counted(*command: str, cs: str | None = None) -> dict[str, Any]:
             proxy.clear()
             started = time.monotonic()
-            proc = vhdtool(*command, connection_string=cs)
+            proc = run_cli_process(*command, connection_string=cs)
             seconds = time.monotonic() - started
             if proc.returncode not in (0, 1):
                 raise SystemExit(proc.stderr)

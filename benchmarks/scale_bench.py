@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from azure.storage.blob import BlobServiceClient
-    from azurite import running_azurite
+    from support.azurite import running_azurite
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="vhdtool-scale-"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ Usage: ``python benchmarks/signin_tokens.py [--size-mib 1024] [--data-mib 64] [-
 
 Makes a raw image of ``--size-mib`` with ``--data-mib`` of random data in 256 KiB runs spread over
 it, starts Azurite twice (HTTP, and HTTPS with ``--oauth basic`` and a certificate made for the
-run), a local managed-identity endpoint (App Service protocol, ``tests/identity.py``) and the
-stand-in of an Entra-ID managed disk's ``md-`` host (``tests/signin_helpers.py``), then runs
+run), a local managed-identity endpoint (App Service protocol, ``tests/support/identity.py``) and the
+stand-in of an Entra-ID managed disk's ``md-`` host (``tests/support/signin_helpers.py``), then runs
 ``vhdtool upload IMAGE DEST --verify=full --json`` in a fresh process for each credential form and
 prints the seconds, the HTTP requests vhdtool sent and the token requests the identity endpoint
 answered. ``--short-lifetime`` adds a run whose tokens live that many seconds.
@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
-    from azurite import ACCOUNT, ACCOUNT_KEY, RecordingProxy, Rule, running_azurite
-    from identity import IdentityEndpoint, make_certificate, sign_in_environment
-    from signin_helpers import Disk, make_raw, needs_entra, without_token
+    from support.azurite import ACCOUNT, ACCOUNT_KEY, RecordingProxy, Rule, running_azurite
+    from support.identity import IdentityEndpoint, make_certificate, sign_in_environment
+    from support.signin_helpers import Disk, make_raw, needs_entra, without_token
 
     work = Path(tempfile.mkdtemp(prefix="signin-bench-"))
     image = make_raw(work / "disk.raw", args.size_mib << 20, runs=max(1, args.data_mib * 4),

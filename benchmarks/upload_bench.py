@@ -226,7 +226,7 @@ def main() -> None:
         return
 
     from azure.storage.blob import BlobServiceClient
-    from azurite import running_azurite
+    from support.azurite import running_azurite
 
     work = ROOT / "benchmarks" / "work"
     work.mkdir(parents=True, exist_ok=True)

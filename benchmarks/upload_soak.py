@@ -5,12 +5,12 @@ Usage: ``python benchmarks/upload_soak.py [--minutes 5] [--images 4] [--rounds 1
 
 Each round makes ``--images`` images (raw, dynamic VHDX and dynamic VHD made by qemu-img; 8 to 48 MiB,
 sizes not whole MiB, 10-35 % scattered random data) and uploads them with the CLI, each run a real
-subprocess, through the fault-injecting proxy of ``tests/azurite.py`` at ``--fault-rate``. A run is
+subprocess, through the fault-injecting proxy of ``tests/support/azurite.py`` at ``--fault-rate``. A run is
 killed at a random request (SIGKILL, sometimes SIGINT) with probability ``--kill-chance``, up to
 ``--max-kills`` times per image, and run again with ``--resume`` until one completes. About a third
 of the images go over a blob of the previous round with ``--overwrite`` (half of those the same size,
 so its ranges are cleared; the others replace it). Every blob is then checked as in
-``tests/test_upload_soak.py``: byte-identical to the fixed VHD ``vhdtool convert`` writes (footer
+``tests/support/soak.py``: byte-identical to the fixed VHD ``vhdtool convert`` writes (footer
 id and timestamp as recorded on the blob), MD5 reported and stored, page ranges exactly the non-zero
 pages, no account key or SAS signature in any output. Azurite is restarted every
 ``--restart-every`` rounds (it frees deleted blobs' memory only lazily).
@@ -56,8 +56,8 @@ def main() -> int:
     parser.add_argument("--restart-every", type=int, default=5, help="restart Azurite after this many rounds")
     args = parser.parse_args()
 
-    from azurite import RecordingProxy, running_azurite
-    from test_upload_soak import Soak, SoakImage, Totals
+    from support.azurite import RecordingProxy, running_azurite
+    from support.soak import Soak, SoakImage, Totals
 
     work = ROOT / "benchmarks" / "work" / "soak"
     shutil.rmtree(work, ignore_errors=True)

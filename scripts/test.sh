@@ -5,6 +5,7 @@
 #   --fast     the inner loop: also leaves out the tests marked "slow" (setup is skipped when done once)
 #   --slow     everything, the widened matrices included
 # Skips fail the run (CI=true unless set otherwise): see ALLOWED_SKIPS in tests/conftest.py.
+# The tests run on every core (pytest-xdist; TEST_WORKERS=N to choose, TEST_WORKERS=0 for one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=default
@@ -32,7 +33,7 @@ case "$mode" in
   *) marks=(-m "not wide") ;;
 esac
 set +e
-python -m pytest -q -p no:cacheprovider -rs "${marks[@]}" "$@"
+python -m pytest -q -p no:cacheprovider -rs -n "${TEST_WORKERS:-auto}" --dist worksteal "${marks[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

@@ -1,62 +1,23 @@
-"""Shared test helpers: fixture files (stored gzip'd) and independent oracle tools."""
+"""The fixtures the whole suite shares (Azurite, certificates, sign-in, fixture files) and the CI skip rule."""
 
 from __future__ import annotations
 
-import gzip
 import os
-import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azurite import Azurite, RecordingProxy, running_azurite
-from identity import CLEARED_ENV, Certificate, IdentityEndpoint, make_certificate
-from signin_helpers import Box
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-
-def unpack_fixture(name: str, dest_dir: Path) -> Path:
-    """Copy ``fixtures/NAME`` (or ``NAME.gz``, decompressed, kept sparse) into ``dest_dir``."""
-    src = FIXTURES / name
-    dest = dest_dir / Path(name).name.removesuffix(".gz")
-    if src.exists() and not name.endswith(".gz"):
-        shutil.copyfile(src, dest)
-        return dest
-    gz = src if name.endswith(".gz") else src.with_name(src.name + ".gz")
-    zero = bytes(1 << 20)
-    with gzip.open(gz, "rb") as fin, open(dest, "wb") as fout:
-        while chunk := fin.read(1 << 20):
-            if chunk == zero[: len(chunk)]:
-                fout.seek(len(chunk), 1)  # keep the copy sparse, like the original
-            else:
-                fout.write(chunk)
-        fout.truncate()
-    return dest
+from support.azurite import Azurite, RecordingProxy, running_azurite
+from support.fixture_files import unpack_fixture
+from support.identity import CLEARED_ENV, Certificate, IdentityEndpoint, make_certificate
+from support.signin_helpers import Box
 
 
 @pytest.fixture
 def fixture_file(tmp_path: Path):  # type: ignore[no-untyped-def]
     """``fixture_file("vhd/dynamic.vhd")`` -> a fresh, writable copy of that fixture."""
     return lambda name: unpack_fixture(name, tmp_path)
-
-
-def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``qemu-img`` and fail the test with its stderr if it fails."""
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"qemu-img {' '.join(args)} failed: {proc.stderr}")
-    return proc
-
-
-def qemu_raw_bytes(path: Path, tmp_path: Path, fmt: str | None = None) -> bytes:
-    """The logical bytes of ``path`` as qemu-img reads them (``convert -O raw``)."""
-    out = tmp_path / (path.name + ".oracle.raw")
-    args = ["convert"] + (["-f", fmt] if fmt else []) + ["-O", "raw", str(path), str(out)]
-    qemu_img(*args)
-    return out.read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +59,8 @@ def box(azurite_oauth: Azurite, certificate: Certificate, https_proxy: Recording
 
 @pytest.fixture(scope="session")
 def md_host(azurite: Azurite, certificate: Certificate) -> Iterator[RecordingProxy]:
-    """The stand-in for a managed disk's ``md-`` host (see ``tests/signin_helpers.py``): HTTPS, Azurite behind."""
+    """The stand-in for a managed disk's ``md-`` host (see ``tests/support/signin_helpers.py``): HTTPS,
+    Azurite behind."""
     proxy = RecordingProxy(azurite.port, certificate=certificate)
     yield proxy
     proxy.close()
@@ -178,32 +140,3 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
         if not _skip_allowed(reason):
             report.outcome = "failed"
             report.longrepr = f"module skipped under CI=true (not on the allow-list in tests/conftest.py): {reason}"
-
-
-REFERENCE_DIGEST = Path(__file__).resolve().parent.parent / "docs" / "scripts" / "sparse_digest.py"
-
-
-def reference_sparse_digest(path: Path, length: int | None = None) -> str:
-    """The sparse digest of a file as the published stand-alone script computes it (run as a program)."""
-    import sys
-
-    args = [sys.executable, str(REFERENCE_DIGEST), str(path)] + ([] if length is None else [str(length)])
-    proc = subprocess.run(args, capture_output=True, text=True, check=True)
-    return proc.stdout.strip()
-
-
-def reference_sparse_digest_of_bytes(data: bytes) -> str:
-    """The reference script's digest of ``data`` (written to a sparse temporary file first)."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
-        zero = bytes(1 << 20)
-        for i in range(0, len(data), 1 << 20):
-            chunk = data[i:i + (1 << 20)]
-            if chunk == zero[:len(chunk)]:
-                f.seek(len(chunk), 1)
-            else:
-                f.write(chunk)
-        f.truncate(len(data))
-        f.flush()
-        return reference_sparse_digest(Path(f.name))

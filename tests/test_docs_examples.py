@@ -16,8 +16,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from azurite import Azurite
-from conftest import reference_sparse_digest, unpack_fixture
+from support.azurite import Azurite
+from support.fixture_files import unpack_fixture
+from support.oracles import reference_sparse_digest
 
 pytestmark = pytest.mark.slow  # left out of scripts/test.sh --fast
 

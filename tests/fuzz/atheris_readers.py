@@ -33,7 +33,7 @@ with atheris.instrument_imports():
     from vhdtool.errors import VhdtoolError
     from vhdtool.formats.open import open_image
 
-from strategies import Case, _build_vhd, _build_vhdx  # noqa: E402
+from support.strategies import Case, _build_vhd, _build_vhdx  # noqa: E402
 
 FOLDER = Path(tempfile.mkdtemp(prefix="vhdtool-atheris-"))
 

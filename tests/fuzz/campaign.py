@@ -61,7 +61,7 @@ class Campaign:
 
     def volumes(self) -> Any:
         if self._volumes is None:
-            from strategies import make_volumes
+            from support.strategies import make_volumes
 
             self._volumes = make_volumes(Path(tempfile.mkdtemp(prefix="vhdtool-campaign-volumes-")))
         return self._volumes
@@ -102,7 +102,7 @@ class Campaign:
         body()
 
     def run_hives(self, batch: int, seed: int) -> None:
-        from strategies import hive_mutations
+        from support.strategies import hive_mutations
 
         images = self.volumes().images
         names = [n for n in ("hive_software", "hive_system") if n in images]
@@ -114,7 +114,7 @@ class Campaign:
         @hypothesis_seed(seed)
         @given(st.data())
         def body(data: st.DataObject) -> None:
-            from test_fuzz_tables import _read_hive
+            from fuzz.test_fuzz_tables import _read_hive
 
             name = data.draw(st.sampled_from(names))
             ops = data.draw(hive_mutations(len(images[name])))
@@ -139,14 +139,14 @@ class Campaign:
         body()
 
     def run_fixtures(self, batch: int, seed: int) -> None:
-        from test_fuzz_fixtures import ALL_FIXTURES
+        from fuzz.test_fuzz_fixtures import ALL_FIXTURES
 
         rng = random.Random(seed)
         for _ in range(batch):
             self.run_fixture(rng.choice(ALL_FIXTURES), rng.randrange(1 << 30), seed)
 
     def run_fixture(self, name: str, case_seed: int, seed: int) -> None:
-        from test_fuzz_fixtures import WITH_FILESYSTEMS, base, fixture_mutations
+        from fuzz.test_fuzz_fixtures import WITH_FILESYSTEMS, base, fixture_mutations
 
         image = base(name)
 
@@ -164,7 +164,7 @@ class Campaign:
         body()
 
     def run(self, target: str, batch: int, seed: int) -> None:
-        from strategies import table_cases, vhd_cases, vhdx_cases
+        from support.strategies import table_cases, vhd_cases, vhdx_cases
 
         runners: dict[str, Callable[[], None]] = {
             "vhd": lambda: self.run_case_strategy("vhd", vhd_cases(), batch, seed),

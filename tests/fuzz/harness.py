@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from vhdtool.errors import VhdtoolError
-from vhdtool.extents import Extent
+from vhdtool.extents import Extent, MiB
 
-MiB = 1 << 20
 # Whole-disk comparisons and conversions only for disks small enough to do them quickly.
 FULL_READ_LIMIT = 64 * MiB
 CONVERT_LIMIT = 64 * MiB

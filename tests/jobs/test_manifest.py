@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.oracles import reference_sparse_digest
 
-from vhdtool.azure.container import strip_token
+from vhdtool.azure.storage import public_url
 from vhdtool.errors import OutputError, UsageError
 from vhdtool.jobs.manifest import (
     SCHEMA,
@@ -157,8 +157,8 @@ def test_missing_manifest(tmp_path: Path) -> None:
     ("http://u:pw@127.0.0.1:10000/devstoreaccount1/c/x.vhd#frag", "http://127.0.0.1:10000/devstoreaccount1/c/x.vhd"),
     ("https://acct.blob.core.windows.net/c", "https://acct.blob.core.windows.net/c"),
 ])
-def test_strip_token(url: str, expected: str) -> None:
-    assert strip_token(url) == expected
+def test_public_url_drops_token_and_user_info(url: str, expected: str) -> None:
+    assert public_url(url) == expected
 
 
 def test_hash_file_reads_sparse_files_like_hashlib(tmp_path: Path) -> None:

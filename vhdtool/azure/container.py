@@ -13,19 +13,11 @@ import urllib.parse
 from dataclasses import dataclass
 
 from vhdtool.azure.signin import parse_sas
-from vhdtool.azure.storage import Destination
+from vhdtool.azure.storage import Destination, public_url
 from vhdtool.errors import UsageError
 
 # Azure's rule for container names: 3-63 lower-case letters, digits and single hyphens.
 CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?")
-
-
-def strip_token(url: str) -> str:
-    """``url`` without its query string and fragment (where SAS tokens live) or user info: what a
-    manifest may record."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -51,9 +43,9 @@ class ContainerDestination:
     def describe(self) -> str:
         """The container's URL without token (as a manifest records it), never a secret."""
         if self.url is not None:
-            return strip_token(self.url).rstrip("/")
+            return public_url(self.url).rstrip("/")
         if self.account_url is not None:
-            return f"{strip_token(self.account_url).rstrip('/')}/{self.container}"
+            return f"{public_url(self.account_url).rstrip('/')}/{self.container}"
         try:
             from azure.storage.blob import ContainerClient
         except ImportError as err:
@@ -62,7 +54,7 @@ class ContainerDestination:
             url = ContainerClient.from_connection_string(self.connection_string or "", self.container or "").url
         except ValueError:  # no account or endpoint in it: the container name is all there is to show
             return f"{self.container}"
-        return strip_token(url).rstrip("/")
+        return public_url(url).rstrip("/")
 
 
 def parse_destination(dest: str, *, connection_string: str | None = None,
@@ -73,10 +65,10 @@ def parse_destination(dest: str, *, connection_string: str | None = None,
         parts = urllib.parse.urlsplit(dest)
         # Azurite's URLs carry the account in the path: http://127.0.0.1:10000/devstoreaccount1/CONTAINER
         if not parts.path.strip("/"):
-            raise UsageError(f"{strip_token(dest)}: the URL names no container")
+            raise UsageError(f"{public_url(dest)}: the URL names no container")
         sas = parse_sas(parts.query)
         if sas is not None and sas.resource in ("b", "bs", "bv"):
-            raise UsageError(f"{strip_token(dest)}: its SAS is a {sas.kind}, valid for one blob, but the "
+            raise UsageError(f"{public_url(dest)}: its SAS is a {sas.kind}, valid for one blob, but the "
                              "set's blobs are named here (DISKNAME.vhd): give a container SAS (sr=c) or an "
                              "account SAS")
         return ContainerDestination(url=dest)

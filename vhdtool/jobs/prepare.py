@@ -23,12 +23,12 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from vhdtool import __version__
-from vhdtool.azure.container import ContainerDestination, strip_token
+from vhdtool.azure.container import ContainerDestination
 from vhdtool.azure.patch import patch_upload
 from vhdtool.azure.remote import blob_of, open_remote
 from vhdtool.azure.remote.address import is_url
 from vhdtool.azure.remote.copy import copy_identity
-from vhdtool.azure.storage import Destination, PageBlobTarget
+from vhdtool.azure.storage import Destination, PageBlobTarget, public_url
 from vhdtool.azure.upload import UploadOptions, upload
 from vhdtool.disk.base import VirtualDisk
 from vhdtool.errors import OutputError, TransferError, UsageError, VhdtoolError
@@ -151,7 +151,7 @@ def upload_file(path: str, destination: ContainerDestination, blob_name: str, pr
         options = UploadOptions(unique_id=disk.footer.unique_id, timestamp=disk.footer.timestamp, hashes=hashes)
         result = upload(disk, destination.for_blob(blob_name), options,
                         progress=progress)
-    return strip_token(result.blob), result.digests
+    return public_url(result.blob), result.digests
 
 
 def upload_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: str,
@@ -166,7 +166,7 @@ def upload_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name:
     options = UploadOptions(hashes=hashes, identity=None if blob is None else copy_identity(blob))
     result = upload(disk, destination.for_blob(blob_name), options,
                     progress=progress)
-    return strip_token(result.blob), result.digests, result.blob_size
+    return public_url(result.blob), result.digests, result.blob_size
 
 
 def patch_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: str, base: Destination,
@@ -178,7 +178,7 @@ def patch_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: 
     result = patch_upload(disk, destination.for_blob(blob_name), base, progress=progress,
                           unique_id=None if footer is None else footer[0],
                           timestamp=None if footer is None else footer[1])
-    return strip_token(result.blob), {SPARSE: result.sparse_sha256}, result.blob_size
+    return public_url(result.blob), {SPARSE: result.sparse_sha256}, result.blob_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,4 +391,4 @@ def _make_disk(request: PrepareRequest, item: DiskInput, disk: VirtualDisk, outc
         role=item.role, lun=item.lun, name=name, source=_source_record(disk), fixed_vhd=fixed,
         os=outcome.os, hyper_v_generation=outcome.hyper_v_generation, architecture=outcome.architecture,
         billing_tier=billing_tier(fixed.virtual_size), findings=outcome.findings,
-        blob_url=None if blob_url is None else strip_token(blob_url))
+        blob_url=None if blob_url is None else public_url(blob_url))

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from support.loopback import quiet_server
+
 if TYPE_CHECKING:
     from support.identity import Certificate
 
@@ -299,16 +301,13 @@ class RecordingProxy:
 
             do_PUT = do_HEAD = do_DELETE = do_POST = do_GET
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = quiet_server(Handler)
         if certificate is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(certificate.cert), str(certificate.key))
             # The handshake happens in each connection's own thread, on its first read.
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
                                                      do_handshake_on_connect=False)
-        # A client that went away (killed, timed out) makes the reply fail: expected, not worth a traceback.
-        self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -15,6 +15,8 @@ import socket
 import threading
 import urllib.parse
 
+from support.loopback import quiet_server
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
               "transfer-encoding", "upgrade"}
 
@@ -66,7 +68,10 @@ class ForwardProxy:
                 if not head:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except OSError:
+                    self.close_connection = True  # the client went away before the answer
 
             do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
 
@@ -100,8 +105,7 @@ class ForwardProxy:
                 finally:
                     upstream.close()
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = quiet_server(Handler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

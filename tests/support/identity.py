@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support.loopback import quiet_server
+
 TENANT = "72f988bf-0000-4000-8000-00000000a11e"
 API_VERSION = "2019-08-01"
 STORAGE_RESOURCE = "https://storage.azure.com"
@@ -144,8 +146,7 @@ class IdentityEndpoint:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = quiet_server(Handler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -24,6 +24,8 @@ from vhdtool import open_image
 from vhdtool.azure.patch import owned_above, patch_upload, plan_patch, split_piece, to_clear
 from vhdtool.azure.remote.address import blob_address
 from vhdtool.azure.storage import Destination
+from vhdtool.azure.upload import UploadOptions
+from vhdtool.errors import UsageError
 from vhdtool.extents import MiB
 from vhdtool.formats.vhd.footer import parse_footer
 from vhdtool.stream.fixed_view import FixedVhdView
@@ -233,7 +235,7 @@ def test_patch_reports_its_planned_total_and_what_it_sent(tmp_path: Path, src: S
     tally = ProgressTally()
     dest = Destination(connection_string=dst.connection_string, container=dst.container, blob="p.vhd")
     with open_image(paths[-1]) as child:
-        result = patch_upload(child, dest, blob_address(src.sas_url("base.vhd")), progress=tally)
+        result = patch_upload(child, dest, blob_address(src.sas_url("base.vhd")), UploadOptions(), progress=tally)
     # One stage, learnt from the plan: the owned ranges and the footer, all written or skipped.
     assert tally.stages == [("patch", result.owned_bytes + 512)] and tally.done == result.owned_bytes + 512
     assert tally.data_bytes == result.bytes_sent == sent_bodies(proxy) > 0
@@ -376,6 +378,12 @@ def test_refusals_are_one_line(tmp_path: Path, src: Store, dst: Store, proxy: Re
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
         assert not any(r.method == "PUT" for r in proxy.requests)
+    # The library takes the upload's options; a whole-file digest cannot be made by a patch.
+    proxy.clear()
+    dest = Destination(connection_string=dst.connection_string, container=dst.container, blob="x.vhd")
+    with open_image(paths[1]) as child, pytest.raises(UsageError, match="does not combine with --hash"):
+        patch_upload(child, dest, blob_address(src.sas_url("base.vhd")), UploadOptions(hashes=("md5",)))
+    assert proxy.requests == []
 
 
 @pytest.mark.parametrize("local_copy", [True, False])

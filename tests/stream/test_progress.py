@@ -152,7 +152,7 @@ def test_download_and_copy_report_the_size_they_write(tmp_path: Path, store: Sto
     tally = ProgressTally()
     source = open_remote(store.spec("disk.vhd"), connection_string=store.connection_string)
     try:
-        result = copy(source, destination(store, "copy.vhd"), mode="relay", progress=tally)
+        result = copy(source, destination(store, "copy.vhd"), UploadOptions(), mode="relay", progress=tally)
     finally:
         source.close()
     assert tally.done == result.size == len(store.client("copy.vhd").download_blob().readall())
@@ -164,7 +164,7 @@ def test_download_and_copy_report_the_size_they_write(tmp_path: Path, store: Sto
     tally = ProgressTally()
     source = open_remote(store.spec("disk.vhdx"), connection_string=store.connection_string)
     try:
-        result = copy(source, destination(store, "converted.vhd"), progress=tally)
+        result = copy(source, destination(store, "converted.vhd"), UploadOptions(), progress=tally)
     finally:
         source.close()
     size = len(store.client("converted.vhd").download_blob().readall())

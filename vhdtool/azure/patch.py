@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,9 +40,8 @@ from vhdtool.azure.upload import (
     META_SPARSE,
     META_STATE,
     STATE_COMPLETE,
-    VERIFY_MODES,
     Retrier,
-    RetryPolicy,
+    UploadOptions,
     _footer_from_metadata,
     _Plan,
     _set_metadata,
@@ -281,25 +280,30 @@ class PatchResult:
         return result
 
 
-def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, threads: int = 8,
-                 overwrite: bool = False, resume: bool = False, verify: str | None = None, size: int | None = None,
-                 copy_mode: str = "auto", progress: Progress = NO_PROGRESS, timeout: float = 120.0,
-                 retry: RetryPolicy | None = None, unique_id: bytes | None = None,
-                 timestamp: int | None = None) -> PatchResult:
+def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, options: UploadOptions, *,
+                 copy_mode: str = "auto", progress: Progress = NO_PROGRESS) -> PatchResult:
     """Upload ``child`` to ``dest`` as its base blob ``base`` copied plus the descendants' ranges.
+
+    ``options`` are the upload's (:class:`~vhdtool.azure.upload.UploadOptions`): ``threads``,
+    ``overwrite``, ``resume``, ``verify``, ``managed_disk``, ``size``, ``timeout``, ``retry`` and the
+    footer's ``unique_id``/``timestamp`` apply; ``hashes`` are refused (the sparse digest is made from
+    the base's granules and the re-read ones, so no pass sees every byte), and the request shape
+    (``window``, ``max_put``) is the copy's and the patch's own. ``copy_mode`` is
+    :func:`~vhdtool.azure.remote.copy.copy`'s ``mode`` for the base.
 
     ``resume`` continues an interrupted patch of this same image: an unfinished copy of the base goes
     on where it stopped, and once the copy is done the owned ranges are written again (each write and
     clear is idempotent) with the footer's recorded unique id and timestamp.
     """
 
-    if verify not in (None, *VERIFY_MODES):
-        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+    if options.hashes:
+        raise UsageError("a patch upload does not combine with --hash (the sparse digest is recorded)")
+    threads, timeout, resume, verify = options.threads, options.timeout, options.resume, options.verify
     started = time.monotonic()
     chain = chain_of(child)
     if len(chain) < 2:
         raise UsageError(f"{child.path}: --base needs a differencing disk (this {child.disk_type} disk has no parent)")
-    retrier = Retrier(retry or RetryPolicy(), threading.Event())
+    retrier = Retrier(options.retry, threading.Event())
     base_target = PageBlobTarget(base, timeout=timeout, pool_size=threads + 4)
     try:
         base_state = retrier.call(base_target.state)
@@ -308,11 +312,11 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     finally:
         base_target.close()
     phases = {"prove": time.monotonic() - started}
-    plan = plan_patch(child, proof.ancestor, base_state.size - FOOTER_SIZE, size)
+    plan = plan_patch(child, proof.ancestor, base_state.size - FOOTER_SIZE, options.size)
     levels = chain.index(proof.ancestor)
     identity = image_identity(child, plan.virtual_size)
-    uid = unique_id or uuid.uuid4().bytes
-    stamp = vhd_timestamp() if timestamp is None else timestamp
+    uid = options.unique_id or uuid.uuid4().bytes
+    stamp = vhd_timestamp() if options.timestamp is None else options.timestamp
     view = FixedVhdView(child, size=plan.virtual_size, unique_id=uid, timestamp=stamp)
 
     # The new blob's granule facts: the ancestor's, with the granules the patch touches re-read.
@@ -325,7 +329,7 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     facts.pages.update(fresh.pages)
     sparse = facts.digest(plan.blob_size)
 
-    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4)
+    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4, managed_disk=options.managed_disk)
     try:
         if plan.grows and target.managed_disk:
             raise UsageError(f"{target.name}: a managed disk cannot grow here; create it with "
@@ -351,11 +355,11 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, *, th
     else:
         source = BlobSource(base, timeout=timeout, threads=threads)
         try:
-            copied = copy(source, dest, threads=threads, mode=copy_mode, overwrite=overwrite, resume=resume,
-                          timeout=timeout, retry=retry)
+            copied = copy(source, dest, replace(options, verify=None, size=None, unique_id=None, timestamp=None),
+                          mode=copy_mode)
         finally:
             source.close()
-    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4)
+    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4, managed_disk=options.managed_disk)
     phases["copy"] = time.monotonic() - started - sum(phases.values())
     warnings = list(copied.warnings) if copied else []
     try:

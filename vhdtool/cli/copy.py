@@ -7,6 +7,7 @@ import click
 from vhdtool.azure.remote import open_remote
 from vhdtool.azure.remote.copy import copy
 from vhdtool.azure.storage import make_destination
+from vhdtool.azure.upload import UploadOptions
 from vhdtool.cli import emit_json, human_size, main
 from vhdtool.cli.bars import BarProgress
 
@@ -58,8 +59,9 @@ def copy_command(src: str, dest: str, connection_string: str | None, account_url
     try:
         bar = BarProgress(source.size, "copy", show_progress)
         try:
-            result = copy(source, destination, threads=threads, mode=mode, overwrite=overwrite, resume=resume,
-                          verify=verify, managed_disk=managed_disk, progress=bar, timeout=timeout)
+            options = UploadOptions(threads=threads, overwrite=overwrite, resume=resume, verify=verify,
+                                    managed_disk=managed_disk, timeout=timeout)
+            result = copy(source, destination, options, mode=mode, progress=bar)
         finally:
             bar.close()
     finally:

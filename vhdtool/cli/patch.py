@@ -7,23 +7,22 @@ import click
 from vhdtool.azure.patch import patch_upload
 from vhdtool.azure.remote.address import blob_address
 from vhdtool.azure.storage import Destination, scrub
+from vhdtool.azure.upload import UploadOptions
 from vhdtool.cli import emit_json, human_size
 from vhdtool.cli.bars import BarProgress
 from vhdtool.formats.open import open_image
 
 
-def patch_command(image: str, destination: Destination, base_url: str, *, connection_string: str | None,
-                  account_url: str | None, threads: int, overwrite: bool, resume: bool, verify: str | None,
-                  size: int | None, timeout: float, as_json: bool, show_progress: bool | None, parent: str | None,
-                  allow_absolute_parent: bool) -> None:
+def patch_command(image: str, destination: Destination, base_url: str, options: UploadOptions, *,
+                  connection_string: str | None, account_url: str | None, as_json: bool, show_progress: bool | None,
+                  parent: str | None, allow_absolute_parent: bool) -> None:
     """Run the patch upload and print what it did (a table, or ``--json``)."""
 
     base = blob_address(base_url, connection_string=connection_string, account_url=account_url)
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:
         bar = BarProgress(0, "patch", show_progress, data_label="sent")
         try:
-            result = patch_upload(disk, destination, base, threads=threads, overwrite=overwrite, resume=resume,
-                                  verify=verify, size=size, timeout=timeout, progress=bar)
+            result = patch_upload(disk, destination, base, options, progress=bar)
         finally:
             bar.close()
     facts = result.to_json()

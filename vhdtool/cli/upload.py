@@ -98,10 +98,8 @@ def upload(image: str, dest: str | None, connection_string: str | None, account_
     if base_url:
         if options.hashes:
             raise click.UsageError("--base does not combine with --hash (the sparse digest is recorded)")
-        patch_command(image, destination, base_url, connection_string=connection_string,
-                      account_url=account_url, threads=options.threads, overwrite=options.overwrite,
-                      resume=options.resume, verify=options.verify, size=options.size, timeout=options.timeout,
-                      as_json=as_json, show_progress=show_progress, parent=parent,
+        patch_command(image, destination, base_url, options, connection_string=connection_string,
+                      account_url=account_url, as_json=as_json, show_progress=show_progress, parent=parent,
                       allow_absolute_parent=allow_absolute_parent)
         return
     with open_image(image, parent=parent, allow_absolute_parent=allow_absolute_parent) as disk:

@@ -175,9 +175,9 @@ def patch_disk(disk: VirtualDisk, destination: ContainerDestination, blob_name: 
     """Upload the differencing ``disk`` as its ``base`` blob copied plus what the descendants own
     (:mod:`vhdtool.azure.patch`); ``footer`` fixes the unique id and timestamp (those of the local file)."""
 
-    result = patch_upload(disk, destination.for_blob(blob_name), base, progress=progress,
-                          unique_id=None if footer is None else footer[0],
-                          timestamp=None if footer is None else footer[1])
+    options = UploadOptions(unique_id=None if footer is None else footer[0],
+                            timestamp=None if footer is None else footer[1])
+    result = patch_upload(disk, destination.for_blob(blob_name), base, options, progress=progress)
     return public_url(result.blob), {SPARSE: result.sparse_sha256}, result.blob_size
 
 

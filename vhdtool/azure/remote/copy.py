@@ -25,7 +25,7 @@ import hashlib
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from vhdtool.azure.pages import MAX_PAGE_BLOB, RangeSet, page_runs, total
@@ -35,9 +35,7 @@ from vhdtool.azure.remote.download import describe
 from vhdtool.azure.storage import Destination, PageBlobTarget, PermanentError, scrub
 from vhdtool.azure.upload import (
     STATE_COMPLETE,
-    VERIFY_MODES,
     Retrier,
-    RetryPolicy,
     UploadOptions,
     _prepare,
     _set_metadata,
@@ -103,16 +101,17 @@ def relay_reason(err: PermanentError) -> str | None:
     return None
 
 
-def copy(source: BlobSource, dest: Destination, *, threads: int = 8, mode: str = "auto", overwrite: bool = False,
-         resume: bool = False, verify: str | None = None, managed_disk: bool | None = None,
-         progress: Progress = NO_PROGRESS, timeout: float = 120.0, retry: RetryPolicy | None = None) -> CopyResult:
-    """Copy the blob ``source`` to ``dest`` (see the module docstring)."""
+def copy(source: BlobSource, dest: Destination, options: UploadOptions, *, mode: str = "auto",
+         progress: Progress = NO_PROGRESS) -> CopyResult:
+    """Copy the blob ``source`` to ``dest`` (see the module docstring).
+
+    ``options`` are the upload's (:class:`~vhdtool.azure.upload.UploadOptions`): ``threads``,
+    ``overwrite``, ``resume``, ``verify``, ``managed_disk``, ``timeout`` and ``retry`` apply to every
+    copy; the rest only where the source must be converted (then it is an upload). ``mode`` is
+    ``auto``, ``server`` or ``relay``.
+    """
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}")
-    if verify not in (None, *VERIFY_MODES):
-        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
-    if threads < 1:
-        raise UsageError("--threads must be at least 1")
     started = time.monotonic()
     if source.path.rstrip("/") == dest.describe().rstrip("/"):
         raise UsageError(f"{source.path}: the source and the destination are the same blob")
@@ -125,27 +124,20 @@ def copy(source: BlobSource, dest: Destination, *, threads: int = 8, mode: str =
         if mode == "server":
             raise UsageError(f"{source.path} is {what}: it must be converted to Azure's fixed VHD, which only the "
                              "relay can do (drop --mode server)")
-        return _convert(source, dest, what, threads=threads, overwrite=overwrite, resume=resume, verify=verify,
-                        managed_disk=managed_disk, progress=progress, timeout=timeout, retry=retry,
-                        started=started)
-    engine = _Copy(source, dest, threads=threads, mode=mode, managed_disk=managed_disk, progress=progress,
-                   timeout=timeout, retry=retry)
+        return _convert(source, dest, what, options, progress=progress, started=started)
+    engine = _Copy(source, dest, options, mode=mode, progress=progress)
     try:
-        return engine.run(overwrite=overwrite, resume=resume, verify=verify, started=started)
+        return engine.run(started=started)
     finally:
         engine.close()
 
 
-def _convert(source: BlobSource, dest: Destination, what: str, *, threads: int, overwrite: bool, resume: bool,
-             verify: str | None, managed_disk: bool | None, progress: Progress, timeout: float,
-             retry: RetryPolicy | None, started: float) -> CopyResult:
+def _convert(source: BlobSource, dest: Destination, what: str, options: UploadOptions, *, progress: Progress,
+             started: float) -> CopyResult:
 
     with open_image(BorrowedSource(source)) as disk:
         progress.stage("convert", azure_virtual_size(disk.virtual_size) + FOOTER_SIZE)  # the new blob's size
-        options = UploadOptions(threads=threads, overwrite=overwrite, resume=resume, verify=verify,
-                                managed_disk=managed_disk, timeout=timeout, retry=retry or RetryPolicy(),
-                                identity=copy_identity(source))
-        result = upload(disk, dest, options, progress=progress)
+        result = upload(disk, dest, replace(options, identity=copy_identity(source)), progress=progress)
     stats = source.stats()
     return CopyResult(
         source=source.path, dest=result.blob, mode="relay", relay_reason=f"the source is {what}: converted to a "
@@ -159,16 +151,17 @@ def _convert(source: BlobSource, dest: Destination, what: str, *, threads: int, 
 class _Copy:
     """An as-is copy: the source's written ranges, granule by granule, server-side or relayed."""
 
-    def __init__(self, source: BlobSource, dest: Destination, *, threads: int, mode: str,
-                 managed_disk: bool | None, progress: Progress, timeout: float,
-                 retry: RetryPolicy | None) -> None:
+    def __init__(self, source: BlobSource, dest: Destination, options: UploadOptions, *, mode: str,
+                 progress: Progress) -> None:
         self.source = source
-        self.threads = threads
+        self.options = options
+        self.threads = threads = options.threads
         self.mode = mode
         self.progress = progress
         self.abort = threading.Event()
-        self.retrier = Retrier(retry or RetryPolicy(), self.abort)
-        self.target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4, managed_disk=managed_disk)
+        self.retrier = Retrier(options.retry, self.abort)
+        self.target = PageBlobTarget(dest, timeout=options.timeout, pool_size=threads + 4,
+                                     managed_disk=options.managed_disk)
         self.copy_source: CopySource | None = None
         self._secrets = dest.secrets() + source.address.secrets()
         self._lock = threading.Lock()
@@ -190,16 +183,16 @@ class _Copy:
 
     # -- the run ----------------------------------------------------------------------------------
 
-    def run(self, *, overwrite: bool, resume: bool, verify: str | None, started: float) -> CopyResult:
+    def run(self, *, started: float) -> CopyResult:
         source, target, retrier = self.source, self.target, self.retrier
+        verify = self.options.verify
         size = source.size
         if not target.managed_disk and size > MAX_PAGE_BLOB:
             raise UsageError(f"a page blob holds at most {MAX_PAGE_BLOB} bytes; this disk needs {size}")
         warnings: list[str] = []
         identity = copy_identity(source)
         state = retrier.call(target.state)
-        plan = _prepare(target, retrier, state, identity, size, UploadOptions(overwrite=overwrite, resume=resume),
-                        warnings)
+        plan = _prepare(target, retrier, state, identity, size, self.options, warnings)
         present = RangeSet(retrier.call(target.page_ranges)) if plan.resumed else RangeSet()
         if present:
             self.digest_complete = False  # granules already there are not read again

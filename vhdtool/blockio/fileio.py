@@ -15,6 +15,8 @@ import errno
 import os
 import threading
 
+from vhdtool.errors import OutputError
+
 HAVE_PREAD = hasattr(os, "pread")
 HAVE_PREADV = hasattr(os, "preadv")
 HAVE_PWRITE = hasattr(os, "pwrite")
@@ -117,3 +119,21 @@ def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
     if position < size:
         holes.append((position, size))
     return holes
+
+
+# Errors a user can act on, told in words (what to free or change), for every writer of output files.
+_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def describe_os_error(path: str, err: OSError, action: str) -> OutputError:
+    """An :class:`OutputError` with a message that says what the user can do about ``err``."""
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "no space left on the output's filesystem (or quota exceeded); free space or write elsewhere"
+    elif err.errno in _PERMISSION:
+        hint = f"permission denied ({reason}); choose a folder you can write to"
+    elif err.errno == errno.EFBIG:
+        hint = "file too large for this filesystem or limit (FAT32 stops at 4 GiB)"
+    else:
+        hint = reason
+    return OutputError(f"{path}: cannot {action}: {hint}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.blockio import fileio
+from vhdtool.blockio.fileio import describe_os_error
 from vhdtool.disk.base import ImageFile
 from vhdtool.errors import ImageError, OutputError, UnsupportedImageError
 from vhdtool.extents import align_up
@@ -39,7 +40,6 @@ from vhdtool.formats.vhd.footer import (
 )
 from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.formats.vhd.reader import read_footer
-from vhdtool.stream.fixed_file import describe_os_error
 from vhdtool.units import MiB
 
 

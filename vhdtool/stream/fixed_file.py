@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 
 from vhdtool.blockio import fileio
+from vhdtool.blockio.fileio import describe_os_error
 from vhdtool.blockio.zeros import nonzero_runs
 from vhdtool.errors import OutputError
 from vhdtool.units import MiB
@@ -33,7 +34,6 @@ DEFAULT_GRANULARITY = 4096  # a filesystem block: the unit in which a hole can b
 WRITEBACK_EVERY = 64 * MiB
 TEMP_SUFFIX = ".vhdtool-partial"
 
-_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 _APPEARED = "appeared while converting; use --force to replace it"
 # Temporary files created and not yet installed or removed. Creating one and recording it here
 # happen with SIGINT/SIGTERM held back, so an interrupt at any instant finds every partial output
@@ -68,20 +68,6 @@ def remove_live_temporaries() -> None:
 _NO_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EPERM,
             errno.ETXTBSY}
 _NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
-
-
-def describe_os_error(path: str, err: OSError, action: str) -> OutputError:
-    """An :class:`OutputError` with a message that says what the user can do about ``err``."""
-    reason = err.strerror or str(err)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        hint = "no space left on the output's filesystem (or quota exceeded); free space or write elsewhere"
-    elif err.errno in _PERMISSION:
-        hint = f"permission denied ({reason}); choose a folder you can write to"
-    elif err.errno == errno.EFBIG:
-        hint = "file too large for this filesystem or limit (FAT32 stops at 4 GiB)"
-    else:
-        hint = reason
-    return OutputError(f"{path}: cannot {action}: {hint}")
 
 
 def check_target(target: str, force: bool) -> None:

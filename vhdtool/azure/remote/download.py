@@ -29,13 +29,14 @@ from typing import Any
 
 from vhdtool.azure.remote.blob_source import BlobSource
 from vhdtool.blockio import fileio
+from vhdtool.blockio.fileio import describe_os_error
 from vhdtool.blockio.zeros import nonzero_runs
 from vhdtool.disk.base import BorrowedSource
 from vhdtool.errors import OutputError, TransferError, UsageError
 from vhdtool.extents import extents_from_ranges
 from vhdtool.formats.open import open_image
 from vhdtool.stream.digest import GRANULE, NAME, SparseDigest, SparseDigestSink, granules_touched
-from vhdtool.stream.fixed_file import FixedFileSink, check_target, describe_os_error
+from vhdtool.stream.fixed_file import FixedFileSink, check_target
 from vhdtool.stream.fixed_view import FixedVhdView
 from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import Source, pump

@@ -15,8 +15,7 @@ from support.vhdx_builder import FULLY_PRESENT, Block, build_vhdx
 
 from vhdtool.azure.upload import image_identity, source_id
 from vhdtool.formats.open import open_image
-
-MiB = 1024 * 1024
+from vhdtool.units import MiB
 
 
 def test_vhd_source_id_is_the_footer_unique_id(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from support.remote_helpers import MiB, Store, json_of, sdk_upload, sig_of
 
 from vhdtool.azure.remote.blob_source import BlobSource
 from vhdtool.azure.remote.cache import GranuleCache
+from vhdtool.azure.retry import RetryPolicy
 from vhdtool.azure.storage import Destination
-from vhdtool.azure.upload import RetryPolicy
 from vhdtool.errors import TransferError
 from vhdtool.inspect.model import GENERALIZED
 

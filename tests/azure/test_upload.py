@@ -35,8 +35,9 @@ from support.oracles import qemu_img, reference_sparse_digest_of_bytes
 import vhdtool.blockio.fileio
 from vhdtool import open_image
 from vhdtool.azure.pages import split_ranges
+from vhdtool.azure.retry import RetryPolicy
 from vhdtool.azure.storage import Destination
-from vhdtool.azure.upload import RetryPolicy, UploadOptions, UploadResult, upload
+from vhdtool.azure.upload import UploadOptions, UploadResult, upload
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB, merge_ranges
 from vhdtool.formats.vhd.footer import parse_footer

@@ -20,6 +20,7 @@ from vhdtool.azure.pages import (
     split_ranges,
     total,
 )
+from vhdtool.azure.retry import RetryPolicy
 from vhdtool.azure.storage import (
     BlobState,
     Destination,
@@ -29,7 +30,7 @@ from vhdtool.azure.storage import (
     public_url,
     scrub,
 )
-from vhdtool.azure.upload import META_FOOTER, META_IDENTITY, RetryPolicy, Start, UploadOptions, choose_start
+from vhdtool.azure.upload import META_FOOTER, META_IDENTITY, Start, UploadOptions, choose_start
 from vhdtool.errors import TransferError, UsageError
 from vhdtool.extents import Extent, check_cover, extents_from_ranges
 

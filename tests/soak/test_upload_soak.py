@@ -16,8 +16,9 @@ from support.azurite import ACCOUNT, ACCOUNT_KEY, FAULT_KINDS, Azurite, Recordin
 from support.soak import PAGE, Soak, scattered_raw, secret_forms
 
 from vhdtool import open_image
+from vhdtool.azure.retry import RetryPolicy
 from vhdtool.azure.storage import Destination, PageBlobTarget, RetryableError
-from vhdtool.azure.upload import RetryPolicy, UploadOptions, upload
+from vhdtool.azure.upload import UploadOptions, upload
 from vhdtool.errors import TransferError
 from vhdtool.extents import MiB
 

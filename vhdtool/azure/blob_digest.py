@@ -18,8 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vhdtool.azure.pages import MAX_PUT_PAGE
+from vhdtool.azure.retry import Retrier, RetryPolicy
 from vhdtool.azure.storage import PageBlobTarget
-from vhdtool.azure.upload import Retrier, RetryPolicy
 from vhdtool.errors import TransferError
 from vhdtool.extents import Extent, extents_from_ranges, merge_ranges
 from vhdtool.stream.digest import GRANULE, SparseDigest, SparseDigestSink

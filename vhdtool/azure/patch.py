@@ -33,6 +33,7 @@ from vhdtool.azure.blob_digest import _Reader, sparse_digest_of_blob
 from vhdtool.azure.pages import MAX_PUT_PAGE, page_runs, split_ranges, total
 from vhdtool.azure.remote.blob_source import BlobSource
 from vhdtool.azure.remote.copy import CopyResult, copy
+from vhdtool.azure.retry import Retrier
 from vhdtool.azure.storage import BlobState, Destination, PageBlobTarget
 from vhdtool.azure.upload import (
     META_IDENTITY,
@@ -40,7 +41,6 @@ from vhdtool.azure.upload import (
     META_SPARSE,
     META_STATE,
     STATE_COMPLETE,
-    Retrier,
     UploadOptions,
     _footer_from_metadata,
     _Plan,

@@ -11,7 +11,7 @@ every zero of the disk too.
 Memory is bounded by ``window × 4 MiB`` request bodies plus one 4 MiB read buffer (about 72 MiB
 with the defaults), independent of the disk size.
 
-Retries live here and only here (:class:`RetryPolicy`): the SDK and urllib3 are told not to retry.
+Retries are :mod:`vhdtool.azure.retry`'s, and only its: the SDK and urllib3 are told not to retry.
 
 Resume: the blob's metadata records an identity digest of the source image (names, sizes, mtimes,
 formats and ids of the whole parent chain, and the fixed size) and the generated footer's unique id
@@ -29,7 +29,6 @@ import enum
 import hashlib
 import json
 import os
-import random
 import re
 import threading
 import time
@@ -37,11 +36,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from vhdtool import __version__
-from vhdtool.azure.failures import PermanentError, RetryableError
+from vhdtool.azure.failures import PermanentError
 from vhdtool.azure.pages import MAX_PAGE_BLOB, MAX_PUT_PAGE, RangeSet, align_extents, split_ranges, total
+from vhdtool.azure.retry import Retrier, RetryPolicy
 from vhdtool.azure.sink import PageBlobSink
 from vhdtool.azure.storage import DEFAULT_TIMEOUT, BlobState, Destination, PageBlobTarget, md5_base64
 from vhdtool.disk.base import VirtualDisk
@@ -56,8 +56,6 @@ from vhdtool.stream.hasher import HashSink
 from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import Sink, pump
 
-T = TypeVar("T")
-
 DEFAULT_THREADS = 8
 META_IDENTITY = "vhdtool_identity"
 META_FOOTER = "vhdtool_footer"
@@ -70,46 +68,6 @@ STATE_CLEARING = "clearing"
 STATE_UPLOADING = "uploading"
 STATE_COMPLETE = "complete"
 VERIFY_MODES = ("pages", "full")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, or the server's ``Retry-After`` when it gives one."""
-
-    attempts: int = 8
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    max_retry_after: float = 300.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-class Retrier:
-    """Runs one service call with :class:`RetryPolicy`; counts retries; stops when ``abort`` is set."""
-
-    def __init__(self, policy: RetryPolicy, abort: threading.Event) -> None:
-        self.policy = policy
-        self.abort = abort
-        self.retries = 0
-        self._lock = threading.Lock()
-
-    def call(self, call: Callable[[], T]) -> T:
-        attempt = 1
-        while True:
-            try:
-                return call()
-            except RetryableError as err:
-                if attempt >= self.policy.attempts:
-                    raise TransferError(f"{err} (gave up after {attempt} attempts)") from None
-                with self._lock:
-                    self.retries += 1
-                if self.abort.wait(self.policy.delay(attempt, err.retry_after)):
-                    raise TransferError(f"{err} (upload stopped)") from None
-                attempt += 1
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from vhdtool.azure.remote.cache import DEFAULT_CAPACITY, DEFAULT_GRANULE, DEFAULT_MAX_AHEAD, GranuleCache
+from vhdtool.azure.retry import Retrier, RetryPolicy
 from vhdtool.azure.storage import Destination, PageBlobTarget, PermanentError
-from vhdtool.azure.upload import Retrier, RetryPolicy
 from vhdtool.errors import ImageError, TransferError
 from vhdtool.extents import merge_ranges
 

@@ -32,10 +32,10 @@ from vhdtool.azure.pages import MAX_PAGE_BLOB, RangeSet, page_runs, total
 from vhdtool.azure.remote.blob_source import BlobSource
 from vhdtool.azure.remote.copy_source import CopySource, copy_source
 from vhdtool.azure.remote.download import describe
+from vhdtool.azure.retry import Retrier
 from vhdtool.azure.storage import Destination, PageBlobTarget, PermanentError, scrub
 from vhdtool.azure.upload import (
     STATE_COMPLETE,
-    Retrier,
     UploadOptions,
     _prepare,
     _set_metadata,

@@ -298,95 +298,122 @@ def patch_upload(child: VirtualDisk, dest: Destination, base: Destination, optio
 
     if options.hashes:
         raise UsageError("a patch upload does not combine with --hash (the sparse digest is recorded)")
-    threads, timeout, resume, verify = options.threads, options.timeout, options.resume, options.verify
     started = time.monotonic()
     chain = chain_of(child)
     if len(chain) < 2:
         raise UsageError(f"{child.path}: --base needs a differencing disk (this {child.disk_type} disk has no parent)")
     retrier = Retrier(options.retry, threading.Event())
-    base_target = PageBlobTarget(base, timeout=timeout, pool_size=threads + 4)
-    try:
-        base_state = retrier.call(base_target.state)
-        base_ranges = merge_ranges(retrier.call(base_target.page_ranges)) if base_state.exists else []
-        proof = prove_base(chain, base_state, base_target, retrier, base_ranges, threads=threads)
-    finally:
-        base_target.close()
+    base_state, proof, base_name = _prove(chain, base, options, retrier)
     phases = {"prove": time.monotonic() - started}
     plan = plan_patch(child, proof.ancestor, base_state.size - FOOTER_SIZE, options.size)
-    levels = chain.index(proof.ancestor)
     identity = image_identity(child, plan.virtual_size)
     uid = options.unique_id or uuid.uuid4().bytes
     stamp = vhd_timestamp() if options.timestamp is None else options.timestamp
     view = FixedVhdView(child, size=plan.virtual_size, unique_id=uid, timestamp=stamp)
-
-    # The new blob's granule facts: the ancestor's, with the granules the patch touches re-read.
-    changed = touched([*plan.owned, (plan.virtual_size, plan.blob_size)])
-    fresh = scan_granules(view, changed, plan.blob_size, threads=threads)
-    stale = set(changed)
-    facts = Granules({i: v for i, v in proof.granules.leaves.items() if i not in stale},
-                     {i: v for i, v in proof.granules.pages.items() if i not in stale})
-    facts.leaves.update(fresh.leaves)
-    facts.pages.update(fresh.pages)
-    sparse = facts.digest(plan.blob_size)
-
-    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4, managed_disk=options.managed_disk)
-    try:
-        if plan.grows and target.managed_disk:
-            raise UsageError(f"{target.name}: a managed disk cannot grow here; create it with "
-                             f"--upload-size-bytes {base_state.size} and grow the disk after the upload")
-        state = retrier.call(target.state)
-        recorded = _footer_from_metadata(state.metadata)
-        patching = resume and state.exists and recorded is not None \
-            and state.metadata.get(META_IDENTITY) == identity \
-            and state.metadata.get(META_STATE) in (STATE_PATCHING, STATE_COMPLETE)
-    finally:
-        target.close()
+    facts = _new_granules(proof.granules, view, plan, touched([*plan.owned, (plan.virtual_size, plan.blob_size)]),
+                          options.threads)
+    recorded = _copied_before(dest, options, retrier, plan, identity, base_state.size)
     phases["plan"] = time.monotonic() - started - sum(phases.values())
     copied: CopyResult | None = None
-    if patching and recorded is not None:
-        uid, stamp = recorded  # the copy finished before: only the patch is done again
+    if recorded is not None:
+        uid, stamp = recorded  # the copy finished before: only the patch is done again, with the same footer
         view = FixedVhdView(child, size=plan.virtual_size, unique_id=uid, timestamp=stamp)
-        fresh = scan_granules(view, touched([(plan.virtual_size, plan.blob_size)]), plan.blob_size,
-                              threads=threads)
-        for index in touched([(plan.virtual_size, plan.blob_size)]):
-            facts.leaves.pop(index, None)
-        facts.leaves.update(fresh.leaves)
-        sparse = facts.digest(plan.blob_size)
+        facts = _new_granules(facts, view, plan, touched([(plan.virtual_size, plan.blob_size)]), options.threads)
     else:
-        source = BlobSource(base, timeout=timeout, threads=threads)
+        source = BlobSource(base, timeout=options.timeout, threads=options.threads)
         try:
             copied = copy(source, dest, replace(options, verify=None, size=None, unique_id=None, timestamp=None),
                           mode=copy_mode)
         finally:
             source.close()
-    target = PageBlobTarget(dest, timeout=timeout, pool_size=threads + 4, managed_disk=options.managed_disk)
     phases["copy"] = time.monotonic() - started - sum(phases.values())
     warnings = list(copied.warnings) if copied else []
+    sparse = facts.digest(plan.blob_size)
+    record = _Plan(uid, stamp, resumed=False, metadata_ok=True, source=source_id(child))
+    written = _write_patch(dest, options, retrier, view, plan, record, identity, warnings, sparse, progress)
+    phases["patch"] = time.monotonic() - started - sum(phases.values())
+    return PatchResult(
+        blob=written.blob, base=base_name, ancestor=proof.ancestor.path, proof=proof.how,
+        levels=chain.index(proof.ancestor), virtual_size=plan.virtual_size, blob_size=plan.blob_size,
+        copy_mode=copied.mode if copied else "resumed",
+        bytes_copied_by_service=copied.bytes_copied_by_service if copied else 0,
+        copy_bytes_sent=copied.bytes_sent if copied else 0,
+        bytes_sent=written.sent, bytes_cleared=written.cleared, owned_bytes=total(plan.owned),
+        full_upload_bytes=facts.nonzero_bytes(), base_bytes_read=proof.base_bytes_read,
+        requests=written.requests, sparse_sha256=sparse, verified=written.verified,
+        seconds=time.monotonic() - started, warnings=tuple(warnings), phases=phases)
+
+
+def _prove(chain: list[VirtualDisk], base: Destination, options: UploadOptions,
+           retrier: Retrier) -> tuple[BlobState, BaseProof, str]:
+    """The base blob's state, the proof of which ancestor it holds, and its name (no token)."""
+    target = PageBlobTarget(base, timeout=options.timeout, pool_size=options.threads + 4)
     try:
-        record = _Plan(uid, stamp, resumed=False, metadata_ok=True, source=source_id(child))
+        state = retrier.call(target.state)
+        ranges = merge_ranges(retrier.call(target.page_ranges)) if state.exists else []
+        return state, prove_base(chain, state, target, retrier, ranges, threads=options.threads), target.name
+    finally:
+        target.close()
+
+
+def _new_granules(known: Granules, view: FixedVhdView, plan: PatchPlan, changed: list[int], threads: int) -> Granules:
+    """The new blob's granule facts: ``known`` ones, with the ``changed`` granules re-read from ``view``."""
+    fresh = scan_granules(view, changed, plan.blob_size, threads=threads)
+    stale = set(changed)
+    facts = Granules({i: v for i, v in known.leaves.items() if i not in stale},
+                     {i: v for i, v in known.pages.items() if i not in stale})
+    facts.leaves.update(fresh.leaves)
+    facts.pages.update(fresh.pages)
+    return facts
+
+
+def _copied_before(dest: Destination, options: UploadOptions, retrier: Retrier, plan: PatchPlan, identity: str,
+                   base_size: int) -> tuple[bytes, int] | None:
+    """With ``resume``, the footer (unique id, timestamp) of an earlier patch of this image whose copy of the
+    base finished; ``None`` when the base must be copied (again). Refuses to grow a managed disk."""
+    target = PageBlobTarget(dest, timeout=options.timeout, pool_size=options.threads + 4,
+                            managed_disk=options.managed_disk)
+    try:
+        if plan.grows and target.managed_disk:
+            raise UsageError(f"{target.name}: a managed disk cannot grow here; create it with "
+                             f"--upload-size-bytes {base_size} and grow the disk after the upload")
+        state = retrier.call(target.state)
+    finally:
+        target.close()
+    recorded = _footer_from_metadata(state.metadata)
+    if options.resume and state.exists and state.metadata.get(META_IDENTITY) == identity \
+            and state.metadata.get(META_STATE) in (STATE_PATCHING, STATE_COMPLETE):
+        return recorded
+    return None
+
+
+@dataclass(frozen=True)
+class _Written:
+    blob: str
+    sent: int
+    cleared: int
+    verified: str | None
+    requests: int
+
+
+def _write_patch(dest: Destination, options: UploadOptions, retrier: Retrier, view: FixedVhdView, plan: PatchPlan,
+                 record: _Plan, identity: str, warnings: list[str], sparse: str, progress: Progress) -> _Written:
+    """On the copied base: mark the blob patching, grow it if asked, write the owned ranges and the footer,
+    mark it complete with its sparse digest, and verify if asked."""
+    target = PageBlobTarget(dest, timeout=options.timeout, pool_size=options.threads + 4,
+                            managed_disk=options.managed_disk)
+    try:
         _set_metadata(target, retrier, record, identity, STATE_PATCHING, warnings)
         if plan.grows and retrier.call(target.state).size != plan.blob_size:
             retrier.call(lambda: target.resize(plan.blob_size))
         written = merge_ranges(retrier.call(target.page_ranges))
-        sent, cleared = _apply(target, retrier, view, plan, written, threads=threads, progress=progress)
+        sent, cleared = _apply(target, retrier, view, plan, written, threads=options.threads, progress=progress)
         _set_metadata(target, retrier, record, identity, STATE_COMPLETE, warnings, {SPARSE_DIGEST: sparse})
-        verified = None
-        if verify:
-            _verify(target, retrier, view, plan, full=verify == "full")
-            verified = verify
-        requests = target.requests
+        if options.verify:
+            _verify(target, retrier, view, plan, full=options.verify == "full")
+        return _Written(target.name, sent, cleared, options.verify, target.requests)
     finally:
         target.close()
-    phases["patch"] = time.monotonic() - started - sum(phases.values())
-    return PatchResult(
-        blob=target.name, base=base_target.name, ancestor=proof.ancestor.path, proof=proof.how, levels=levels,
-        virtual_size=plan.virtual_size, blob_size=plan.blob_size, copy_mode=copied.mode if copied else "resumed",
-        bytes_copied_by_service=copied.bytes_copied_by_service if copied else 0,
-        copy_bytes_sent=copied.bytes_sent if copied else 0,
-        bytes_sent=sent, bytes_cleared=cleared, owned_bytes=total(plan.owned),
-        full_upload_bytes=facts.nonzero_bytes(), base_bytes_read=proof.base_bytes_read,
-        requests=requests, sparse_sha256=sparse, verified=verified, seconds=time.monotonic() - started,
-        warnings=tuple(warnings), phases=phases)
 
 
 def _apply(target: PageBlobTarget, retrier: Retrier, view: FixedVhdView, plan: PatchPlan,

@@ -6,12 +6,14 @@ ELF machine field of a binary on the root filesystem; the image is otherwise the
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.linux_images import make_linux
 
 from vhdtool.extents import MiB
@@ -68,9 +70,14 @@ def build(work: Path, machine: int, loader: str | None, kernel: str | None = Non
 
 
 def architecture(image: Path, tmp_path: Path) -> tuple[str | None, str | None]:
-    """(the OS disk's architecture, the gallery definition's) as prepare records them."""
+    """(the OS disk's architecture, the gallery definition's) as prepare records them; ``inspect --json``
+    and ``check --json`` must tell the same."""
     result = prepare(PrepareRequest("arch", str(image), (), str(tmp_path / "out"), force=True))
-    return result.manifest.disks[0].architecture, result.manifest.gallery_image_definition.architecture
+    recorded = result.manifest.disks[0].architecture
+    inspected = json.loads(run_cli("inspect", str(image), "--json").stdout)["architecture"]
+    checked = json.loads(run_cli("check", str(image), "--json").stdout)["architecture"]
+    assert inspected == checked == recorded, (inspected, checked, recorded)
+    return recorded, result.manifest.gallery_image_definition.architecture
 
 
 @pytest.mark.parametrize(("machine", "loader", "kernel", "expected"), [

@@ -67,6 +67,7 @@ def check_command(
             "findings": [f.to_json() for f in findings],
             "os": None if report is None or report.os is None else report.os.to_json(),
             "generation": None if report is None else report.generation.value,
+            "architecture": None if report is None else report.architecture,
             "unclean": [] if report is None else report.unclean,
             "warnings": [] if report is None else report.warnings,
         }

@@ -51,6 +51,7 @@ def print_report(report: DiskReport) -> None:
             f"{label}{flags}"
         )
     click.echo(f"generation  {report.generation.value} ({'; '.join(report.generation.evidence)})")
+    click.echo(f"arch        {report.architecture or 'unknown (nothing read tells, or the clues disagree)'}")
     os_report = report.os
     if os_report is None:
         click.echo("os          none found")

@@ -99,6 +99,7 @@ class DiskReport:
             "os": None if self.os is None else self.os.to_json(),
             "os_partition": None if self.os_volume is None else self.os_volume.partition.number,
             "generation": self.generation.to_json(),
+            "architecture": self.architecture,
             "unclean": list(self.unclean),
             "warnings": list(self.warnings),
             "missing_readers": list(self.missing_readers),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -49,6 +49,7 @@ from vhdtool.formats.vhd.layout import FOOTER_SIZE
 from vhdtool.stream.digest import GRANULE, SparseDigest, granules_touched
 from vhdtool.stream.fixed_view import azure_virtual_size
 from vhdtool.stream.progress import NO_PROGRESS, Progress
+from vhdtool.stream.window import run_windowed
 
 MODES = ("auto", "server", "relay")
 
@@ -175,7 +176,6 @@ class _Copy:
         self.copied_by_service = 0
         self.sent = 0
         self.verify_read = 0
-        self._error: BaseException | None = None
 
     def close(self) -> None:
         self.abort.set()
@@ -225,34 +225,12 @@ class _Copy:
             seconds=time.monotonic() - started, warnings=tuple(warnings), bytes_verified=verified_bytes)
 
     def _run_all(self, work: list[int], present: RangeSet) -> None:
-        slots = threading.BoundedSemaphore(2 * self.threads)
-        failed = threading.Event()
+        def stop() -> None:
+            self.abort.set()
+            self.source.abort.set()
 
-        def finished(future: Future[None]) -> None:
-            slots.release()
-            err = future.exception() if not future.cancelled() else None
-            if err is not None and self._error is None:
-                self._error = err
-                failed.set()
-                self.abort.set()
-                self.source.abort.set()
-
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vhdtool-copy") as pool:
-            try:
-                for index in work:
-                    while not slots.acquire(timeout=0.5):
-                        if failed.is_set():
-                            break
-                    if failed.is_set():
-                        break
-                    pool.submit(self._granule, index, present).add_done_callback(finished)
-            except BaseException:
-                self.abort.set()
-                self.source.abort.set()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        if self._error is not None:
-            raise self._error
+        run_windowed(work, lambda index: self._granule(index, present), threads=self.threads, name="vhdtool-copy",
+                     stop=stop)
 
     def _fall_back(self, reason: str) -> None:
         with self._lock:

@@ -23,7 +23,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ from vhdtool.blockio import fileio
 from vhdtool.blockio.fileio import describe_os_error
 from vhdtool.blockio.zeros import nonzero_runs
 from vhdtool.disk.base import BorrowedSource
-from vhdtool.errors import OutputError, TransferError, UsageError
+from vhdtool.errors import OutputError, UsageError
 from vhdtool.extents import extents_from_ranges
 from vhdtool.formats.open import open_image
 from vhdtool.stream.digest import GRANULE, NAME, SparseDigest, SparseDigestSink, granules_touched
@@ -40,6 +39,7 @@ from vhdtool.stream.fixed_file import FixedFileSink, check_target
 from vhdtool.stream.fixed_view import FixedVhdView
 from vhdtool.stream.progress import NO_PROGRESS, Progress
 from vhdtool.stream.pump import Source, pump
+from vhdtool.stream.window import run_windowed
 
 FORMATS = ("vhd", "raw")
 PARTIAL = ".vhdtool-partial"
@@ -161,7 +161,6 @@ class _Fetch:
         self._done: set[int] = set()
         self._lock = threading.Lock()
         self._saved = time.monotonic()
-        self._error: BaseException | None = None
         self.fd = -1
 
     # -- the resume record ------------------------------------------------------------------------
@@ -267,33 +266,8 @@ class _Fetch:
         self.progress.skipped(sum(e - s for s, e in self.source.written_in(start, min(end, self.length))))
 
     def _fetch_all(self, work: list[int]) -> None:
-        slots = threading.BoundedSemaphore(2 * self.threads)
-        failed = threading.Event()
-
-        def finished(future: Future[None]) -> None:
-            slots.release()
-            err = future.exception() if not future.cancelled() else None
-            if err is not None and self._error is None:
-                self._error = err
-                failed.set()
-                self.source.abort.set()
-
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vhdtool-get") as pool:
-            try:
-                for index in work:
-                    while not slots.acquire(timeout=0.5):
-                        if failed.is_set():
-                            break
-                    if failed.is_set():
-                        break
-                    pool.submit(self._one, index).add_done_callback(finished)
-                    self._save()
-            except BaseException:
-                self.source.abort.set()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        if self._error is not None:
-            raise self._error
+        run_windowed(work, self._one, threads=self.threads, name="vhdtool-get", stop=self.source.abort.set,
+                     after_submit=self._save)
 
     def _one(self, index: int) -> None:
         start, end = self._granule_span(index)
@@ -322,15 +296,7 @@ class _Fetch:
         self.progress.data(sum(min(e, self.length) - s for s, e in pieces if s < self.length))
 
     def _write(self, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            try:
-                n = fileio.pwrite(self.fd, view[done:], offset + done)
-            except OSError as err:
-                raise describe_os_error(self.target, err, "write the download") from err
-            done += n
-
-    def abort(self) -> None:
-        self.source.abort.set()
-        if self._error is None:
-            self._error = TransferError("download stopped")
+        try:
+            fileio.pwrite_all(self.fd, view, offset)
+        except OSError as err:
+            raise describe_os_error(self.target, err, "write the download") from err

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyvhdi  # noqa: E402
 from support.divergences import CONDITIONS  # noqa: E402
+from support.oracles import libvhdi_chain  # noqa: E402
 
 from vhdtool import open_image  # noqa: E402
 from vhdtool.errors import VhdtoolError  # noqa: E402
@@ -62,21 +63,12 @@ def qemu_read(path: Path, fmt: str, ours: Digest | None, folder: Path) -> str:
 
 
 def libvhdi_read(chain: list[Path], ours: Digest | None) -> str:
-    files = []
     try:
-        for path in chain:
-            f = pyvhdi.file()
-            f.open(str(path))
-            files.append(f)
-        for child, parent in zip(files[1:], files, strict=False):
-            child.set_parent(parent)
-        top = files[-1]
-        return compare(_digest(top.get_media_size(), lambda offset, n: top.read_buffer_at_offset(n, offset)), ours)
+        with libvhdi_chain(chain) as top:
+            return compare(_digest(top.get_media_size(), lambda offset, n: top.read_buffer_at_offset(n, offset)),
+                           ours)
     except OSError as err:
         return "refuses: " + str(err).split(". ")[-1]
-    finally:
-        for f in reversed(files):
-            f.close()
 
 
 def main() -> int:

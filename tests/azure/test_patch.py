@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
 from support.cli import run_cli
+from support.oracles import libvhdi_chain
 from support.remote_helpers import Store, json_of, sdk_upload
 from support.vhd_builder import build_child, build_vhd, model_bytes, sectors_from_writes
 from support.vhdx_builder import FULLY_PRESENT, PARTIALLY_PRESENT, ZERO, Block, build_vhdx
@@ -94,22 +95,9 @@ def test_owned_ranges_of_a_vhd_chain(tmp_path: Path, levels: int) -> None:
 def libvhdi_chain_bytes(chain: list[Path]) -> bytes:
     """libvhdi (pyvhdi) reading the last file of ``chain`` with every parent attached, sector by sector
     (libvhdi 20260901 mis-assembles reads spanning partially present runs)."""
-    import pyvhdi
-
-    files = []
-    try:
-        for path in chain:
-            f = pyvhdi.file()
-            f.open(str(path))
-            files.append(f)
-        for child, parent in zip(files[1:], files, strict=False):
-            child.set_parent(parent)
-        top = files[-1]
+    with libvhdi_chain(chain) as top:
         size = top.get_media_size()
         return b"".join(top.read_buffer_at_offset(min(512, size - o), o) for o in range(0, size, 512))
-    finally:
-        for f in reversed(files):
-            f.close()
 
 
 def _sectors(base: Path) -> dict[int, bytes]:

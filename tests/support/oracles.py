@@ -1,13 +1,17 @@
-"""Independent tools the tests hold vhdtool's results against: qemu-img and the published digest script."""
+"""Independent tools the tests hold vhdtool's results against: qemu-img, libvhdi and the published digest script."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pyvhdi
 
 from support.fixture_files import ROOT
 
@@ -28,6 +32,24 @@ def qemu_raw_bytes(path: Path, tmp_path: Path, fmt: str | None = None) -> bytes:
     args = ["convert"] + (["-f", fmt] if fmt else []) + ["-O", "raw", str(path), str(out)]
     qemu_img(*args)
     return out.read_bytes()
+
+
+@contextmanager
+def libvhdi_chain(chain: Sequence[Path]) -> Iterator[Any]:
+    """libvhdi (pyvhdi) with every file of ``chain`` (base first) open and each child's parent attached:
+    yields the last one's ``pyvhdi.file``. A refused image raises pyvhdi's ``OSError``."""
+    files: list[Any] = []
+    try:
+        for path in chain:
+            f = pyvhdi.file()
+            f.open(str(path))
+            files.append(f)
+        for child, parent in zip(files[1:], files, strict=False):
+            child.set_parent(parent)
+        yield files[-1]
+    finally:
+        for f in reversed(files):
+            f.close()
 
 
 def reference_sparse_digest(path: Path, length: int | None = None) -> str:

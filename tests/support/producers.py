@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyvhdi
-
+from support.oracles import libvhdi_chain
 from support.vhd_builder import build_fixed_vhd, build_vhd, footer_bytes, sectors_from_writes
 from support.vhdx_builder import (
     FULLY_PRESENT,
@@ -265,15 +264,7 @@ def qemu_replayed_compare(image: Path) -> Oracle:
 def libvhdi_compare(chain: Sequence[Path]) -> Oracle:
     """libvhdi (pyvhdi) reading the last image of ``chain`` with every parent attached."""
     def check(raw: Path) -> None:
-        files = []
-        try:
-            for path in chain:
-                f = pyvhdi.file()
-                f.open(str(path))
-                files.append(f)
-            for child, parent in zip(files[1:], files, strict=False):
-                child.set_parent(parent)
-            top = files[-1]
+        with libvhdi_chain(chain) as top:
             size = raw.stat().st_size
             assert top.get_media_size() == size, (top.get_media_size(), size)
             with open(raw, "rb") as out:
@@ -284,9 +275,6 @@ def libvhdi_compare(chain: Sequence[Path]) -> Oracle:
                     if ours != theirs:
                         at = next(i for i in range(n) if ours[i] != theirs[i])
                         raise AssertionError(f"libvhdi reads other bytes at offset {offset + at}")
-        finally:
-            for f in reversed(files):
-                f.close()
     return check
 
 

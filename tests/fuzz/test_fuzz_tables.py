@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.strategies import Case, Volumes, hive_mutations, make_volumes, table_cases
+from support.strategies import Case, Volumes, _build_table, hive_mutations, make_volumes, table_cases
 
 from fuzz.harness import exercise, watchdog
 from fuzz.mutate import apply_bytes
@@ -49,8 +49,6 @@ def test_undamaged_disks_inspect() -> None:
     """The undamaged tables: inspect finds every volume (the ext4 one with its symlink loops terminates)."""
     names = tuple(n for n in ("ext4", "fat", "ntfs") if n in volumes().images)
     for scheme in ("gpt", "mbr", "mbr-logical"):
-        from support.strategies import _build_table
-
         case = Case("table", {"scheme": scheme, "filesystems": names}, (),
                     lambda folder, p: _build_table(folder, p, volumes()))
         with tempfile.TemporaryDirectory() as folder:

@@ -28,6 +28,16 @@ def azurite() -> Iterator[Azurite]:
         yield service
 
 
+@pytest.fixture(scope="module")
+def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
+    """A recording (and fault-injecting) proxy in front of the session's Azurite, one per test module,
+    so a module's rules and counts never leak into another's. A module that needs it set up
+    otherwise (a stand-in for Put Page From URL, a fresh one per test) defines its own."""
+    p = RecordingProxy(azurite.port)
+    yield p
+    p.close()
+
+
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     """A self-signed certificate for 127.0.0.1, made for this run (trusted only where a test says so)."""

@@ -29,13 +29,6 @@ RATIO = 1.01
 
 
 @pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
 def src(azurite: Azurite, proxy: RecordingProxy) -> Store:
     return Store(azurite, proxy, ACCOUNT)
 

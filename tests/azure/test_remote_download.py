@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from support.remote_helpers import ROOT, MiB, Store, json_of, make_raw, sdk_uplo
 
 REFERENCE = ROOT / "docs" / "scripts" / "sparse_digest.py"
 RATIO = 1.01  # bytes fetched / bytes written in the blob
-
-
-@pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,12 @@ when a set moves to another region, and ``verify --dest`` checks the copies agai
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from support.azurite import ACCOUNT, SECOND_ACCOUNT, Azurite, RecordingProxy
 from support.cli import run_cli
 from support.fixture_files import unpack_fixture
 from support.remote_helpers import Store, json_of, sdk_upload, sig_of
-
-
-@pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
 
 
 def test_prepare_reads_disks_in_azure_and_verify_checks_a_copied_set(azurite: Azurite, proxy: RecordingProxy,

@@ -35,13 +35,6 @@ FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
 
 
 @pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
 def store(azurite: Azurite, proxy: RecordingProxy) -> Store:
     return Store(azurite, proxy)
 

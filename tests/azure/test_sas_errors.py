@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +41,6 @@ from support.cli import run_cli
 from vhdtool.extents import MiB
 
 HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
 
 
 class Spot:

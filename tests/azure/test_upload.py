@@ -49,13 +49,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.05, max_delay=0.2)
 
 
-@pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
-
-
 class Place:
     """A fresh container and blob name; a destination through the proxy, a direct client for checks."""
 

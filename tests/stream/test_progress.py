@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,13 +98,6 @@ def test_convert_reports_data_and_skipped_adding_up_to_the_output(sample: dict[s
     assert (tally.data_bytes, tally.skipped_bytes) == (result.bytes_data, result.bytes_skipped)
     assert 0 < tally.data_bytes < total // 2  # a mostly empty disk: the empty space was skipped
     assert tally.stages == []  # the caller knows the total: output_size()
-
-
-@pytest.fixture(scope="module")
-def proxy(azurite: Azurite) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(azurite.port)
-    yield p
-    p.close()
 
 
 @pytest.fixture

@@ -731,7 +731,8 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once(tmp_path: Path, place: Pla
     image = make_raw(tmp_path / "disk.raw", 32 * MiB, seed=5)
     expected = fixed_vhd(image, tmp_path)
     proxy.add_rule(Rule(lambda r: r.is_put_page, "delay", times=4, seconds=HOLD))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1",
+           "AZURE_STORAGE_CONNECTION_STRING": place.proxy_connection_string}
     command = cli_command("upload", str(image), f"{place.container}/{place.blob}",
                           "--threads", "4")
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -741,7 +742,12 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once(tmp_path: Path, place: Pla
     assert len(proxy.put_pages()) >= 4, "the upload never had four Put Page requests in flight"
     signalled = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # a hang: every thread's stack (faulthandler) says where
+        proc.send_signal(signal.SIGABRT)
+        _, stderr = proc.communicate(timeout=30)
+        raise AssertionError(f"no exit 60 s after SIGINT:\n{stderr}") from None
     took = time.monotonic() - signalled
     assert proc.returncode == 130 and stderr == "vhdtool: interrupted\n", stderr
     assert took < HOLD / 2, f"exit took {took:.1f} s: it waited for the requests on the wire"

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -83,8 +86,6 @@ def exit_now_if_workers_remain(code: int) -> None:
     main thread held would keep the process alive for good. Each Put Page is atomic and
     ``--resume`` takes the blob's own record, so nothing needs them to finish.
     """
-    import threading
-
     if any(t.name.startswith("vhdtool-") and t.is_alive() for t in threading.enumerate()):
         with contextlib.suppress(Exception):
             sys.stdout.flush()
@@ -92,8 +93,63 @@ def exit_now_if_workers_remain(code: int) -> None:
         os._exit(code)
 
 
+# Seconds an interrupted command may spend unwinding (cleanups, closing connections) before the process
+# ends anyway: a cleanup that waits on a lock the interrupted thread held, or on a peer that never
+# answers, must not turn Ctrl-C into a hang.
+INTERRUPT_GRACE = 3.0
+
+
+class _Interrupt:
+    timer: threading.Timer | None = None  # started at the first SIGINT
+    told = False  # "vhdtool: interrupted" was written
+
+
+def _end_interrupted() -> None:
+    remove_live_temporaries()
+    if not _Interrupt.told:
+        with contextlib.suppress(OSError):
+            os.write(2, b"vhdtool: interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """Python's own reaction (a ``KeyboardInterrupt`` in the main thread), plus a deadline for the unwinding."""
+    if _Interrupt.timer is None:
+        _Interrupt.timer = threading.Timer(INTERRUPT_GRACE, _end_interrupted)
+        _Interrupt.timer.name = "interrupt-grace"
+        _Interrupt.timer.daemon = True
+        _Interrupt.timer.start()
+    raise KeyboardInterrupt
+
+
+def _tell_interrupted() -> None:
+    remove_live_temporaries()
+    _Interrupt.told = True
+    click.echo("vhdtool: interrupted", err=True)
+
+
+@contextlib.contextmanager
+def _interrupt_deadline() -> Iterator[None]:
+    """Ctrl-C handled as :func:`_on_sigint` says while a command runs, where Python's default handler is
+    in place (not where SIGINT is ignored, nor off the main thread); the previous handler afterwards."""
+    installed = threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if installed:
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs :func:`main` and maps every failure to a message and exit code."""
+    with _interrupt_deadline():
+        _run(argv)
+
+
+def _run(argv: list[str] | None) -> None:
     if not os.environ.get("VHDTOOL_DEBUG"):
         # The Azure SDK logs warnings such as "Incomplete download." for answers vhdtool retries
         # anyway; without a handler they would reach stderr through logging's last resort.
@@ -105,15 +161,13 @@ def run(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
-        remove_live_temporaries()
-        click.echo("vhdtool: interrupted", err=True)
+        _tell_interrupted()
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Interrupted):
-        remove_live_temporaries()
-        click.echo("vhdtool: interrupted", err=True)
+        _tell_interrupted()
         exit_now_if_workers_remain(EXIT_INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)
     except UsageError as exc:

@@ -10,11 +10,23 @@ from typing import Any
 import click
 
 
-def byte_bar(total: int, *, desc: str | None = None, disable: bool | None = False) -> Any:
-    """A tqdm bar over ``total`` bytes on stderr (``disable=None``: shown only on a terminal).
+def shown(show: bool | None) -> bool:
+    """Whether a bar is drawn: ``show=None`` means only when stderr is a terminal (as tqdm decides)."""
+    if show is not None:
+        return show
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def byte_bar(total: int, *, desc: str | None = None) -> Any:
+    """A drawn tqdm bar over ``total`` bytes on stderr.
 
     A terminal that reports no size (a pseudo-terminal nobody sized, as in some CI runners and
-    ``docker run -t``) makes tqdm draw nothing at all, so it gets 80 columns instead.
+    ``docker run -t``) makes tqdm draw nothing at all, so it gets 80 columns instead. tqdm is
+    imported here, not at the top: with ``multiprocessing`` it is about 17 ms of every command's
+    start-up, which a run without a bar (``--quiet``, ``--json``, a pipe) need not pay.
     """
     from tqdm import tqdm
 
@@ -25,7 +37,7 @@ def byte_bar(total: int, *, desc: str | None = None, disable: bool | None = Fals
         sized = False
     fixed: dict[str, int] = {} if sized else {"ncols": 80, "nrows": 24}
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=desc,
-                disable=disable, leave=False, dynamic_ncols=sized, **fixed)
+                leave=False, dynamic_ncols=sized, **fixed)
 
 
 class BarProgress:
@@ -46,8 +58,8 @@ class BarProgress:
         self._data = 0
         self._skipped = 0
         self._label = data_label
-        self._bar: Any = byte_bar(total, desc=desc, disable=None if show is None else not show)
-        self._lines = stage_lines and show is not False and bool(self._bar.disable)
+        self._bar: Any = byte_bar(total, desc=desc) if shown(show) else None
+        self._lines = stage_lines and show is not False and self._bar is None
 
     def data(self, nbytes: int) -> None:
         with self._lock:
@@ -67,12 +79,14 @@ class BarProgress:
                 done = self._data + self._skipped
                 click.echo(f"[{100 * done // total if total else 100:3d}%] {title}", err=True)
                 return
+            if self._bar is None:
+                return
             self._bar.total = total
             self._bar.set_description(title, refresh=False)
             self._bar.refresh()
 
     def _advance(self, nbytes: int) -> None:
-        if self._bar.disable:
+        if self._bar is None:
             return
         self._bar.set_postfix_str(f"{self._label} {self._data >> 20} MiB, empty {self._skipped >> 20} MiB",
                                   refresh=False)
@@ -80,7 +94,8 @@ class BarProgress:
 
     def close(self) -> None:
         with self._lock:
-            self._bar.close()
+            if self._bar is not None:
+                self._bar.close()
 
     def __enter__(self) -> BarProgress:
         return self

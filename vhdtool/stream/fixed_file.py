@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import signal
 import stat
 import sys
@@ -135,7 +134,7 @@ class FixedFileSink:
         flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL
                  | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
         for _ in range(16):
-            candidate = os.path.join(folder, f".{base}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+            candidate = os.path.join(folder, f".{base}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
             try:
                 with _signals_held():
                     # 0o666 minus the umask: the output gets the permissions of any new file.

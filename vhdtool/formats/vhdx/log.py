@@ -13,11 +13,11 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-import crc32c
 from construct import ConstructError
 
 from vhdtool.disk.base import ByteSource
 from vhdtool.errors import ImageError
+from vhdtool.formats.vhdx.crc import crc32c
 from vhdtool.formats.vhdx.layout import (
     ALIGNMENT,
     DATA_DESCRIPTOR_SIGNATURE,
@@ -156,7 +156,7 @@ def _parse_entry(area: _LogArea, position: int, log_guid: uuid.UUID,
         if piece == 0:
             chunk = (chunk[:LOG_ENTRY_CHECKSUM_OFFSET] + b"\0\0\0\0"
                      + chunk[LOG_ENTRY_CHECKSUM_OFFSET + 4:])
-        crc = crc32c.crc32c(chunk, crc)
+        crc = crc32c(chunk, crc)
         piece += n
     if crc != hdr.checksum:
         return None

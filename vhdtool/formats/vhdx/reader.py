@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import crc32c
 import numpy as np
 from construct import Construct, ConstructError
 
@@ -38,6 +37,7 @@ from vhdtool.formats.blocks import (
     segment_placements,
 )
 from vhdtool.formats.parent import Locator, OpenOptions, resolve_parent
+from vhdtool.formats.vhdx.crc import crc32c
 from vhdtool.formats.vhdx.layout import (
     BAT_ENTRY_SIZE,
     BAT_REGION_GUID,
@@ -211,7 +211,7 @@ def _parse(layout: Construct, data: bytes, path: str, structure: str, offset: in
 def _checksum_ok(block: bytes, checksum_offset: int, stored: int) -> bool:
     """CRC-32C over ``block`` with its checksum field zeroed (2.2.2, 2.2.3)."""
     zeroed = block[:checksum_offset] + b"\0\0\0\0" + block[checksum_offset + 4:]
-    return crc32c.crc32c(zeroed) == stored
+    return crc32c(zeroed) == stored
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""What a command imports before it works: start-up is most of a small job's time, so modules that
+only some runs need are not loaded by the others (measured with ``-X importtime``; the figures are in
+docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.cli import cli_command, cli_environment
+
+
+def imported_modules(*args: str) -> set[str]:
+    """The modules a real ``vhdtool`` process imports for ``args`` (which must succeed)."""
+    command = cli_command(*args)
+    proc = subprocess.run([command[0], "-X", "importtime", *command[1:]], env=cli_environment(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+            and "|" in line}
+
+
+@pytest.mark.parametrize("extra", [["--quiet"], ["--json"]])
+def test_a_convert_without_a_bar_loads_neither_tqdm_nor_package_metadata(tmp_path: Path, extra: list[str]
+                                                                          ) -> None:
+    """A VHDX made by qemu-img, converted with no bar to draw: tqdm (and the multiprocessing it
+    pulls in) and ``importlib.metadata`` (which the crc32c package imports for its version) stay
+    unloaded, while the readers that do the work are loaded."""
+    image = tmp_path / "disk.vhdx"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(image), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 3M", str(image)], check=True, capture_output=True)
+    modules = imported_modules("convert", str(image), "-o", str(tmp_path / "out.vhd"), *extra)
+    assert {"vhdtool.formats.vhdx.reader", "vhdtool.formats.vhdx.crc", "numpy"} <= modules
+    assert not {"tqdm", "multiprocessing", "importlib.metadata", "crc32c", "secrets"} & modules
+    assert (tmp_path / "out.vhd").stat().st_size == 64 * 2**20 + 512

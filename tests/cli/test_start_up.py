@@ -34,3 +34,20 @@ def test_a_convert_without_a_bar_loads_neither_tqdm_nor_package_metadata(tmp_pat
     assert {"vhdtool.formats.vhdx.reader", "vhdtool.formats.vhdx.crc", "numpy"} <= modules
     assert not {"tqdm", "multiprocessing", "importlib.metadata", "crc32c", "secrets"} & modules
     assert (tmp_path / "out.vhd").stat().st_size == 64 * 2**20 + 512
+
+
+@pytest.mark.parametrize(("asked", "threads"), [(None, 1), ("2", 2)])
+def test_the_command_asks_openblas_for_no_thread_pool(tmp_path: Path, asked: str | None, threads: int) -> None:
+    """numpy's OpenBLAS starts spinning threads that vhdtool never uses; the command asks for none
+    beyond the main thread, unless the caller chose a number (then that is kept)."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(1 << 20))
+    probe = ("import atexit, os, sys; "
+             "atexit.register(lambda: print(os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task')))); "
+             f"sys.argv = ['vhdtool', 'info', {str(image)!r}]; "
+             "from vhdtool.__main__ import main; main()")
+    env = cli_environment({"OPENBLAS_NUM_THREADS": asked})
+    command = cli_command("info")
+    proc = subprocess.run([command[0], "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == [asked or "1", str(threads)]

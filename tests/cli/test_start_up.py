@@ -43,7 +43,8 @@ def test_the_command_asks_openblas_for_no_thread_pool(tmp_path: Path, asked: str
     image = tmp_path / "disk.raw"
     image.write_bytes(bytes(1 << 20))
     probe = ("import atexit, os, sys; "
-             "atexit.register(lambda: print(os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task')))); "
+             "atexit.register(lambda: print(os.environ.get('OPENBLAS_NUM_THREADS'), "
+             "len(os.listdir('/proc/self/task')))); "
              f"sys.argv = ['vhdtool', 'info', {str(image)!r}]; "
              "from vhdtool.__main__ import main; main()")
     env = cli_environment({"OPENBLAS_NUM_THREADS": asked})
@@ -51,3 +52,26 @@ def test_the_command_asks_openblas_for_no_thread_pool(tmp_path: Path, asked: str
     proc = subprocess.run([command[0], "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-2:] == [asked or "1", str(threads)]
+
+
+def test_imports_pause_the_garbage_collector_and_leave_it_as_it_was() -> None:
+    """The collector is off while a command's modules load, and as it was afterwards (on, or off
+    where the embedding program turned it off), even when the import fails."""
+    import gc
+
+    from vhdtool.cli import imports_without_gc
+
+    assert gc.isenabled()
+    with imports_without_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ImportError), imports_without_gc():
+        import vhdtool.no_such_module  # noqa: F401
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with imports_without_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

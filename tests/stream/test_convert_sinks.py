@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -10,10 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vhdtool.blockio import fileio
 from vhdtool.errors import OutputError, UsageError
 from vhdtool.formats.raw import data_ranges
+from vhdtool.stream import fixed_file
 from vhdtool.stream.fixed_file import FixedFileSink
 from vhdtool.stream.hasher import HashSink, parse_algorithms
+from vhdtool.units import MiB
 
 
 @settings(max_examples=60, deadline=None)
@@ -115,3 +119,84 @@ def test_a_sink_dropped_unfinished_removes_its_temporary_file(tmp_path: Path) ->
     kept.finish()
     del kept
     assert [p.name for p in tmp_path.iterdir()] == ["kept.img"]
+
+
+def _filesystem_of(folder: Path) -> str | None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        return fileio.filesystem_type(fd)
+    finally:
+        os.close(fd)
+
+
+def _recorded_preallocations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    calls: list[tuple[int, int]] = []
+    real = fileio.preallocate
+
+    def recording(fd: int, offset: int, length: int) -> bool:
+        calls.append((offset, length))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(fileio, "preallocate", recording)
+    return calls
+
+
+def test_long_runs_are_allocated_before_they_are_written_where_that_was_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ext4 a run of 256 KiB or more is fallocated first, a short one is not; on any other
+    filesystem nothing is; the bytes and holes are the same either way."""
+    calls = _recorded_preallocations(monkeypatch)
+    kind = _filesystem_of(tmp_path)
+    data = os.urandom(MiB + 4096)
+    cases = {"shipped": fixed_file.PREALLOCATING_FILESYSTEMS, "none": frozenset(), "this": frozenset({kind})}
+    for case, filesystems in cases.items():
+        calls.clear()
+        preallocating = kind in filesystems
+        monkeypatch.setattr(fixed_file, "PREALLOCATING_FILESYSTEMS", filesystems)
+        target = tmp_path / f"out-{case}.raw"
+        sink = FixedFileSink(target, 8 * MiB)
+        sink.write_at(2 * MiB, memoryview(data))  # long: allocated first where preallocating
+        sink.write_at(6 * MiB, memoryview(data[:64 * 1024]))  # short: written as it is
+        sink.finish()
+        assert calls == ([(2 * MiB, len(data))] if preallocating else [])
+        written = target.read_bytes()
+        assert written[2 * MiB:2 * MiB + len(data)] == data and written[6 * MiB:6 * MiB + 65536] == data[:65536]
+        assert written.count(0, 0, 2 * MiB) == 2 * MiB and not any(written[4 * MiB:6 * MiB])
+        assert os.stat(target).st_blocks * 512 <= len(data) + 64 * 1024 + 2 * 4096  # the rest are holes
+
+
+def test_a_filesystem_that_cannot_preallocate_is_written_as_it_is(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[int] = []
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        tried.append(offset)
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(fixed_file, "PREALLOCATING_FILESYSTEMS",
+                        frozenset({_filesystem_of(tmp_path)}))
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    sink = FixedFileSink(tmp_path / "out.raw", 4 * MiB)
+    data = os.urandom(MiB)
+    sink.write_at(0, memoryview(data))
+    sink.write_at(2 * MiB, memoryview(data))
+    sink.finish()
+    assert tried == [0]  # asked once, then never again
+    assert (tmp_path / "out.raw").read_bytes()[:MiB] == data
+
+
+def test_no_space_to_preallocate_is_one_output_error_and_no_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fixed_file, "PREALLOCATING_FILESYSTEMS",
+                        frozenset({_filesystem_of(tmp_path)}))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    target = tmp_path / "out.raw"
+    sink = FixedFileSink(target, 4 * MiB)
+    with pytest.raises(OutputError) as err:
+        sink.write_at(0, memoryview(os.urandom(MiB)))
+    sink.abort()
+    assert str(target) in str(err.value) and "no space left" in str(err.value)
+    assert list(tmp_path.iterdir()) == []

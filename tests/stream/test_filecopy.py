@@ -16,11 +16,12 @@ from support.oracles import reference_sparse_digest
 from support.vhd_builder import build_child, build_vhd, sectors_from_writes
 
 from vhdtool import open_image
+from vhdtool.blockio.fileio import filesystem_type
 from vhdtool.extents import MiB
 from vhdtool.jobs.convert import convert
 from vhdtool.stream import filecopy
 from vhdtool.stream.digest import GRANULE, SparseDigest
-from vhdtool.stream.filecopy import KERNEL_COPY_FILESYSTEMS, copy_into, filesystem_type, kernel_copies, windows
+from vhdtool.stream.filecopy import KERNEL_COPY_FILESYSTEMS, copy_into, kernel_copies, windows
 from vhdtool.stream.fixed_file import FixedFileSink
 from vhdtool.stream.fixed_view import FixedVhdView
 from vhdtool.stream.pump import pump
@@ -66,9 +67,15 @@ def test_windows_cover_every_allocated_byte_once() -> None:
     assert sum(w[2] for w in got) == 103 * MiB
 
 
-@pytest.mark.parametrize("workers, kernel_copy", [(1, False), (3, False), (3, True)])
+@pytest.mark.parametrize("workers, kernel_copy, chunk", [(1, False, None), (3, False, None), (3, True, None),
+                                                          (2, False, 12 * 1024), (2, False, 3 * MiB)])
 def test_parallel_copy_writes_the_bytes_and_holes_of_the_ordered_walk(tmp_path: Path, workers: int,
-                                                                       kernel_copy: bool) -> None:
+                                                                       kernel_copy: bool, chunk: int | None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``chunk``: the threads' read buffer made small or not dividing the window, so that runs are
+    read, scanned, written and hashed in pieces whose ends fall inside granules and runs."""
+    if chunk is not None:
+        monkeypatch.setattr(filecopy, "READ_CHUNK", chunk)
     for name, path in sources(tmp_path).items():
         with open_image(path) as disk:
             view = FixedVhdView(disk, unique_id=b"\x01" * 16, timestamp=1)

@@ -121,6 +121,39 @@ def file_holes(fd: int, size: int) -> list[tuple[int, int]]:
     return holes
 
 
+def filesystem_type(fd: int) -> str | None:
+    """The type of the filesystem holding the open file ``fd`` (``"ext4"``, ``"xfs"``, ...), from
+    ``/proc/self/mountinfo``; ``None`` where that cannot be told (not Linux, several matches)."""
+    try:
+        dev = os.fstat(fd).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    kinds = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[2] == wanted and " - " in line:
+            kinds.add(line.split(" - ", 1)[1].split()[0])
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def preallocate(fd: int, offset: int, length: int) -> bool:
+    """Allocate the blocks of ``[offset, offset + length)`` before they are written (``fallocate``);
+    ``False`` where the system or filesystem cannot (nothing was done). Other errors (ENOSPC) raise."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        return False
+    try:
+        allocate(fd, offset, length)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
+            return False
+        raise
+    return True
+
+
 # Errors a user can act on, told in words (what to free or change), for every writer of output files.
 _PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 

@@ -32,6 +32,14 @@ DEFAULT_GRANULARITY = 4096  # a filesystem block: the unit in which a hole can b
 # to wait for and the output does not fill the page cache (see FixedFileSink._start_writeback).
 WRITEBACK_EVERY = 64 * MiB
 TEMP_SUFFIX = ".vhdtool-partial"
+# Where a run of data is allocated (fallocate) before it is written, and from what length. On ext4 a
+# buffered write into a hole reserves its blocks page by page (delayed allocation); into allocated,
+# unwritten blocks it only copies: measured with two threads writing 1 GiB of data, in 1 MiB and
+# 8 MiB runs, 26 % and 33 % less time, at 256 KiB 28 %, at 64 KiB even and at 16 KiB a loss (one
+# more system call per run). Only ext4 was measured; elsewhere (tmpfs would zero the pages first,
+# and glibc fills blocks by hand where a filesystem has no fallocate) runs are written as they are.
+PREALLOCATING_FILESYSTEMS = frozenset({"ext4"})
+PREALLOCATE_AT_LEAST = 256 * 1024
 
 _APPEARED = "appeared while converting; use --force to replace it"
 # Temporary files created and not yet installed or removed. Creating one and recording it here
@@ -122,6 +130,7 @@ class FixedFileSink:
         self.bytes_written = 0
         self._count_lock = threading.Lock()
         self._can_copy = hasattr(os, "copy_file_range")
+        self._preallocate = False  # decided once the file exists (its filesystem)
         # Early writeback only helps a final fsync; without one the kernel flushes when it likes.
         self.writeback_every = writeback_every if sync else 0
         self._pending_from = 0  # start of the written range whose writeback has not been started
@@ -151,6 +160,7 @@ class FixedFileSink:
         try:
             _make_sparse(self.fd)
             os.ftruncate(self.fd, size)
+            self._preallocate = fileio.filesystem_type(self.fd) in PREALLOCATING_FILESYSTEMS
         except OSError as err:
             self.abort()
             raise describe_os_error(self.target, err, f"size the output to {size} bytes") from err
@@ -159,6 +169,8 @@ class FixedFileSink:
             raise
 
     def _pwrite(self, offset: int, view: memoryview) -> None:
+        if self._preallocate and len(view) >= PREALLOCATE_AT_LEAST:
+            self._preallocate = fileio.preallocate(self.fd, offset, len(view))
         done = fileio.pwrite_all(self.fd, view, offset)
         with self._count_lock:
             self.bytes_written += done

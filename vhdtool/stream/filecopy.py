@@ -14,10 +14,11 @@ In a window, each run is handled by where :meth:`~vhdtool.disk.base.VirtualDisk.
   SIGBUS), scanned for all-zero blocks in place, and its non-zero blocks are copied by the kernel;
 - anything else (and everywhere on ext4 or tmpfs, where ``copy_file_range`` is a ``splice`` through
   a pipe): ``pread`` (or ``readinto``) into the thread's buffer a MiB at a time, scanned, and its
-  non-zero blocks written with ``pwrite``. Measured on ext4 (1 GiB in 1 MiB and 8 MiB runs, two threads),
-  this beat scanning a mapping and writing from it by 10-20 %: the buffer stays in the CPU's cache
-  between the scan and the write, and a mapping costs an ``mmap``, a populate and an ``munmap``
-  (with its TLB flush on every core) per run.
+  non-zero blocks written with ``pwrite``. On ext4 (``benchmarks/copy_paths.py``: 1 GiB, two
+  threads) this was faster than scanning a mapping and writing from it in 1 MiB runs (0.47 and
+  0.53 s against 0.70 and 0.59 s in two runs) and even in 8 MiB runs: the buffer stays in the CPU's
+  cache between the scan and the write, and a mapping costs an ``mmap``, a populate and an
+  ``munmap`` (with its TLB flush on every core) per run.
 
 Zero blocks stay holes. The sparse digest, when asked, is computed from the same bytes.
 

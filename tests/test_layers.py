@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "vhdtool"
 
 # Lowest first; a module may import its own layer or any layer below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("vhdtool.errors", "vhdtool.extents", "vhdtool.units"),
+    ("vhdtool.errors", "vhdtool.extents", "vhdtool.startup", "vhdtool.units"),
     ("vhdtool.blockio",),
     ("vhdtool.disk",),
     ("vhdtool.formats",),

@@ -19,6 +19,7 @@ from vhdtool.errors import (
     UsageError,
     VhdtoolError,
 )
+from vhdtool.startup import imports_without_gc
 
 if TYPE_CHECKING:
     from vhdtool.disk.base import DiskReader, VirtualDisk
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> Any:
     module = _DEFINED_IN.get(name)
     if module is None:
         raise AttributeError(f"module 'vhdtool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    with imports_without_gc():
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # looked up once
     return value

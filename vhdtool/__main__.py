@@ -13,21 +13,20 @@ whole of numpy's import and competed with the copy threads. The command asks for
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
+
+from vhdtool.startup import imports_without_gc
 
 
 def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: see the module docstring
-    gc.disable()  # as vhdtool.cli.imports_without_gc does for a command's own imports
     try:
-        from vhdtool.cli import run  # the entry point's one import: see the module docstring
+        with imports_without_gc():
+            from vhdtool.cli import run  # the entry point's one import: see the module docstring
     except KeyboardInterrupt:
         sys.stderr.write("vhdtool: interrupted\n")
         raise SystemExit(130) from None
-    finally:
-        gc.enable()
     run()
 
 

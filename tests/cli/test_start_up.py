@@ -59,7 +59,7 @@ def test_imports_pause_the_garbage_collector_and_leave_it_as_it_was() -> None:
     where the embedding program turned it off), even when the import fails."""
     import gc
 
-    from vhdtool.cli import imports_without_gc
+    from vhdtool.startup import imports_without_gc
 
     assert gc.isenabled()
     with imports_without_gc():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from vhdtool.azure.signin import parse_sas
 from vhdtool.azure.storage import Destination, public_url
 from vhdtool.errors import UsageError
+from vhdtool.startup import imports_without_gc
 
 # Azure's rule for container names: 3-63 lower-case letters, digits and single hyphens.
 CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?")
@@ -47,7 +48,8 @@ class ContainerDestination:
         if self.account_url is not None:
             return f"{public_url(self.account_url).rstrip('/')}/{self.container}"
         try:
-            from azure.storage.blob import ContainerClient
+            with imports_without_gc():
+                from azure.storage.blob import ContainerClient
         except ImportError as err:
             raise UsageError("uploading needs the Azure SDK: pip install 'vhdtool[azure]'") from err
         try:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vhdtool.startup import imports_without_gc
+
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 REFRESH_WINDOW = 300.0  # seconds before expiry a long-lived token is replaced
 RETRY_REFRESH_AFTER = 30.0  # seconds between attempts to replace a token whose refresh failed
@@ -280,7 +282,8 @@ def shared_credential() -> TokenCache:
     with _SHARED_LOCK:
         cache = _SHARED.get(key)
         if cache is None:
-            from azure.identity import DefaultAzureCredential
+            with imports_without_gc():
+                from azure.identity import DefaultAzureCredential
 
             cache = TokenCache(DefaultAzureCredential(exclude_interactive_browser_credential=True))
             _SHARED[key] = cache

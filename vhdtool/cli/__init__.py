@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ import click
 
 from vhdtool import __version__
 from vhdtool.errors import UsageError, VhdtoolError
+from vhdtool.startup import imports_without_gc
 from vhdtool.stream.fixed_file import remove_live_temporaries
 
 EXIT_ERROR = 1
@@ -47,20 +47,6 @@ COMMANDS = {
     "download": "download",
     "copy": "copy",
 }
-
-
-@contextlib.contextmanager
-def imports_without_gc() -> Iterator[None]:
-    """Import with the cyclic garbage collector paused: a command's imports (numpy, the readers,
-    the Azure SDK) create some hundred thousand objects that all live to the end, so collections
-    during them find nothing and cost about 20 ms of start-up (measured on a convert)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class Interrupted(Exception):

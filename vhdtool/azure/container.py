@@ -3,7 +3,7 @@
 It is named by a container URL (SAS optional), or by a container name with a connection string or
 an account URL; each blob in it is a :class:`~vhdtool.azure.storage.Destination`, the one type the
 upload, patch and read-back code takes. The container's public URL is the one the Azure SDK builds
-from the same pieces, so no connection string is parsed here.
+from the same pieces (:mod:`vhdtool.azure.address` reads a connection string as the SDK does).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from vhdtool.azure.address import AddressError, connection_endpoint, container_url
 from vhdtool.azure.signin import parse_sas
 from vhdtool.azure.storage import Destination, public_url
 from vhdtool.errors import UsageError
-from vhdtool.startup import imports_without_gc
 
 # Azure's rule for container names: 3-63 lower-case letters, digits and single hyphens.
 CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?")
@@ -48,15 +48,10 @@ class ContainerDestination:
         if self.account_url is not None:
             return f"{public_url(self.account_url).rstrip('/')}/{self.container}"
         try:
-            with imports_without_gc():
-                from azure.storage.blob import ContainerClient
-        except ImportError as err:
-            raise UsageError("uploading needs the Azure SDK: pip install 'vhdtool[azure]'") from err
-        try:
-            url = ContainerClient.from_connection_string(self.connection_string or "", self.container or "").url
-        except ValueError:  # no account or endpoint in it: the container name is all there is to show
+            endpoint = connection_endpoint(self.connection_string or "")[0]
+        except AddressError:  # no account or endpoint in it: the container name is all there is to show
             return f"{self.container}"
-        return public_url(url).rstrip("/")
+        return public_url(container_url(endpoint, self.container or "")).rstrip("/")
 
 
 def parse_destination(dest: str, *, connection_string: str | None = None,

@@ -13,10 +13,12 @@ Two rules hold for everything that leaves this module:
   :mod:`vhdtool.azure.failures`, into :class:`RetryableError` (timeouts, connection resets, answers
   cut short, 408/429/500/502/503/504) or :class:`PermanentError`.
 
-Two transports, one per kind of request: the SDK for the blob's properties, creation, metadata,
-listings and clearing, and :mod:`vhdtool.azure.rest` (plain ``http.client``, authenticated as the
-SDK client is) for the many Put Page requests and the ranged reads, where the SDK's per-request
-cost is the bottleneck.
+Two transports, one per kind of request: :mod:`vhdtool.azure.rest` (plain ``http.client``) for
+the blob's properties, creation and metadata, the many Put Page requests and the ranged reads,
+where the SDK's per-request cost is the bottleneck and its import (about 0.2 s) would be most of
+an upload's start-up; and the SDK, made only when first needed, for listings, clearing, resizing,
+copies from a URL and Content-MD5. Both reach the blob :mod:`vhdtool.azure.address` finds, with
+the same credential and API version.
 
 Signing in (Entra ID tokens, the managed-disk bearer challenge, plain words for refused credentials)
 lives in :mod:`vhdtool.azure.signin`; this module asks it.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import ipaddress
 import re
 import threading
@@ -35,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vhdtool.azure import signin
+from vhdtool.azure.address import AddressError, BlobAddress, address_in_account, address_of_url, connection_endpoint
 from vhdtool.azure.failures import PermanentError as PermanentError
 from vhdtool.azure.failures import RetryableError as RetryableError
 from vhdtool.azure.failures import answer_error, connection_error, first_line
-from vhdtool.azure.rest import DirectBlob
+from vhdtool.azure.rest import API_VERSION, DirectBlob
 from vhdtool.errors import TransferError, UsageError
 from vhdtool.startup import imports_without_gc
 
@@ -120,6 +124,17 @@ class Destination:
         value = connection_string_field(self.connection_string or "", "SharedAccessSignature")
         return signin.parse_sas(value) if value else None
 
+    def address(self) -> BlobAddress:
+        """The blob's URL and credential, as the SDK's ``BlobClient`` would take them from these pieces
+        (the account URL's token credential is not part of it); :class:`AddressError` if malformed."""
+        if self.url:
+            return address_of_url(self.url)
+        if self.connection_string is not None:
+            endpoint, account, key, sas = connection_endpoint(self.connection_string)
+            return address_in_account(endpoint, self.container or "", self.blob or "", account=account, key=key,
+                                      sas=sas)
+        return address_in_account(self.account_url or "", self.container or "", self.blob or "")
+
     def describe(self) -> str:
         """A name for messages: the blob URL or ``container/blob``, never a secret."""
         if self.url:
@@ -200,8 +215,9 @@ class BlobState:
 
 
 class PageBlobTarget:
-    """One page blob, reached through one thread-safe SDK client with retries disabled, and for Put
-    Page and ranged reads through :class:`~vhdtool.azure.rest.DirectBlob`, authenticated as that client.
+    """One page blob, reached through :class:`~vhdtool.azure.rest.DirectBlob` (properties, create,
+    metadata, Put Page, ranged reads) and, made on first need, one thread-safe SDK client with
+    retries disabled (everything else), both authenticated alike.
 
     :attr:`requests` counts every HTTP request sent (attempts, not operations); failures come out
     as :class:`RetryableError` or :class:`PermanentError`, scrubbed of secrets.
@@ -224,29 +240,42 @@ class PageBlobTarget:
         self._pool_size = pool_size
         self._challenge: signin.BearerChallenge | None = None
         self._sas = dest.sas()
-        try:
-            with imports_without_gc():  # the SDK's first import: about 0.3 s
-                import azure.storage.blob  # noqa: F401
-        except ImportError as err:
-            raise UsageError("uploading needs the Azure SDK: pip install 'vhdtool[azure]'") from err
+        if not _sdk_installed():
+            raise UsageError("uploading needs the Azure SDK: pip install 'vhdtool[azure]'")
         # A blob URL without a query and --account-url sign in; SAS URLs and connection strings do not.
         token = (dest.url is not None and not urllib.parse.urlsplit(dest.url).query) or \
             (dest.url is None and dest.connection_string is None)
         self._credential: Any = signin.ScopedCredential(signin.shared_credential()) if token else None
-        self._connect()
+        try:
+            self._address = dest.address()
+        except AddressError as err:
+            raise PermanentError(self._clean(f"{self.name}: {err}")) from None
+        self._client: BlobClient | None = None  # the SDK's, made by _sdk() when an operation needs it
+        self._direct = DirectBlob.for_address(self._address, bearer=self._bearer(), name=self.name,
+                                              timeout=self._timeout, clean=self._clean, count=self._count,
+                                              explain=self._refusal, challenged=self._challenged)
 
-    def _connect(self) -> None:
-        self._client = self._guard("connect", lambda: self._make_client(self._timeout, self._pool_size))
-        self._direct = DirectBlob.for_client(self._client, name=self.name, timeout=self._timeout,
-                                             clean=self._clean, count=self._count, explain=self._refusal)
+    def _bearer(self) -> Callable[[], str] | None:
+        return None if self._credential is None else self._credential.bearer
+
+    def _sdk(self) -> BlobClient:
+        """The SDK client, made on first use (the SDK's first import, about 0.2 s, is paid then)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._guard("connect", lambda: self._make_client(self._timeout, self._pool_size))
+                client = self._client
+        return client
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _make_client(self, timeout: float, pool_size: int) -> BlobClient:
-        import requests
-        from azure.core.pipeline.transport import RequestsTransport
-        from azure.storage.blob import BlobClient
-        from urllib3.util.retry import Retry
+        with imports_without_gc():  # the SDK's first import
+            import requests
+            from azure.core.pipeline.transport import RequestsTransport
+            from azure.storage.blob import BlobClient
+            from urllib3.util.retry import Retry
 
         session = requests.Session()
         # urllib3 must not retry either: ours is the only retry layer.
@@ -258,7 +287,8 @@ class PageBlobTarget:
         transport = RequestsTransport(session=session, session_owner=True,
                                       connection_timeout=min(timeout, 30.0), read_timeout=timeout)
         # Every HTTP request the SDK sends passes this hook (downloads and listings may send several).
-        options: dict[str, Any] = {"transport": transport, "retry_total": 0, "retry_to_secondary": False,
+        options: dict[str, Any] = {"transport": transport, "api_version": API_VERSION,
+                                   "retry_total": 0, "retry_to_secondary": False,
                                    "connection_timeout": min(timeout, 30.0), "read_timeout": timeout,
                                    "raw_request_hook": lambda request: self._count()}
         d = self.dest
@@ -299,16 +329,25 @@ class PageBlobTarget:
         challenge = signin.parse_challenge(headers.get("WWW-Authenticate"))
         if challenge is None:
             return False
+        bearer = self._challenged(challenge)
+        if self._direct.bearer is None and self._direct.https:
+            self._direct.use_bearer(bearer, challenge)
+        return True
+
+    def _challenged(self, challenge: signin.BearerChallenge) -> Callable[[], str]:
+        """Sign in for the resource a bearer challenge named (once: later challenges reuse it). The SDK
+        client is made again with the token; the direct path takes the token source returned."""
         with self._lock:
             if self._credential is None:
                 self._challenge = challenge
                 self._credential = signin.ScopedCredential(signin.shared_credential(), challenge.scope,
                                                            challenge.tenant)
-                old = self._client
-                self._connect()
-                with contextlib.suppress(Exception):
-                    old.close()
-        return True
+                old, self._client = self._client, None
+                if old is not None:
+                    with contextlib.suppress(Exception):
+                        old.close()
+            bearer: Callable[[], str] = self._credential.bearer
+            return bearer
 
     def _who(self) -> signin.Credential:
         return signin.Credential(sas=self._sas, bearer=self._credential is not None,
@@ -372,34 +411,18 @@ class PageBlobTarget:
 
     def state(self) -> BlobState:
         """Get Blob Properties: whether the blob exists, its size, type and metadata."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        def properties() -> Any:
-            try:
-                return self._client.get_blob_properties()
-            except ResourceNotFoundError:
-                return None
-
-        props = self._guard("reading blob properties", properties)
+        props = self._direct.properties()
         if props is None:
             return BlobState(exists=False)
-        if props.size is None or props.blob_type is None:
-            # http.client takes a connection closed inside the header block for the end of the
-            # headers, so an answer cut short arrives as a 200 without Content-Length or
-            # x-ms-blob-type (found by the upload soak: int(None) crashed the upload).
-            raise RetryableError(self._clean(f"{self.name}: reading blob properties: answer cut short "
-                                             "(no size or blob type)"))
-        blob_type = str(getattr(props.blob_type, "value", props.blob_type))
-        return BlobState(True, int(props.size), blob_type, dict(props.metadata or {}),
-                         str(props.etag) if props.etag else None)
+        return BlobState(True, props.size, props.blob_type, props.metadata, props.etag)
 
     def create(self, size: int, metadata: dict[str, str]) -> None:
         """Put Blob: a new (or replacing) page blob of ``size`` bytes, all pages zero."""
-        self._call("creating the page blob", lambda: self._client.create_page_blob(size, metadata=metadata))
+        self._direct.create_page_blob(size, metadata)
 
     def resize(self, size: int) -> None:
         """Set Blob Properties with a new page-blob size."""
-        self._call("resizing the page blob", lambda: self._client.resize_blob(size))
+        self._call("resizing the page blob", lambda: self._sdk().resize_blob(size))
 
     def put_pages(self, offset: int, data: bytes) -> None:
         """Put Page (update) of ``data`` at ``offset``, carrying a Content-MD5 the service checks."""
@@ -416,17 +439,17 @@ class PageBlobTarget:
         if source_authorization:
             kwargs["source_authorization"] = source_authorization
         self._call(f"copying pages at byte {offset} from the source",
-                   lambda: self._client.upload_pages_from_url(source_url, offset, length, source_offset, **kwargs))
+                   lambda: self._sdk().upload_pages_from_url(source_url, offset, length, source_offset, **kwargs))
 
     def clear_pages(self, offset: int, length: int) -> None:
         """Put Page (clear): the range reads as zeros afterwards and is no longer listed."""
-        self._call(f"clearing pages at byte {offset}", lambda: self._client.clear_page(offset, length))
+        self._call(f"clearing pages at byte {offset}", lambda: self._sdk().clear_page(offset, length))
 
     def page_ranges(self) -> list[tuple[int, int]]:
         """Get Page Ranges: the written ``(start, end)`` ranges, half-open, in order."""
         def listing() -> list[tuple[int, int]]:
             found: list[tuple[int, int]] = []
-            for page in self._client.list_page_ranges().by_page():
+            for page in self._sdk().list_page_ranges().by_page():
                 for r in page:
                     if not getattr(r, "cleared", False):
                         # The service's end is inclusive.
@@ -448,7 +471,7 @@ class PageBlobTarget:
             kwargs: dict[str, Any] = {"results_per_page": per_page}
             if etag:
                 kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
-            pages = self._client.list_page_ranges(**kwargs).by_page(continuation_token=marker)
+            pages = self._sdk().list_page_ranges(**kwargs).by_page(continuation_token=marker)
             page = next(pages)
             found = [(int(r.start or 0), int(r.end or 0) + 1) for r in page if not getattr(r, "cleared", False)]
             return found, getattr(pages, "continuation_token", None) or None
@@ -456,7 +479,7 @@ class PageBlobTarget:
 
     def set_metadata(self, metadata: dict[str, str]) -> None:
         """Set Blob Metadata (replaces all of it)."""
-        self._call("setting blob metadata", lambda: self._client.set_blob_metadata(metadata))
+        self._direct.set_metadata(metadata)
 
     def set_content_md5(self, md5: bytes | None) -> None:
         """Set Blob Properties: the whole blob's Content-MD5 (the service stores it, does not check it);
@@ -465,7 +488,7 @@ class PageBlobTarget:
 
         settings = ContentSettings(content_type="application/octet-stream",
                                    content_md5=None if md5 is None else bytearray(md5))
-        self._call("setting the blob's Content-MD5", lambda: self._client.set_http_headers(settings))
+        self._call("setting the blob's Content-MD5", lambda: self._sdk().set_http_headers(settings))
 
     def read(self, offset: int, length: int, *, if_match: str | None = None) -> bytes:
         """Get Blob of ``[offset, offset + length)``: one ranged request (``x-ms-range``), not retried here.
@@ -481,8 +504,18 @@ class PageBlobTarget:
 
     def close(self) -> None:
         self._direct.close()
-        with contextlib.suppress(Exception):  # closing a session cannot fail the upload
-            self._client.close()
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a session cannot fail the upload
+                client.close()
+
+
+def _sdk_installed() -> bool:
+    """Whether the ``azure`` extra is installed, found without importing it."""
+    try:
+        return importlib.util.find_spec("azure.storage.blob") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def md5_base64(md5: bytes) -> str:

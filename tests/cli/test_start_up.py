@@ -5,9 +5,12 @@ docs/benchmarks.md)."""
 from __future__ import annotations
 
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import BlobServiceClient
+from support.azurite import Azurite
 from support.cli import cli_command, cli_environment
 
 
@@ -75,3 +78,31 @@ def test_imports_pause_the_garbage_collector_and_leave_it_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_plain_upload_leaves_the_azure_sdk_unloaded_and_one_that_lists_pages_loads_it(
+        tmp_path: Path, azurite: Azurite) -> None:
+    """A fresh upload sends Get Blob Properties, Put Blob, Put Page and Set Blob Metadata, all over
+    ``azure/rest.py``: the SDK (about 0.2 s to import) is never loaded, and the blob holds the disk.
+    ``--verify`` lists the blob's page ranges, which only the SDK does: then it is loaded."""
+    image = tmp_path / "disk.vhdx"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(image), "16M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 3M", "-c", "write -P 0xa5 12M 64k", str(image)],
+                   check=True, capture_output=True)
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    service = BlobServiceClient.from_connection_string(azurite.connection_string())
+    container = "startup" + uuid.uuid4().hex[:8]
+    service.create_container(container)
+    conn = ["--connection-string", azurite.connection_string(), "--json"]
+
+    plain = imported_modules("upload", str(image), f"{container}/plain.vhd", *conn)
+    assert {"vhdtool.azure.rest", "vhdtool.azure.upload", "http.client"} <= plain
+    # ("azure" and "azure.storage" are namespace packages, found empty when the extra is looked for.)
+    assert not {m for m in plain if m.startswith(("azure.storage.", "azure.core", "azure.identity", "requests"))}
+    blob = service.get_blob_client(container, "plain.vhd")
+    assert blob.download_blob().readall()[:-512] == raw.read_bytes()
+    assert blob.get_blob_properties().metadata  # the completed-upload marker, set over rest.py
+
+    verified = imported_modules("upload", str(image), f"{container}/verified.vhd", "--verify", *conn)
+    assert {"azure.storage.blob", "vhdtool.azure.rest"} <= verified

@@ -70,6 +70,12 @@ class SharedKey:
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode('ascii')}"
 
 
+def token_needs_https(where: str, clean: Callable[[str], str]) -> PermanentError:
+    """The refusal to send a bearer token over plain HTTP (the SDK refuses it too)."""
+    return PermanentError(clean(f"{where}: a Microsoft Entra ID token is sent only over HTTPS; use an https:// URL"),
+                          reason="token-needs-https")
+
+
 @dataclass(frozen=True)
 class Proxy:
     """An HTTP proxy from the environment, and the ``Proxy-Authorization`` its URL's user info gives."""
@@ -149,8 +155,7 @@ class DirectBlob:
                                   "explain": explain, "challenged": challenged}
         if bearer is not None:
             if not address.url.lower().startswith("https://"):
-                raise PermanentError(clean(f"{name}: a Microsoft Entra ID token is sent only over HTTPS; "
-                                           "use an https:// URL"), reason="token-needs-https")
+                raise token_needs_https(name, clean)
             return cls(address.full_url, bearer=bearer, **common)
         if address.account is not None and address.key is not None:
             try:
@@ -250,8 +255,7 @@ class DirectBlob:
         if bearer is None:
             return False
         if not self.https:
-            raise PermanentError(self._clean(f"{self._name}: a Microsoft Entra ID token is sent only over HTTPS; "
-                                             "use an https:// URL"), reason="token-needs-https")
+            raise token_needs_https(self._name, self._clean)
         self.use_bearer(bearer, challenge)
         return True
 

@@ -42,7 +42,7 @@ from vhdtool.azure.address import AddressError, BlobAddress, address_in_account,
 from vhdtool.azure.failures import PermanentError as PermanentError
 from vhdtool.azure.failures import RetryableError as RetryableError
 from vhdtool.azure.failures import answer_error, connection_error, first_line
-from vhdtool.azure.rest import API_VERSION, DirectBlob
+from vhdtool.azure.rest import API_VERSION, DirectBlob, token_needs_https
 from vhdtool.errors import TransferError, UsageError
 from vhdtool.startup import imports_without_gc
 
@@ -379,8 +379,7 @@ class PageBlobTarget:
         if isinstance(err, (ServiceRequestError, ValueError)) and \
                 re.search(r"non-TLS|only supported with HTTPS", str(err)):
             # The SDK refuses to send a bearer token over plain HTTP (as the client is made, or as it sends).
-            return PermanentError(self._clean(f"{where}: a Microsoft Entra ID token is sent only over HTTPS; "
-                                              "use an https:// URL"), reason="token-needs-https")
+            return token_needs_https(where, self._clean)
         if isinstance(err, DecodeError) or (isinstance(err, HttpResponseError) and err.status_code is None):
             # An answer cut short or garbled on the way: a body that ends before its Content-Length
             # (IncompleteReadError, a DecodeError), one that does not parse, or a failed download
